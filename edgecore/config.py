@@ -1,0 +1,279 @@
+"""Configuration: frozen dataclasses, parsing and validation.
+
+Owns: every tunable, its default, its parser, and the precedence command line > environment
+(EDGECORE_<KEY>) > TOML file > default.
+Invariants: a Config that exists is valid; every problem names the key and the reason; the only I/O here is
+reading the TOML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError, ConfigErrors
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "b": 1,
+    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9,
+}
+
+
+def parse_size(value: Any) -> int:
+    """'64MiB' -> 67108864; ints pass through. Raises ValueError with the reason."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 64MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a size (use B, KiB, MiB, GiB, KB, MB, GB)")
+    return int(m.group(1)) * _UNITS[(m.group(2) or "B").lower()]
+
+
+def parse_hostport(value: Any) -> tuple[str, int]:
+    """'127.0.0.1:8080' -> ('127.0.0.1', 8080); '[::1]:80' works too."""
+    s = str(value).strip()
+    host, sep, port = s.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{s!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{port!r} is not a port number (0-65535)")
+    return host, int(port)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    host: str
+    port: int
+
+    @property
+    def authority(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_upstream(value: Any) -> Upstream:
+    s = str(value).strip()
+    u = urlsplit(s)
+    if u.scheme != "http":
+        raise ValueError(f"{s!r}: only http://host:port upstreams are supported")
+    if not u.hostname:
+        raise ValueError(f"{s!r} has no host")
+    if u.path not in ("", "/") or u.query or u.fragment:
+        raise ValueError(f"{s!r}: an upstream is http://host:port, without a path")
+    try:
+        port = u.port or 80
+    except ValueError as e:
+        raise ValueError(f"{s!r}: {e}")
+    return Upstream(u.hostname, port)
+
+
+def _parse_int(lo: int, hi: int) -> Callable[[Any], int]:
+    def p(v: Any) -> int:
+        if isinstance(v, bool):
+            raise ValueError("expected an integer")
+        try:
+            n = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{v!r} is not an integer")
+        if not lo <= n <= hi:
+            raise ValueError(f"{n} is out of range {lo}..{hi}")
+        return n
+
+    return p
+
+
+def _parse_seconds(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a number of seconds")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{v!r} is not a number of seconds")
+    if not 0 < x <= 86400:
+        raise ValueError(f"{x} is out of range (0, 86400] seconds")
+    return x
+
+
+def _parse_str(v: Any) -> str:
+    return str(v)
+
+
+def _parse_bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{v!r} is not a boolean")
+
+
+def _parse_upstreams(v: Any) -> tuple[Upstream, ...]:
+    items = v if isinstance(v, list | tuple) else [x for x in str(v).split(",") if x.strip()]
+    return tuple(parse_upstream(x) for x in items)
+
+
+def _parse_names(v: Any) -> tuple[str, ...]:
+    items = v if isinstance(v, list | tuple) else str(v).split(",")
+    return tuple(str(x).strip().lower() for x in items if str(x).strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    upstream: tuple[Upstream, ...] = ()
+    admin: tuple[str, int] = ("127.0.0.1", 9901)
+    workers: int = 1
+    cache_size: int = 256 << 20
+    max_object_size: int = 1 << 20
+    connect_timeout: float = 3.0
+    response_timeout: float = 30.0        # upstream: request sent -> response head complete
+    idle_timeout: float = 30.0            # upstream: max silence while reading a body
+    client_timeout: float = 60.0          # client: max silence (keep-alive idle, slow head/body)
+    grace_period: float = 10.0            # SIGTERM: how long in-flight requests may still run
+    max_header_size: int = 16 << 10       # request head bytes -> 431 beyond
+    max_body_size: int = 64 << 20         # request body bytes -> 413 beyond
+    upstream_pool_size: int = 64          # idle keep-alive connections kept per upstream and worker
+    hit_for_miss_ttl: float = 10.0        # how long an uncacheable key skips coalescing
+    admin_token: str = ""                 # Bearer token for POST admin endpoints ("" = none)
+    cdn_cache_control: tuple[str, ...] = ("edgecore-cache-control", "cdn-cache-control")
+    log_level: str = "info"
+    access_log: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+# key -> parser; the dataclass field of the same name holds the parsed value
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "listen": parse_hostport,
+    "upstream": _parse_upstreams,
+    "admin": parse_hostport,
+    "workers": _parse_int(0, 256),
+    "cache_size": parse_size,
+    "max_object_size": parse_size,
+    "connect_timeout": _parse_seconds,
+    "response_timeout": _parse_seconds,
+    "idle_timeout": _parse_seconds,
+    "client_timeout": _parse_seconds,
+    "grace_period": _parse_seconds,
+    "max_header_size": parse_size,
+    "max_body_size": parse_size,
+    "upstream_pool_size": _parse_int(0, 100000),
+    "hit_for_miss_ttl": _parse_seconds,
+    "admin_token": _parse_str,
+    "cdn_cache_control": _parse_names,
+    "log_level": lambda v: _choice(v, ("debug", "info", "warning", "error")),
+    "access_log": _parse_bool,
+}
+KEYS = tuple(_PARSERS)
+
+
+def _choice(v: Any, choices: tuple[str, ...]) -> str:
+    s = str(v).lower()
+    if s not in choices:
+        raise ValueError(f"{v!r} is not one of {', '.join(choices)}")
+    return s
+
+
+def read_file(path: str) -> dict[str, Any]:
+    """Read a TOML config file; keys may use '-' or '_'. Raises ConfigErrors naming the file on failure."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigErrors([ConfigError("config", f"cannot read {path}: {e.strerror}")])
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigErrors([ConfigError("config", f"{path} is not valid TOML: {e}")])
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in KEYS:
+        v = environ.get("EDGECORE_" + key.upper())
+        if v is not None:
+            out[key] = v
+    return out
+
+
+def build(
+    file_values: Mapping[str, Any] | None = None,
+    env_values: Mapping[str, Any] | None = None,
+    cli_values: Mapping[str, Any] | None = None,
+    *,
+    require_upstream: bool = True,
+) -> Config:
+    """Merge the layers (cli > env > file > default), parse and validate every key.
+
+    Raises ConfigErrors listing every problem, each naming its key.
+    """
+    merged: dict[str, Any] = {}
+    problems: list[ConfigError] = []
+    for layer in (file_values or {}, env_values or {}, cli_values or {}):
+        for k, v in layer.items():
+            if v is None:
+                continue
+            if k not in _PARSERS:
+                problems.append(ConfigError(k, "unknown key"))
+                continue
+            merged[k] = v
+    values: dict[str, Any] = {}
+    for k, v in merged.items():
+        try:
+            values[k] = _PARSERS[k](v)
+        except ValueError as e:
+            problems.append(ConfigError(k, str(e)))
+    cfg_fields = {f.name for f in dataclasses.fields(Config)}
+    assert set(_PARSERS) <= cfg_fields
+    if not problems:
+        problems.extend(_validate(values, require_upstream))
+    if problems:
+        raise ConfigErrors(problems)
+    return Config(**values)
+
+
+def _validate(v: dict[str, Any], require_upstream: bool) -> list[ConfigError]:
+    d = Config()
+    out = []
+    if require_upstream and not v.get("upstream"):
+        out.append(ConfigError("upstream", "at least one http://host:port upstream is required"))
+    cache_size = v.get("cache_size", d.cache_size)
+    mos = v.get("max_object_size", d.max_object_size)
+    if cache_size < 1 << 20:
+        out.append(ConfigError("cache_size", f"{cache_size} bytes is below the minimum of 1MiB"))
+    if mos < 1024:
+        out.append(ConfigError("max_object_size", "must be at least 1KiB"))
+    elif mos > cache_size // 8:
+        out.append(ConfigError("max_object_size", f"{mos} bytes is more than 1/8 of cache_size ({cache_size})"))
+    if v.get("listen", d.listen) == v.get("admin", d.admin) and v.get("listen", d.listen)[1] != 0:
+        out.append(ConfigError("admin", "must not be the proxy listener's address"))
+    if v.get("max_header_size", d.max_header_size) < 1024:
+        out.append(ConfigError("max_header_size", "must be at least 1KiB"))
+    return out
+
+
+def load(
+    config_path: str | None,
+    cli_values: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    *,
+    require_upstream: bool = True,
+) -> Config:
+    """The full precedence chain used by the CLI."""
+    env = os.environ if environ is None else environ
+    path = config_path or env.get("EDGECORE_CONFIG")
+    file_values = read_file(path) if path else {}
+    return build(file_values, from_env(env), cli_values, require_upstream=require_upstream)
