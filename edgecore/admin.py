@@ -1,0 +1,194 @@
+"""The admin listener: /healthz, /readyz, /metrics, /stats, POST /purge, POST /drain.
+
+Owns: the admin process (forked by the supervisor, its own uvloop loop) and its small HTTP/1.1 server.
+It reads the shared counters and the shared cache; it never serves proxy traffic and is bound to its own
+address (127.0.0.1:9901 by default), never the proxy port.
+Invariants: POST endpoints need `Authorization: Bearer <admin_token>` when a token is configured
+(constant-time comparison); every request gets a complete response with Content-Length; a malformed
+request gets 400 and the connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import signal
+import socket
+from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from . import keys
+from .cache import Cache
+from .config import Config
+from .health import Health, readiness
+from .metrics import C_DRAINING, F_UPSTREAM, EdgeCollector, SharedCounters
+
+MAX_BODY = 64 << 10
+
+
+class Admin:
+    def __init__(self, cfg: Config, cache: Cache, counters: SharedCounters, workers: int) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self.counters = counters
+        self.workers = workers
+        self.health = Health(cfg)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(EdgeCollector(counters, cache.stats))
+
+    def stats(self) -> dict[str, Any]:
+        s = self.cache.stats()
+        return {
+            "cache": s,
+            "upstream": {"requests": self.counters.total(F_UPSTREAM), "health": self.health.describe()},
+            "workers": {"configured": self.workers, "ready": self.counters.ready_workers()},
+            "draining": bool(self.counters.get_flag(C_DRAINING)),
+        }
+
+    def handle(self, method: bytes, target: bytes, headers: dict[bytes, bytes],
+               body: bytes) -> tuple[int, bytes, bytes]:
+        """-> (status, content type, body)."""
+        path = target.split(b"?", 1)[0]
+        if path == b"/healthz":
+            return 200, b"text/plain", b"ok\n"
+        if path == b"/readyz":
+            ok, why = readiness(workers_ready=self.counters.ready_workers(), workers=self.workers,
+                                draining=bool(self.counters.get_flag(C_DRAINING)),
+                                upstream_up=self.health.any_up(),
+                                probed=all(h.probed for h in self.health.upstreams))
+            return (200 if ok else 503), b"text/plain", why.encode() + b"\n"
+        if path == b"/metrics":
+            return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
+        if path == b"/stats":
+            return 200, b"application/json", json.dumps(self.stats(), indent=1).encode() + b"\n"
+        if path in (b"/purge", b"/drain"):
+            if method != b"POST":
+                return 405, b"text/plain", b"use POST\n"
+            if self.cfg.admin_token:
+                auth = headers.get(b"authorization", b"")
+                want = b"Bearer " + self.cfg.admin_token.encode()
+                if not hmac.compare_digest(auth, want):
+                    return 401, b"text/plain", b"missing or wrong admin token\n"
+            if path == b"/drain":
+                self.counters.set_flag(C_DRAINING, 1)
+                return 200, b"application/json", b'{"draining": true}\n'
+            return self.purge(body)
+        return 404, b"text/plain", b"not found\n"
+
+    def purge(self, body: bytes) -> tuple[int, bytes, bytes]:
+        try:
+            req = json.loads(body or b"{}")
+            if not isinstance(req, dict):
+                raise ValueError("the body must be a JSON object")
+        except ValueError as e:
+            return 400, b"text/plain", f"invalid JSON: {e}\n".encode()
+        given = [k for k in ("url", "prefix", "tag", "tenant") if k in req]
+        if len(given) != 1:
+            return 400, b"text/plain", b"give exactly one of url, prefix, tag, tenant\n"
+        kind = given[0]
+        val = req[kind]
+        if not isinstance(val, str) or not val:
+            return 400, b"text/plain", f"{kind} must be a non-empty string\n".encode()
+        if kind in ("url", "prefix"):
+            u = urlsplit(val)
+            if u.scheme not in ("http", "https") or not u.netloc:
+                return 400, b"text/plain", f"{kind} must be an absolute http:// URL\n".encode()
+            host = u.netloc.encode()
+            target = (u.path or "/").encode() + (b"?" + u.query.encode() if u.query else b"")
+            if kind == "url":
+                n = int(self.cache.delete(keys.primary_key(b"GET", host, target)))
+            else:
+                n = self.cache.purge_prefix(keys.prefix_key(host, target))
+        elif kind == "tag":
+            n = self.cache.purge_tag(Cache.tag_id(val))
+        else:
+            n = self.cache.purge_tenant(Cache.tag_id(val))
+        return 200, b"application/json", json.dumps({"purged": n}).encode() + b"\n"
+
+
+class AdminProtocol(asyncio.Protocol):
+    def __init__(self, admin: Admin) -> None:
+        self.admin = admin
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.target = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.body = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade, ValueError):
+            self._respond(400, b"text/plain", b"bad request\n", keep_alive=False)
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url
+        if len(self.target) > 8192:
+            raise ValueError("target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) > 100:
+            raise ValueError("too many header fields")
+        self.headers[name.lower()] = value.strip()
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+        if len(self.body) > MAX_BODY:
+            raise ValueError("body too large")
+
+    def on_message_complete(self) -> None:
+        method = self.parser.get_method()
+        try:
+            status, ctype, body = self.admin.handle(method, self.target, self.headers, bytes(self.body))
+        except Exception as e:  # the admin process never dies of one request
+            status, ctype, body = 500, b"text/plain", f"internal error: {e}\n".encode()
+        self._respond(status, ctype, b"" if method == b"HEAD" else body, self.parser.should_keep_alive(),
+                      length=len(body))
+        self._reset()
+
+    def _respond(self, status: int, ctype: bytes, body: bytes, keep_alive: bool,
+                 length: int | None = None) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        reason = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
+                  405: b"Method Not Allowed", 500: b"Internal Server Error",
+                  503: b"Service Unavailable"}.get(status, b"")
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\ncache-control: no-store\r\n" % (
+            status, reason, ctype, len(body) if length is None else length)
+        if not keep_alive:
+            head += b"connection: close\r\n"
+        self.transport.write(head + b"\r\n" + body)
+        if not keep_alive:
+            self.transport.close()
+
+
+def run_admin(cfg: Config, cache: Cache, counters: SharedCounters, sock: socket.socket, workers: int) -> int:
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    admin = Admin(cfg, cache, counters, workers)
+    server = loop.run_until_complete(loop.create_server(lambda: AdminProtocol(admin), sock=sock))
+    prober = loop.create_task(admin.health.run())
+    stop = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    try:
+        loop.run_until_complete(stop)
+    finally:
+        prober.cancel()
+        server.close()
+        loop.close()
+    return 0

@@ -1,0 +1,135 @@
+"""Command line: `edgecore serve | demo | check-config | purge` (see ../shared/INTERFACE.md).
+
+Owns: argument parsing and exit codes. Every serve option is also a config-file key and an
+EDGECORE_<KEY> environment variable; precedence command line > environment > file > default (config.py).
+Exit codes: 0 ok, 2 configuration or usage error, 1 runtime failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from . import __version__, config
+from .errors import ConfigErrors
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="TOML config file")
+    p.add_argument("--listen", metavar="HOST:PORT", help="proxy listener (default 127.0.0.1:8080)")
+    p.add_argument("--upstream", metavar="URL", action="append",
+                   help="origin server http://host:port; repeat for several")
+    p.add_argument("--admin", metavar="HOST:PORT", help="admin listener (default 127.0.0.1:9901)")
+    p.add_argument("--workers", metavar="N", help="worker processes; 0 = one per CPU (default 1)")
+    p.add_argument("--cache-size", metavar="SIZE", help="memory for cached objects (default 256MiB)")
+    p.add_argument("--max-object-size", metavar="SIZE", help="larger responses are not cached (default 1MiB)")
+    p.add_argument("--admin-token", metavar="TOKEN", help="Bearer token required by POST admin endpoints")
+    p.add_argument("--grace-period", metavar="SECONDS", help="SIGTERM: time to finish in-flight requests")
+    p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
+
+
+def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
+    out = {}
+    for k in ("listen", "upstream", "admin", "workers", "cache_size", "max_object_size", "admin_token",
+              "grace_period", "log_level"):
+        v = getattr(a, k, None)
+        if v is not None:
+            out[k] = v
+    return out
+
+
+def _load(a: argparse.Namespace, require_upstream: bool = True) -> config.Config:
+    try:
+        return config.load(a.config, _cli_values(a), require_upstream=require_upstream)
+    except ConfigErrors as e:
+        for p in e.problems:
+            print(f"edgecore: config error: {p.key}: {p.why}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    cfg = _load(a)
+    _setup_logging(cfg.log_level)
+    from .server import serve
+    return serve(cfg)
+
+
+def cmd_check_config(a: argparse.Namespace) -> int:
+    try:
+        config.load(a.config, {}, environ={})
+    except ConfigErrors as e:
+        for p in e.problems:
+            print(f"{p.key}: {p.why}")
+        return 2
+    print(f"{a.config}: ok")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo(serve_forever=a.serve, requests=a.requests)
+
+
+def cmd_purge(a: argparse.Namespace) -> int:
+    body = {k: getattr(a, k) for k in ("url", "prefix", "tag", "tenant") if getattr(a, k)}
+    if len(body) != 1:
+        print("edgecore purge: give exactly one of --url, --prefix, --tag, --tenant", file=sys.stderr)
+        return 2
+    token = a.token or os.environ.get("EDGECORE_ADMIN_TOKEN", "")
+    req = urllib.request.Request(f"http://{a.admin}/purge", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json",
+                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            print(resp.read().decode().strip())
+            return 0
+    except urllib.error.HTTPError as e:
+        print(f"edgecore purge: {e.code}: {e.read().decode().strip()}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"edgecore purge: cannot reach admin at {a.admin}: {e}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edgecore", description="HTTP edge cache")
+    p.add_argument("--version", action="version", version=f"edgecore {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="run the proxy in the foreground")
+    _add_serve_options(s)
+    s.set_defaults(func=cmd_serve)
+    d = sub.add_parser("demo", help="demo origin + proxy on loopback, sample traffic, a summary")
+    d.add_argument("--serve", action="store_true", help="keep both running after the summary")
+    d.add_argument("--requests", type=int, default=2000, help="sample requests to send (default 2000)")
+    d.set_defaults(func=cmd_demo)
+    c = sub.add_parser("check-config", help="validate a config file")
+    c.add_argument("--config", metavar="FILE", required=True)
+    c.set_defaults(func=cmd_check_config)
+    g = sub.add_parser("purge", help="purge through the admin endpoint")
+    g.add_argument("--admin", default="127.0.0.1:9901", metavar="HOST:PORT")
+    g.add_argument("--token", help="admin token (or EDGECORE_ADMIN_TOKEN)")
+    for k in ("url", "prefix", "tag", "tenant"):
+        g.add_argument(f"--{k}")
+    g.set_defaults(func=cmd_purge)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    rc: int = a.func(a)
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

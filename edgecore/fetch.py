@@ -1,0 +1,394 @@
+"""Upstream fetches: keep-alive connection pools, one HTTP/1.1 exchange at a time per connection,
+timeouts, and single-flight of concurrent misses.
+
+Owns: every upstream socket. The client protocol hands an Exchange its request head (and body chunks)
+and receives the response through a Sink (head, body chunks, end or failure).
+Invariants:
+- a connection carries one exchange at a time and goes back to the pool only after a complete response
+  that allows keep-alive; anything else closes it;
+- a response body that ends early or errors reaches the sink as `failed`, never as `end`;
+- connect, response-head and idle-body timeouts map to UpstreamError (502) / UpstreamTimeout (504);
+- a Flight's waiters are released at once when the leader learns the response is not storable.
+Never: touch a client transport; decide cacheability (policy's job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import httptools
+
+from .config import Config, Upstream
+from .errors import EdgeError, UpstreamError, UpstreamIncomplete, UpstreamTimeout
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class Sink(Protocol):
+    """What receives an upstream response (the client-side request handler)."""
+
+    def head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None: ...
+    def body(self, chunk: bytes) -> None: ...
+    def end(self) -> None: ...
+    def failed(self, exc: EdgeError) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an upstream; carries one Exchange at a time."""
+
+    def __init__(self, pool: Pool, upstream: Upstream) -> None:
+        self.pool = pool
+        self.upstream = upstream
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.closed = False
+        self.reused = False
+        self._can_write = True
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        ex = self.exchange
+        if ex is not None:
+            self.exchange = None
+            ex.connection_lost()
+        self._wake_writer()
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:
+            # bytes on an idle connection: the upstream broke the protocol; never reuse it
+            self.close()
+            return
+        ex.last_activity = ex.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as e:
+            self.exchange = None
+            ex.fail(UpstreamError(f"invalid response from {self.upstream.authority}: {e}"))
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost settles the exchange
+
+    def pause_writing(self) -> None:
+        self._can_write = False
+
+    def resume_writing(self) -> None:
+        self._can_write = True
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        self._drain_waiter = None
+
+    async def drain(self) -> None:
+        """Wait until the upstream takes more request body (flow control client -> upstream)."""
+        if self.closed:
+            raise UpstreamError(f"connection to {self.upstream.authority} closed while sending the request")
+        if self._can_write:
+            return
+        w = self._drain_waiter = asyncio.get_running_loop().create_future()
+        await w
+        if self.closed:
+            raise UpstreamError(f"connection to {self.upstream.authority} closed while sending the request")
+
+    # -- httptools callbacks (response side)
+    def on_status(self, reason: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.headers.append((name.lower(), value.strip()))
+
+    def on_headers_complete(self) -> None:
+        ex = self.exchange
+        if ex is None:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            # interim response (RFC 9110 15.2): drop it, the final one follows
+            ex.headers = []
+            ex.reason = b""
+            return
+        ex.got_head(status, self.parser.should_keep_alive())
+        if ex.method == b"HEAD":
+            # httptools cannot be told the request was HEAD: the exchange ends here and the parser is
+            # replaced so the next response on this connection starts clean (RFC 9110 9.3.2)
+            self.exchange = None
+            self.parser = httptools.HttpResponseParser(self)
+            ex.complete(self)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.got_body(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.exchange
+        if ex is None or not ex.head_seen:
+            return
+        self.exchange = None
+        ex.complete(self)
+
+    # -- used by Exchange/Pool
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+
+class Exchange:
+    """One request/response on an UpstreamConnection, reported to a Sink."""
+
+    def __init__(self, pool: Pool, conn: UpstreamConnection, method: bytes, sink: Sink) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.conn = conn
+        self.method = method
+        self.sink = sink
+        self.reason = b""
+        self.headers: Headers = []
+        self.head_seen = False
+        self.finished = False
+        self.keep_alive = False
+        self.last_activity = self.loop.time()
+        self.response_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self.head_future: asyncio.Future[None] = self.loop.create_future()
+
+    def start(self, head: bytes) -> None:
+        self.conn.exchange = self
+        self.conn.write(head)
+        self._arm(self.pool.cfg.response_timeout)
+
+    def _arm(self, delay: float) -> None:
+        self._timer = self.loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.finished:
+            return
+        if not self.head_seen:
+            self.fail(UpstreamTimeout(f"no response head from {self.conn.upstream.authority} "
+                                      f"within {self.pool.cfg.response_timeout:g}s"))
+            self.conn.exchange = None
+            self.conn.abort()
+            return
+        idle = self.loop.time() - self.last_activity
+        limit = self.pool.cfg.idle_timeout
+        if idle >= limit:
+            self.fail(UpstreamTimeout(f"upstream {self.conn.upstream.authority} body idle for {limit:g}s"))
+            self.conn.exchange = None
+            self.conn.abort()
+        else:
+            self._arm(limit - idle)
+
+    def got_head(self, status: int, keep_alive: bool) -> None:
+        self.head_seen = True
+        self.keep_alive = keep_alive
+        if self._timer is not None:
+            self._timer.cancel()
+        self._arm(self.pool.cfg.idle_timeout)
+        if not self.head_future.done():
+            self.head_future.set_result(None)
+        self.sink.head(status, self.reason, self.headers, keep_alive)
+
+    def got_body(self, chunk: bytes) -> None:
+        self.response_bytes += len(chunk)
+        self.sink.body(chunk)
+
+    def complete(self, conn: UpstreamConnection) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        self.pool.release(conn, self.keep_alive)
+        self.sink.end()
+
+    def fail(self, exc: EdgeError) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        if not self.head_future.done():
+            self.head_future.set_exception(exc)
+            self.head_future.exception()  # mark retrieved: the sink hears of it too
+        self.sink.failed(exc)
+
+    def connection_lost(self) -> None:
+        if self.head_seen:
+            self.fail(UpstreamIncomplete(f"upstream {self.conn.upstream.authority} closed mid-body"))
+        else:
+            self.fail(UpstreamError(f"upstream {self.conn.upstream.authority} closed the connection "
+                                    "before responding"))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+class Pool:
+    """Keep-alive connections to the configured upstreams, chosen round-robin."""
+
+    def __init__(self, cfg: Config, loop: asyncio.AbstractEventLoop,
+                 on_request: Callable[[], None] | None = None) -> None:
+        if not cfg.upstream:
+            raise ValueError("no upstream configured")
+        self.cfg = cfg
+        self.loop = loop
+        self._rr = itertools.cycle(cfg.upstream)
+        self._idle: dict[Upstream, list[UpstreamConnection]] = {u: [] for u in cfg.upstream}
+        self._on_request = on_request
+        self.requests = 0
+        self.connects = 0
+
+    async def _connect(self, upstream: Upstream) -> UpstreamConnection:
+        try:
+            _, conn = await asyncio.wait_for(
+                self.loop.create_connection(lambda: UpstreamConnection(self, upstream),
+                                            upstream.host, upstream.port),
+                self.cfg.connect_timeout)
+        except TimeoutError:
+            raise UpstreamTimeout(f"connect to {upstream.authority} timed out after "
+                                  f"{self.cfg.connect_timeout:g}s")
+        except OSError as e:
+            raise UpstreamError(f"cannot connect to {upstream.authority}: {e.strerror or e}")
+        self.connects += 1
+        return conn
+
+    async def acquire(self, fresh: bool = False) -> UpstreamConnection:
+        upstream = next(self._rr)
+        idle = self._idle[upstream]
+        while idle and not fresh:
+            conn = idle.pop()
+            if not conn.closed:
+                conn.reused = True
+                return conn
+        return await self._connect(upstream)
+
+    def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
+        idle = self._idle.get(conn.upstream)
+        if (keep_alive and not conn.closed and idle is not None
+                and len(idle) < self.cfg.upstream_pool_size):
+            conn.reused = True
+            idle.append(conn)
+        else:
+            conn.close()
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.get(conn.upstream)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def open(self, conn: UpstreamConnection, method: bytes, head: bytes, sink: Sink) -> Exchange:
+        """Start an exchange on an acquired connection: the request head goes out now."""
+        self.requests += 1
+        if self._on_request is not None:
+            self._on_request()
+        ex = Exchange(self, conn, method, sink)
+        ex.start(head)
+        return ex
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+            idle.clear()
+
+
+class Flight:
+    """A miss in progress for one key. Waiters await `done`; its result tells them what to do."""
+
+    __slots__ = ("done", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.done: asyncio.Future[Any] = loop.create_future()
+        self.waiters = 0
+
+
+class Flights:
+    """Single-flight of misses per key (Varnish's busy object + waiting list), plus hit-for-miss memory:
+    keys recently found uncacheable skip coalescing so their requests never queue behind each other."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, hit_for_miss_ttl: float) -> None:
+        self.loop = loop
+        self.hfm_ttl = hit_for_miss_ttl
+        self._flights: dict[bytes, Flight] = {}
+        self._uncacheable: dict[bytes, float] = {}
+
+    def join(self, key: bytes) -> tuple[Flight, bool]:
+        """(flight, leader?) for key."""
+        f = self._flights.get(key)
+        if f is not None:
+            f.waiters += 1
+            return f, False
+        f = self._flights[key] = Flight(self.loop)
+        return f, True
+
+    def finish(self, key: bytes, flight: Flight, result: Any) -> None:
+        """Leader: publish the outcome (an object the waiters understand; None = go upstream yourselves)."""
+        if self._flights.get(key) is flight:
+            del self._flights[key]
+        if not flight.done.done():
+            flight.done.set_result(result)
+
+    def uncacheable(self, key: bytes) -> bool:
+        until = self._uncacheable.get(key)
+        if until is None:
+            return False
+        if self.loop.time() < until:
+            return True
+        del self._uncacheable[key]
+        return False
+
+    def mark_uncacheable(self, key: bytes) -> None:
+        if len(self._uncacheable) > 100_000:  # bounded memory: drop the expired, then the oldest
+            now = self.loop.time()
+            for k in [k for k, t in self._uncacheable.items() if t <= now][:50_000] or \
+                    list(itertools.islice(self._uncacheable, 50_000)):
+                del self._uncacheable[k]
+        self._uncacheable[key] = self.loop.time() + self.hfm_ttl
+
+    def forget_uncacheable(self, key: bytes) -> None:
+        self._uncacheable.pop(key, None)

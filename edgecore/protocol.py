@@ -1,0 +1,1040 @@
+"""The client-facing HTTP/1.1 protocol: the only code that touches client transports.
+
+Owns: parsing requests (httptools), keep-alive and pipelining (responses strictly in request order),
+request bodies (Content-Length or chunked, streamed upstream with flow control), the cache path of GET/HEAD
+(lookup, freshness, coalesced misses, store), pass-through of every other method, and turning every
+EdgeError into a response (the one place that does).
+Invariants:
+- one request is handled at a time per connection; later pipelined requests wait in `queue`;
+- a fresh plain hit is answered synchronously inside the parser callback (no task, no await);
+- a response whose body cannot be completed closes the connection: the client never sees a short body
+  framed as complete, and such a body is never stored;
+- request smuggling is refused: Content-Length with Transfer-Encoding, differing Content-Lengths, or a
+  Transfer-Encoding that is not chunked get 400 and the connection closes.
+Never: decide cacheability or freshness itself (policy), build keys itself (keys), or block the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import socket
+import time
+from typing import Any
+
+import httptools
+
+from . import entry, keys, policy
+from .cache import Cache
+from .config import Config
+from .errors import BadRequest, EdgeError, HeaderTooLarge, UpstreamError, UpstreamIncomplete
+from .fetch import Exchange, Flights, Pool, UpstreamConnection
+from .metrics import F_BAD_REQUESTS, F_CONNECTIONS, F_UPSTREAM_ERRORS, Outcome, SlotCounters
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 7.6.1: hop-by-hop fields, never forwarded either way (plus those listed in Connection)
+HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization"))
+# request fields that send a GET/HEAD off the fast hit path
+_SLOW_REQUEST_FIELDS = frozenset((b"cache-control", b"pragma", b"if-none-match", b"if-modified-since",
+                                  b"if-match", b"if-unmodified-since", b"if-range", b"range",
+                                  b"authorization"))
+# fields not forwarded upstream when edgecore fetches a GET/HEAD for its cache: the cache answers
+# the client's conditionals and ranges itself from the full response
+_CACHE_FETCH_DROP = frozenset((b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since",
+                               b"if-range", b"range"))
+_CACHEABLE_METHODS = frozenset((b"GET", b"HEAD"))
+_UNSAFE_KEEP = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
+BODY_HIGH_WATER = 256 << 10     # buffered request body bytes before the client is paused
+PIPELINE_MAX = 64               # queued pipelined requests before the client is paused
+
+_REASONS = {
+    100: b"Continue", 200: b"OK", 304: b"Not Modified", 206: b"Partial Content", 400: b"Bad Request",
+    413: b"Content Too Large", 416: b"Range Not Satisfiable", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+}
+
+
+class Context:
+    """Everything a worker's connections share."""
+
+    def __init__(self, cfg: Config, cache: Cache, counters: SlotCounters,
+                 loop: asyncio.AbstractEventLoop, pool: Pool | None = None) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self.counters = counters
+        self.loop = loop
+        self.pool = pool or Pool(cfg, loop, on_request=counters_upstream(counters))
+        self.flights = Flights(loop, cfg.hit_for_miss_ttl)
+        self.key_opts = keys.KeyOptions()
+        self.policy_opts = policy.Options(targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control))
+        self.connections: set[ClientProtocol] = set()
+        self.draining = False
+        self.via = b"1.1 edgecore"
+        self.refreshing: set[bytes] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close clients idle or stalled past client_timeout (slow-loris, dead peers)."""
+        now = self.loop.time()
+        limit = self.cfg.client_timeout
+        for c in list(self.connections):
+            c.check_idle(now, limit)
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.pool.close()
+
+
+def counters_upstream(counters: SlotCounters) -> Any:
+    from .metrics import F_UPSTREAM
+
+    def on_request() -> None:
+        counters.inc(F_UPSTREAM)
+
+    return on_request
+
+
+class Request:
+    __slots__ = ("method", "target", "headers", "host", "version", "keep_alive", "slow", "clen", "chunked",
+                 "expect_continue", "body", "body_done", "body_bytes", "body_waiter", "error", "t0",
+                 "conn_tokens", "head_bytes")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.headers: Headers = []
+        self.host = b""
+        self.version = b"1.1"
+        self.keep_alive = True
+        self.slow = False
+        self.clen: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.body: collections.deque[bytes] | None = None
+        self.body_done = True
+        self.body_bytes = 0
+        self.body_waiter: asyncio.Future[None] | None = None
+        self.error: EdgeError | None = None
+        self.t0 = 0.0
+        self.conn_tokens: list[bytes] = []
+        self.head_bytes = 0
+
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.clen)
+
+
+class ClientProtocol(asyncio.Protocol):
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.req: Request | None = None            # being parsed
+        self.active: Request | None = None         # being answered (async)
+        self.queue: collections.deque[Request] = collections.deque()
+        self.closing = False
+        self.read_paused = False
+        self.write_paused = False
+        self.upstream: UpstreamConnection | None = None   # streaming to us right now
+        self.last_progress = ctx.loop.time()
+        self.peer = b"unknown"
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # ------------------------------------------------------------------ transport events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.ctx.connections.add(self)
+        self.ctx.counters.inc(F_CONNECTIONS)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.peer = str(peer[0]).encode()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.ctx.connections.discard(self)
+        up = self.upstream
+        if up is not None:
+            up.resume_reading()
+        self._wake_drain()
+        for r in (self.active, self.req):
+            if r is not None and r.body_waiter is not None and not r.body_waiter.done():
+                r.body_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_progress = self.ctx.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # Upgrade is hop-by-hop and not supported: answer the request, then close
+            if self.req is not None:
+                self.req.keep_alive = False
+            for r in self.queue:
+                r.keep_alive = False
+            self._stop_reading()
+        except httptools.HttpParserError as e:
+            err = e.__context__ if isinstance(e.__context__, EdgeError) else BadRequest(f"malformed request: {e}")
+            self._parse_failed(err)
+
+    def eof_received(self) -> bool | None:
+        # half-close from the client: finish what is queued, then close
+        if self.active is None and not self.queue:
+            return None
+        for r in self.queue:
+            r.keep_alive = False
+        if self.active is not None:
+            self.active.keep_alive = False
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        up = self.upstream
+        if up is not None:
+            up.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.last_progress = self.ctx.loop.time()
+        up = self.upstream
+        if up is not None:
+            up.resume_reading()
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        w = self._drain_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        self._drain_waiter = None
+
+    async def drain(self) -> None:
+        if self.write_paused and not self.closing:
+            self._drain_waiter = self.ctx.loop.create_future()
+            await self._drain_waiter
+
+    def check_idle(self, now: float, limit: float) -> None:
+        """Called about once a second: a client that sends nothing (between requests or inside a head or
+        body) or reads nothing for `limit` seconds is closed."""
+        if self.closing or now - self.last_progress < limit:
+            return
+        waiting_for_upstream = self.active is not None and not self.write_paused and self.active.body_done
+        if not waiting_for_upstream:
+            self.abort()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _stop_reading(self) -> None:
+        if not self.read_paused and self.transport is not None and not self.closing:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None and not self.closing:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ parser callbacks
+    def on_message_begin(self) -> None:
+        self.req = Request()
+
+    def on_url(self, url: bytes) -> None:
+        r = self.req
+        assert r is not None
+        r.target += url
+        r.head_bytes += len(url)
+        if r.head_bytes > self.ctx.cfg.max_header_size:
+            raise HeaderTooLarge("request target and header section exceed max_header_size")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        r = self.req
+        assert r is not None
+        r.head_bytes += len(name) + len(value) + 4
+        if r.head_bytes > self.ctx.cfg.max_header_size:
+            raise HeaderTooLarge("request header section exceeds max_header_size")
+        name = name.lower()
+        value = value.strip()
+        r.headers.append((name, value))
+        if name == b"host":
+            if r.host:
+                raise BadRequest("more than one Host field")  # RFC 9112 3.2
+            r.host = value.lower()
+        elif name in _SLOW_REQUEST_FIELDS:
+            r.slow = True
+        elif name == b"content-length":
+            if not value.isdigit():
+                raise BadRequest("invalid Content-Length")
+            n = int(value)
+            if r.clen is not None and r.clen != n:
+                raise BadRequest("differing Content-Length values")  # RFC 9112 6.3 (smuggling)
+            r.clen = n
+        elif name == b"transfer-encoding":
+            codings = [c.strip().lower() for c in value.split(b",")]
+            if r.chunked or codings[-1] != b"chunked" or len(codings) != 1:
+                raise BadRequest("unsupported Transfer-Encoding")  # RFC 9112 6.1
+            r.chunked = True
+        elif name == b"expect":
+            if value.lower() == b"100-continue":
+                r.expect_continue = True
+        elif name == b"connection":
+            r.conn_tokens.extend(t.strip().lower() for t in value.split(b","))
+
+    def on_headers_complete(self) -> None:
+        r = self.req
+        assert r is not None
+        p = self.parser
+        r.method = p.get_method()
+        r.version = p.get_http_version().encode()
+        r.keep_alive = p.should_keep_alive() and not self.ctx.draining
+        r.t0 = time.time()
+        if r.chunked and r.clen is not None:
+            raise BadRequest("both Content-Length and Transfer-Encoding")  # RFC 9112 6.3 (smuggling)
+        if r.version == b"1.1" and not r.host:
+            raise BadRequest("HTTP/1.1 request without Host")  # RFC 9112 3.2
+        if r.clen is not None and r.clen > self.ctx.cfg.max_body_size:
+            e = BadRequest("request body exceeds max_body_size")
+            e.status, e.reason = 413, "Content Too Large"
+            raise e
+        if r.has_body():
+            r.body = collections.deque()
+            r.body_done = False
+        elif (not r.slow and self.active is None and not self.queue
+              and r.method in _CACHEABLE_METHODS and self._fast_hit(r)):
+            self.req = None
+            return
+        self._dispatch(r)
+
+    def on_body(self, body: bytes) -> None:
+        r = self.req
+        if r is None or r.body is None:
+            return
+        r.body.append(body)
+        r.body_bytes += len(body)
+        if r.body_bytes > self.ctx.cfg.max_body_size:
+            e = BadRequest("request body exceeds max_body_size")
+            e.status, e.reason = 413, "Content Too Large"
+            raise e
+        w = r.body_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+        if sum(len(c) for c in r.body) > BODY_HIGH_WATER:
+            self._stop_reading()
+
+    def on_message_complete(self) -> None:
+        r = self.req
+        self.req = None
+        if r is None:
+            return
+        r.body_done = True
+        w = r.body_waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # ------------------------------------------------------------------ dispatch
+    def _dispatch(self, r: Request) -> None:
+        if self.active is None and not self.queue:
+            self._start(r)
+        else:
+            self.queue.append(r)
+            if len(self.queue) >= PIPELINE_MAX:
+                self._stop_reading()
+
+    def _start(self, r: Request) -> None:
+        self.active = r
+        self.ctx.loop.create_task(self._run(r))
+
+    async def _run(self, r: Request) -> None:
+        while True:
+            try:
+                await self._handle(r)
+            except EdgeError as e:
+                self._error_response(r, e)
+            except Exception as e:  # a worker never dies of one request
+                self._error_response(r, EdgeError(f"internal error: {type(e).__name__}: {e}"))
+            if self.closing or not r.keep_alive or self.ctx.draining:
+                self._finish_connection()
+                self.active = None
+                return
+            # the next pipelined request, in order
+            while self.queue:
+                r = self.queue.popleft()
+                if len(self.queue) < PIPELINE_MAX // 2:
+                    self._resume_reading()
+                if r.error is None and not r.slow and not r.has_body() and r.method in _CACHEABLE_METHODS \
+                        and self._fast_hit(r):
+                    if not r.keep_alive:
+                        self._finish_connection()
+                        self.active = None
+                        return
+                    continue
+                break
+            else:
+                self.active = None
+                return
+
+    def _finish_connection(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _parse_failed(self, err: EdgeError) -> None:
+        self.ctx.counters.inc(F_BAD_REQUESTS)
+        self._stop_reading()
+        r = self.req or Request()
+        self.req = None
+        r.error = err
+        r.keep_alive = False
+        if self.active is None and not self.queue:
+            self._error_response(r, err)
+            self._finish_connection()
+        else:
+            self.queue.append(r)
+
+    # ------------------------------------------------------------------ responses
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def _conn_header(self, r: Request) -> bytes:
+        if not r.keep_alive:
+            return b"connection: close\r\n"
+        if r.version == b"1.0":
+            return b"connection: keep-alive\r\n"
+        return b""
+
+    def _error_response(self, r: Request, e: EdgeError, cache_status: bytes | None = None) -> None:
+        self.ctx.counters.request(Outcome.ERROR, time.time() - r.t0 if r.t0 else 0.0)
+        if isinstance(e, UpstreamError):
+            self.ctx.counters.inc(F_UPSTREAM_ERRORS)
+        if self.closing:
+            return
+        status = e.status
+        body = (f"{status} {e.reason}: {e}\n").encode()
+        if status < 500 or status == 505:
+            r.keep_alive = False
+        cs = cache_status or policy.cache_status(hit=False, fwd="bypass" if status < 500 else "miss",
+                                                 detail=type(e).__name__.lower())
+        head = (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+                b"cache-status: %s\r\n%s\r\n" % (status, e.reason.encode(), len(body), cs, self._conn_header(r)))
+        self._write(head if r.method == b"HEAD" else head + body)
+        if not r.keep_alive:
+            self._finish_connection()
+
+    def _fast_hit(self, r: Request) -> bool:
+        """A fresh, plain hit for a GET/HEAD without cache-relevant request fields: answered here,
+        synchronously. False sends the request down the full path (which looks up again)."""
+        ctx = self.ctx
+        now = r.t0
+        key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts)
+        found = ctx.cache.lookup(key, now)
+        if found is None or found[3] != entry.FLAG_PLAIN:
+            return False
+        value = found[0]
+        sl, head_len, fresh_until, birth = entry.HIT.unpack_from(value, 0)
+        if now >= fresh_until:
+            return False
+        m = entry.M
+        dyn = b"age: %d\r\ncache-status: edgecore; hit; ttl=%d\r\n%s" % (
+            now - birth, fresh_until - now, self._conn_header(r))
+        if r.method == b"HEAD":
+            self._write(b"".join((value[m:m + sl], dyn, value[m + sl:m + head_len])))
+        else:
+            self._write(b"".join((value[m:m + sl], dyn, value[m + sl:])))
+        ctx.counters.request(Outcome.HIT, time.time() - now)
+        if not r.keep_alive:
+            self._finish_connection()
+        return True
+
+    # ------------------------------------------------------------------ the full path
+    async def _handle(self, r: Request) -> None:
+        if r.error is not None:
+            self._error_response(r, r.error)
+            return
+        if r.expect_continue and r.version == b"1.1" and not r.body_done:
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")  # RFC 9110 10.1.1
+        if r.method in _CACHEABLE_METHODS and not r.has_body():
+            await self._cache_path(r)
+        else:
+            await self._pass(r, Outcome.BYPASS, fwd=b"method" if r.method not in _CACHEABLE_METHODS
+                             else b"bypass")
+
+    async def _cache_path(self, r: Request) -> None:
+        ctx = self.ctx
+        now = time.time()
+        rc = policy.parse_request(r.headers)
+        key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts)
+        found = ctx.cache.lookup(key, now)
+        vary_names: tuple[bytes, ...] | None = None
+        fwd = b"uri-miss"
+        if found is not None and found[3] == entry.FLAG_VARY:
+            vary_names = entry.decode_vary(found[0])
+            key = keys.secondary_key(key, vary_names, r.headers)
+            found = ctx.cache.lookup(key, now)
+            fwd = b"vary-miss"
+        if rc.no_store:
+            await self._pass(r, Outcome.BYPASS, fwd=b"request", detail=b"request-no-store")
+            return
+        if found is not None:
+            value = found[0]
+            m = entry.meta(value)
+            f = entry.freshness(m)
+            use, why = policy.decide_use(f, rc, now)
+            if use is policy.Use.FRESH:
+                self._serve_stored(r, value, m, now, Outcome.HIT, b"edgecore; hit; ttl=%d" % max(
+                    0, int(m.fresh_until - now)))
+                return
+            if use is policy.Use.STALE_REVALIDATE:
+                self._serve_stored(r, value, m, now, Outcome.STALE, b"edgecore; fwd=stale; detail=swr")
+                self._background_refresh(r, key, value, m)
+                return
+            # must validate upstream (stale, no-cache, request directives)
+            await self._revalidate(r, key, value, m, rc, why)
+            return
+        if rc.only_if_cached:
+            e = UpstreamError("only-if-cached and nothing stored")  # RFC 9111 5.2.1.7
+            e.status, e.reason = 504, "Gateway Timeout"
+            self._error_response(r, e, b"edgecore; fwd=miss; detail=only-if-cached")
+            return
+        if ctx.flights.uncacheable(key):
+            await self._pass(r, Outcome.UNCACHEABLE, fwd=fwd, detail=b"hit-for-miss")
+            return
+        await self._miss(r, key, fwd)
+
+    def _serve_stored(self, r: Request, value: bytes, m: entry.Meta, now: float, outcome: Outcome,
+                      cache_status: bytes) -> None:
+        """A stored response to the client, with conditional (RFC 9110 13) and range (RFC 9110 14)
+        handling when the request asks for them."""
+        age = max(0, int(now - m.birth))
+        conn = self._conn_header(r)
+        mo = entry.M
+        head_end = mo + m.head_len
+        status_line = value[mo:mo + m.statusline_len]
+        rest_head = value[mo + m.statusline_len:head_end]
+        dyn = b"age: %d\r\ncache-status: %s\r\n%s" % (age, cache_status, conn)
+        if r.slow and m.status == 200:
+            stored = entry.headers(value, m)
+            if policy.client_not_modified(r.headers, stored):
+                self._write(self._head_304(stored, dyn))
+                self._count(r, outcome)
+                return
+            rng = _header(r.headers, b"range")
+            if rng is not None and r.method == b"GET" and _if_range_ok(r.headers, stored):
+                total = m.head_len and len(value) - head_end
+                span = policy.parse_range(rng, total)
+                if span is None:
+                    if rng.strip().lower().startswith(b"bytes="):
+                        self._write(b"HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */%d\r\n"
+                                    b"content-length: 0\r\n%s\r\n" % (total, dyn))
+                        self._count(r, outcome)
+                        return
+                else:
+                    first, last = span
+                    fields = b"".join(n + b": " + v + b"\r\n" for n, v in stored)
+                    self._write(b"".join((
+                        b"HTTP/1.1 206 Partial Content\r\n", fields,
+                        b"content-range: bytes %d-%d/%d\r\ncontent-length: %d\r\n" % (
+                            first, last, total, last - first + 1),
+                        dyn, b"\r\n", value[head_end + first:head_end + last + 1])))
+                    self._count(r, outcome)
+                    return
+        if r.method == b"HEAD":
+            self._write(b"".join((status_line, dyn, rest_head)))
+        else:
+            self._write(b"".join((status_line, dyn, value[mo + m.statusline_len:])))
+        self._count(r, outcome)
+
+    @staticmethod
+    def _head_304(stored: Headers, dyn: bytes) -> bytes:
+        # RFC 9110 15.4.5: the 304 carries the fields a 200 would have had that describe the
+        # representation's metadata, and no body
+        keep = (b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
+                b"last-modified")
+        fields = b"".join(n + b": " + v + b"\r\n" for n, v in stored if n in keep)
+        return b"HTTP/1.1 304 Not Modified\r\n" + fields + dyn + b"\r\n"
+
+    def _count(self, r: Request, outcome: Outcome) -> None:
+        self.ctx.counters.request(outcome, time.time() - r.t0)
+        if not r.keep_alive:
+            self._finish_connection()
+
+    # ------------------------------------------------------------------ upstream
+    def _upstream_head(self, r: Request, method: bytes | None = None, drop: frozenset[bytes] = frozenset(),
+                       extra: Headers | None = None) -> bytes:
+        """The request head sent upstream: hop-by-hop and Connection-listed fields removed (RFC 9110
+        7.6.1), Via and X-Forwarded-For/-Proto added, the body re-framed."""
+        conn_listed = set(r.conn_tokens)
+        parts = [b"%s %s HTTP/1.1\r\n" % (method or r.method, r.target)]
+        xff = None
+        for name, value in r.headers:
+            if name in HOP_BY_HOP or name in conn_listed or name in drop or name == b"content-length" \
+                    or name == b"expect":
+                continue
+            if name == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+                continue
+            if name in (b"x-forwarded-proto", b"via"):
+                if name == b"via":
+                    parts.append(b"via: " + value + b", " + self.ctx.via + b"\r\n")
+                continue
+            parts.append(name + b": " + value + b"\r\n")
+        if not any(n == b"via" for n, _ in r.headers):
+            parts.append(b"via: " + self.ctx.via + b"\r\n")
+        parts.append(b"x-forwarded-for: " + (xff + b", " + self.peer if xff else self.peer) + b"\r\n")
+        parts.append(b"x-forwarded-proto: http\r\n")
+        if extra:
+            parts.extend(n + b": " + v + b"\r\n" for n, v in extra)
+        if method is None or method == r.method:
+            if r.chunked:
+                parts.append(b"transfer-encoding: chunked\r\n")
+            elif r.clen is not None:
+                parts.append(b"content-length: %d\r\n" % r.clen)
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    async def _send_body(self, r: Request, conn: UpstreamConnection) -> None:
+        """Stream the request body upstream (re-chunked when it came chunked), with flow control."""
+        if r.body is None:
+            return
+        while True:
+            while r.body:
+                chunk = r.body.popleft()
+                if r.chunked:
+                    conn.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                else:
+                    conn.write(chunk)
+                await conn.drain()
+            if sum(len(c) for c in r.body) < BODY_HIGH_WATER // 2:
+                self._resume_reading()
+            if r.body_done:
+                break
+            if self.closing:
+                raise UpstreamIncomplete("client went away while sending the request body")
+            r.body_waiter = self.ctx.loop.create_future()
+            await r.body_waiter
+            r.body_waiter = None
+        if r.chunked:
+            conn.write(b"0\r\n\r\n")
+
+    async def _exchange(self, r: Request, sink: Any, method: bytes | None = None,
+                        drop: frozenset[bytes] = frozenset(), extra: Headers | None = None) -> Exchange:
+        """Open an upstream exchange (retrying once on a fresh connection when a reused one turns out
+        closed before answering a bodiless request) and wait for its response head."""
+        pool = self.ctx.pool
+        head = self._upstream_head(r, method, drop, extra)
+        for attempt in (0, 1):
+            conn = await pool.acquire(fresh=attempt == 1)
+            reused = conn.reused
+            ex = pool.open(conn, method or r.method, head, sink)
+            sink.exchange = ex
+            if r.body is not None:
+                await self._send_body(r, conn)
+            try:
+                await ex.head_future
+                return ex
+            except UpstreamError:
+                if attempt == 0 and reused and r.body is None and not ex.head_seen and not sink.started:
+                    sink.reset()
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def _pass(self, r: Request, outcome: Outcome, fwd: bytes, detail: bytes | None = None) -> None:
+        """Forward upstream and stream the response back; nothing is stored. Unsafe methods invalidate
+        (RFC 9111 4.4)."""
+        sink = StreamSink(self.ctx, self, r, outcome, fwd=fwd, detail=detail)
+        await self._exchange(r, sink)
+        await sink.finished()
+        if r.method not in _UNSAFE_KEEP and sink.status is not None:
+            self._invalidate(r, sink.status, sink.headers)
+
+    def _invalidate(self, r: Request, status: int, headers: Headers) -> None:
+        if status >= 400:
+            return
+        for target in policy.invalidation_targets(r.method, status, r.host, r.target, headers):
+            self.ctx.cache.delete(keys.primary_key(b"GET", r.host, target, self.ctx.key_opts))
+
+    async def _miss(self, r: Request, key: bytes, fwd: bytes) -> None:
+        """A cache miss: coalesced per key. The leader fetches; waiters get its stored response, or go
+        upstream on their own the moment it turns out not storable."""
+        ctx = self.ctx
+        flight, leader = ctx.flights.join(key)
+        if not leader:
+            try:
+                result = await asyncio.wait_for(asyncio.shield(flight.done), ctx.cfg.response_timeout)
+            except TimeoutError:
+                e = UpstreamError("timed out waiting for a coalesced upstream response")
+                e.status, e.reason = 504, "Gateway Timeout"
+                self._error_response(r, e)
+                return
+            if result is not None:
+                value = result
+                m = entry.meta(value)
+                now = time.time()
+                if now < m.fresh_until or m.eflags & entry.E_NO_CACHE == 0:
+                    self._serve_stored(r, value, m, now, Outcome.COLLAPSED,
+                                       b"edgecore; fwd=miss; collapsed; ttl=%d" % max(0, int(m.fresh_until - now)))
+                    return
+            await self._pass(r, Outcome.UNCACHEABLE, fwd=fwd, detail=b"collapsed-uncacheable")
+            return
+        sink = StoreSink(self.ctx, self, r, key, fwd=fwd, flight=flight)
+        try:
+            await self._exchange(r, sink, method=b"GET", drop=_CACHE_FETCH_DROP)
+            await sink.finished()
+        finally:
+            ctx.flights.finish(key, flight, sink.stored_value)
+
+    async def _revalidate(self, r: Request, key: bytes, value: bytes, m: entry.Meta,
+                          rc: policy.RequestControl, why: policy.Reason | None) -> None:
+        """A stored response that may not be used as is: validate it upstream (RFC 9111 4.3.1)."""
+        stored = entry.headers(value, m)
+        validators = policy.validators_for(stored)
+        sink = StoreSink(self.ctx, self, r, key, fwd=b"stale", flight=None, stored=(value, m, stored), reason=why)
+        try:
+            await self._exchange(r, sink, method=b"GET", drop=_CACHE_FETCH_DROP, extra=validators)
+            await sink.finished()
+        except UpstreamError as e:
+            f = entry.freshness(m)
+            if not sink.started and policy.may_serve_stale_on_error(f, rc, time.time()):
+                self._serve_stored(r, value, m, time.time(), Outcome.STALE,
+                                   b"edgecore; fwd=stale; detail=stale-if-error")
+                return
+            raise e
+
+    def _background_refresh(self, r: Request, key: bytes, value: bytes, m: entry.Meta) -> None:
+        """stale-while-revalidate (RFC 5861 3): one refresh per key, off the client's path."""
+        ctx = self.ctx
+        if key in ctx.refreshing:
+            return
+        ctx.refreshing.add(key)
+        bg = Request()
+        for s in ("method", "target", "host", "version", "conn_tokens"):
+            setattr(bg, s, getattr(r, s))
+        bg.method = b"GET"
+        bg.headers = list(r.headers)
+        bg.t0 = time.time()
+
+        async def run() -> None:
+            stored = entry.headers(value, m)
+            sink = StoreSink(ctx, None, bg, key, fwd=b"stale", flight=None, stored=(value, m, stored))
+            try:
+                await self._exchange(bg, sink, method=b"GET", drop=_CACHE_FETCH_DROP,
+                                     extra=policy.validators_for(stored))
+                await sink.finished()
+            except EdgeError:
+                pass
+            finally:
+                ctx.refreshing.discard(key)
+
+        ctx.loop.create_task(run())
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+def _if_range_ok(req: Headers, stored: Headers) -> bool:
+    """RFC 9110 13.1.5: If-Range with a strong ETag match (or an exact Last-Modified date) keeps the range."""
+    ir = _header(req, b"if-range")
+    if ir is None:
+        return True
+    if ir.startswith(b"\"") or ir.startswith(b"W/"):
+        etag = _header(stored, b"etag")
+        return etag is not None and not ir.startswith(b"W/") and etag == ir
+    return _header(stored, b"last-modified") == ir
+
+
+class StreamSink:
+    """Streams an upstream response to the client (head, then body chunks as they come)."""
+
+    def __init__(self, ctx: Context, proto: ClientProtocol | None, r: Request, outcome: Outcome, fwd: bytes,
+                 detail: bytes | None = None) -> None:
+        self.ctx = ctx
+        self.proto = proto
+        self.r = r
+        self.outcome = outcome
+        self.fwd = fwd
+        self.detail = detail
+        self.exchange: Exchange | None = None
+        self.status: int | None = None
+        self.headers: Headers = []
+        self.started = False         # bytes sent to the client
+        self.chunked_out = False
+        self.no_body = False
+        self.close_delimited = False
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.error: EdgeError | None = None
+
+    def reset(self) -> None:
+        self.status = None
+        self.headers = []
+
+    def cache_status(self) -> bytes:
+        s = b"edgecore; fwd=" + self.fwd
+        if self.status is not None:
+            s += b"; fwd-status=%d" % self.status
+        if self.detail:
+            s += b"; detail=" + self.detail
+        return s
+
+    def head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None:
+        self.status = status
+        self.headers = headers
+        p = self.proto
+        if p is None:
+            return
+        up = self.exchange.conn if self.exchange is not None else None
+        p.upstream = up
+        if p.write_paused and up is not None:
+            up.pause_reading()
+        self._send_head(p, status, reason, headers)
+
+    def _send_head(self, p: ClientProtocol, status: int, reason: bytes, headers: Headers,
+                   extra: bytes = b"") -> None:
+        r = self.r
+        conn_listed = set()
+        clen = None
+        te = False
+        for n, v in headers:
+            if n == b"connection":
+                conn_listed.update(t.strip().lower() for t in v.split(b","))
+            elif n == b"content-length":
+                clen = v
+            elif n == b"transfer-encoding":
+                te = True
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        for n, v in headers:
+            if n in HOP_BY_HOP or n in conn_listed or n == b"content-length" or n == b"cache-status":
+                continue
+            if n == b"via":
+                parts.append(b"via: " + v + b", " + p.ctx.via + b"\r\n")
+                continue
+            parts.append(n + b": " + v + b"\r\n")
+        if not any(n == b"via" for n, _ in headers):
+            parts.append(b"via: " + p.ctx.via + b"\r\n")
+        parts.append(b"cache-status: " + self.cache_status() + b"\r\n")
+        parts.append(extra)
+        self.no_body = r.method == b"HEAD" or status in (204, 304) or 100 <= status < 200
+        if clen is not None and not te:
+            parts.append(b"content-length: " + clen + b"\r\n")
+        elif not self.no_body:
+            if r.version == b"1.1":
+                self.chunked_out = True
+                parts.append(b"transfer-encoding: chunked\r\n")
+            else:
+                self.close_delimited = True
+                r.keep_alive = False
+        parts.append(p._conn_header(r))
+        parts.append(b"\r\n")
+        p._write(b"".join(parts))
+        self.started = True
+
+    def body(self, chunk: bytes) -> None:
+        p = self.proto
+        if p is None or self.no_body:
+            return
+        if self.chunked_out:
+            p._write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        else:
+            p._write(chunk)
+
+    def end(self) -> None:
+        p = self.proto
+        if p is not None:
+            p.upstream = None
+            if self.chunked_out:
+                p._write(b"0\r\n\r\n")
+            if self.close_delimited:
+                p._finish_connection()
+            p.ctx.counters.request(self.outcome, time.time() - self.r.t0)
+        if not self._done.done():
+            self._done.set_result(None)
+
+    def failed(self, exc: EdgeError) -> None:
+        self.error = exc
+        p = self.proto
+        if p is not None:
+            p.upstream = None
+            if self.started:
+                # the head is out: the only honest signal left is to close without finishing the body
+                p.ctx.counters.inc(F_UPSTREAM_ERRORS)
+                p.abort()
+        if not self._done.done():
+            self._done.set_result(None)
+
+    async def finished(self) -> None:
+        await self._done
+        if self.error is not None and not self.started:
+            raise self.error
+
+
+class StoreSink(StreamSink):
+    """Streams a GET response to the client while keeping its body for the cache; stores it when the
+    policy allows and the body completes. Handles 304s to revalidations (RFC 9111 4.3.3/4.3.4)."""
+
+    def __init__(self, ctx: Context, proto: ClientProtocol | None, r: Request, key: bytes, fwd: bytes,
+                 flight: Any, stored: tuple[bytes, entry.Meta, Headers] | None = None,
+                 reason: policy.Reason | None = None) -> None:
+        super().__init__(ctx, proto, r, Outcome.MISS, fwd=fwd)
+        self.key = key
+        self.flight = flight
+        self.stored = stored
+        self.parts: list[bytes] | None = None
+        self.size = 0
+        self.fresh: policy.Freshness | None = None
+        self.reason_phrase = b""
+        self.stored_value: bytes | None = None
+        self.request_time = time.time()
+        self.validated = False
+        self.why = reason
+
+    def reset(self) -> None:
+        super().reset()
+        self.parts = None
+        self.size = 0
+        self.request_time = time.time()
+
+    def head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None:
+        self.status = status
+        self.headers = headers
+        self.reason_phrase = reason
+        now = time.time()
+        ctx = self.ctx
+        if status == 304 and self.stored is not None:
+            self._validated(headers, now)
+            return
+        fresh, why = policy.decide_store(b"GET", status, self.r.headers, headers,
+                                         request_time=self.request_time, response_time=now,
+                                         opts=ctx.policy_opts)
+        clen = _header(headers, b"content-length")
+        if fresh is not None and clen is not None and clen.isdigit() and int(clen) > ctx.cfg.max_object_size:
+            fresh, why = None, policy.Reason.TOO_LARGE
+        vary = keys.parse_vary([v for n, v in headers if n == b"vary"]) if fresh is not None else ()
+        if fresh is not None and vary is None:
+            fresh, why = None, policy.Reason.VARY_STAR
+        if fresh is None:
+            self.outcome = Outcome.UNCACHEABLE
+            self.detail = why.name.lower().replace("_", "-").encode() if why is not None else None
+            if self.stored is not None:
+                ctx.cache.delete(self.key)
+            if self.flight is not None:
+                ctx.flights.mark_uncacheable(self.key)
+                ctx.flights.finish(self.key, self.flight, None)   # release waiters at once
+                self.flight = None
+        else:
+            self.fresh = fresh
+            self.parts = []
+            ctx.flights.forget_uncacheable(self.key)
+        if self.proto is None:
+            return
+        super().head(status, reason, headers, keep_alive)
+
+    def cache_status(self) -> bytes:
+        s = super().cache_status()
+        if self.fresh is not None and self.status is not None:
+            s += b"; stored; ttl=%d" % max(0, int(self.fresh.lifetime - self.fresh.initial_age))
+        return s
+
+    def body(self, chunk: bytes) -> None:
+        if self.parts is not None:
+            self.size += len(chunk)
+            if self.size > self.ctx.cfg.max_object_size:
+                self.parts = None          # streamed through, not cached
+                self.fresh = None
+                ctx = self.ctx
+                if self.flight is not None:
+                    ctx.flights.mark_uncacheable(self.key)
+                    ctx.flights.finish(self.key, self.flight, None)
+                    self.flight = None
+            else:
+                self.parts.append(chunk)
+        super().body(chunk)
+
+    def end(self) -> None:
+        if self.validated:
+            if not self._done.done():
+                self._done.set_result(None)
+            return
+        if self.parts is not None and self.fresh is not None and self.status is not None:
+            self._store(b"".join(self.parts))
+        super().end()
+
+    def _store(self, body: bytes) -> None:
+        ctx = self.ctx
+        assert self.fresh is not None and self.status is not None
+        stored_headers = policy.storable_headers(self.headers)
+        stored_headers = [(n, v) for n, v in stored_headers if n != b"via"] + [(b"via", ctx.via)]
+        value, birth, fresh_until, flags = entry.encode(self.status, self.reason_phrase, stored_headers, body,
+                                                        self.fresh, self.request_time)
+        expires = fresh_until + max(self.fresh.stale_while_revalidate, self.fresh.stale_if_error,
+                                    _STALE_KEEP if _has_validator(stored_headers) else 0.0)
+        expires = max(expires, time.time() + 1.0) if _has_validator(stored_headers) else expires
+        vary = keys.parse_vary([v for n, v in self.headers if n == b"vary"])
+        key = self.key
+        if vary:
+            primary = keys.primary_key(b"GET", self.r.host, self.r.target, ctx.key_opts)
+            ctx.cache.store(primary, entry.encode_vary(vary), birth, expires, entry.FLAG_VARY)
+            key = keys.secondary_key(primary, vary, self.r.headers)
+        if ctx.cache.store(key, value, birth, expires, flags):
+            self.stored_value = value
+
+    def _validated(self, headers: Headers, now: float) -> None:
+        """304 to our conditional request: update the stored headers (RFC 9111 4.3.4), freshen, serve."""
+        assert self.stored is not None
+        value, m, stored = self.stored
+        ctx = self.ctx
+        merged = policy.merge_304(stored, headers)
+        fresh, why = policy.decide_store(b"GET", m.status, self.r.headers, merged,
+                                         request_time=self.request_time, response_time=now,
+                                         opts=ctx.policy_opts)
+        self.validated = True
+        body = bytes(entry.body(value, m))
+        new_value = None
+        if fresh is not None:
+            self.fresh = fresh
+            self.headers = merged
+            self.status = m.status
+            self.reason_phrase = entry.reason(value, m)
+            self._store(body)
+            new_value = self.stored_value
+        else:
+            ctx.cache.delete(self.key)
+        p = self.proto
+        if p is not None:
+            if new_value is None:
+                new_value = entry.encode(m.status, entry.reason(value, m), policy.storable_headers(merged), body,
+                                         fresh or entry.freshness(m), self.request_time)[0]
+            nm = entry.meta(new_value)
+            p._serve_stored(self.r, new_value, nm, now, Outcome.REVALIDATED,
+                            b"edgecore; fwd=stale; fwd-status=304")
+        self.started = True
+        if self.exchange is not None and not self._done.done():
+            pass
+
+
+_STALE_KEEP = 600.0   # seconds a stale response with validators is kept for revalidation
+
+
+def _has_validator(headers: Headers) -> bool:
+    return any(n in (b"etag", b"last-modified") for n, _ in headers)
+
+
+def make_context(cfg: Config, cache: Cache, counters: SlotCounters,
+                 loop: asyncio.AbstractEventLoop) -> Context:
+    return Context(cfg, cache, counters, loop)

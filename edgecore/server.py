@@ -1,0 +1,251 @@
+"""Process model: the supervisor, its worker processes and the admin process.
+
+Owns: sockets (one SO_REUSEPORT listener per worker on the same port), fork, signals, restarts and graceful
+shutdown. The supervisor creates the shared cache and counters *before* forking, so every child maps the
+same memory; it runs no event loop itself (so every fork starts from a clean process), sweeps the cache
+every 100 ms, reaps and replaces dead children, and on SIGTERM/SIGINT turns readiness off, asks the
+workers to finish in-flight requests within the grace period, and exits 0.
+Invariants: a worker never outlives a stopped supervisor by more than the grace period (it also exits when
+its parent disappears); a crash-looping worker is restarted with backoff, never in a tight loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+from .cache import Cache
+from .config import Config
+from .metrics import C_DRAINING, C_STOPPING, F_PID, F_READY, SharedCounters
+
+log = logging.getLogger("edgecore")
+
+SWEEP_INTERVAL = 0.1
+SWEEP_BUDGET = 4096
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def bind_socket(host: str, port: int, reuseport: bool, listen: bool) -> socket.socket:
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuseport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    if listen:
+        sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.nworkers = cfg.workers or os.cpu_count() or 1
+        self.cache = Cache(cfg.cache_size, cfg.max_object_size)
+        self.counters = SharedCounters(slots=self.nworkers + 1)
+        self.admin_slot = self.nworkers
+        host, port = cfg.listen
+        # Resolves port 0 and reserves the port; never listens, so the kernel hands connections only to
+        # the workers' SO_REUSEPORT listeners.
+        self.placeholder = bind_socket(host, port, reuseport=True, listen=False)
+        self.port = self.placeholder.getsockname()[1]
+        ahost, aport = cfg.admin
+        self.admin_sock = bind_socket(ahost, aport, reuseport=False, listen=True)
+        self.admin_port = self.admin_sock.getsockname()[1]
+        self.children: dict[int, int] = {}          # pid -> slot
+        self.restarts: dict[int, list[float]] = {}  # slot -> recent start times
+        self.stopping = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    # ------------------------------------------------------------------ children
+    def _fork(self, slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 1
+            try:
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                signal.set_wakeup_fd(-1)
+                for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                    signal.signal(s, signal.SIG_DFL)
+                self.placeholder.close()
+                if slot == self.admin_slot:
+                    from .admin import run_admin
+                    code = run_admin(self.cfg, self.cache, self.counters, self.admin_sock, self.nworkers)
+                else:
+                    self.admin_sock.close()
+                    code = run_worker(self.cfg, self.cache, self.counters, slot, self.port)
+            except BaseException:
+                log.exception("process in slot %d failed", slot)
+            finally:
+                os._exit(code)
+        self.children[pid] = slot
+        self.restarts.setdefault(slot, []).append(time.monotonic())
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = self.children.pop(pid, None)
+            if slot is None:
+                continue
+            self.counters.reset_slot(slot)
+            if self.stopping:
+                continue
+            what = "admin" if slot == self.admin_slot else f"worker {slot}"
+            log.warning("%s (pid %d) exited with status %s; restarting", what, pid,
+                        os.waitstatus_to_exitcode(status))
+            recent = [t for t in self.restarts.get(slot, []) if time.monotonic() - t < 10.0]
+            self.restarts[slot] = recent
+            if len(recent) >= 5:   # crash loop: back off
+                time.sleep(min(2.0, 0.2 * len(recent)))
+            self._fork(slot)
+
+    # ------------------------------------------------------------------ main loop
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stopping = True
+
+    def run(self) -> int:
+        for s in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(s, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)   # reload: operations issue
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.set_wakeup_fd(self._wake_w)
+        for slot in range(self.nworkers):
+            self._fork(slot)
+        self._fork(self.admin_slot)
+        announced = False
+        deadline = time.monotonic() + 30.0
+        while not self.stopping:
+            with contextlib.suppress(InterruptedError):
+                select.select([self._wake_r], [], [], SWEEP_INTERVAL)
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
+            self._reap()
+            self.cache.sweep(SWEEP_BUDGET)
+            if not announced and (self.counters.ready_workers() >= self.nworkers
+                                  or time.monotonic() > deadline):
+                announced = True
+                h, _ = self.cfg.listen
+                ah, _ = self.cfg.admin
+                # one line, parsed by tests and scripts: keep its shape
+                print(f"edgecore: serving http://{h}:{self.port} admin http://{ah}:{self.admin_port} "
+                      f"workers={self.nworkers} pid={os.getpid()}", file=sys.stderr, flush=True)
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        log.info("stopping: draining %d workers (grace %.1fs)", self.nworkers, self.cfg.grace_period)
+        self.counters.set_flag(C_DRAINING, 1)
+        self.counters.set_flag(C_STOPPING, 1)
+        admin_pids = [p for p, s in self.children.items() if s == self.admin_slot]
+        workers = [p for p, s in self.children.items() if s != self.admin_slot]
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.grace_period + 2.0
+        while any(s != self.admin_slot for s in self.children.values()) and time.monotonic() < deadline:
+            with contextlib.suppress(InterruptedError):
+                select.select([self._wake_r], [], [], 0.05)
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
+            self._reap()
+        for pid, slot in list(self.children.items()):
+            if slot != self.admin_slot:
+                log.warning("worker pid %d did not stop within the grace period; killing it", pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for pid in admin_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        while self.children and time.monotonic() < deadline:
+            with contextlib.suppress(InterruptedError):
+                select.select([self._wake_r], [], [], 0.05)
+            self._reap()
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._reap()
+        self.placeholder.close()
+        self.admin_sock.close()
+        self.cache.close()
+        log.info("stopped")
+        return 0
+
+
+def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, port: int) -> int:
+    """A worker process: its own SO_REUSEPORT listener, its own uvloop loop, the shared cache."""
+    import uvloop
+
+    from .protocol import ClientProtocol, make_context
+
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    slot_counters = counters.slot_view(slot)
+    ctx = make_context(cfg, cache, slot_counters, loop)
+    host, _ = cfg.listen
+    sock = bind_socket(host, port, reuseport=True, listen=True)
+    server = loop.run_until_complete(
+        loop.create_server(lambda: ClientProtocol(ctx), sock=sock, backlog=4096))
+    ctx.start()
+    stop = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+    loop.add_signal_handler(signal.SIGINT, lambda: None)   # the supervisor decides
+    parent = os.getppid()
+
+    async def watch_parent() -> None:
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        if not stop.done():
+            stop.set_result(None)
+
+    watcher = loop.create_task(watch_parent())
+    slot_counters.set(F_PID, os.getpid())
+    slot_counters.set(F_READY, 1)
+
+    async def drain() -> None:
+        await stop
+        slot_counters.set(F_READY, 0)
+        server.close()
+        ctx.draining = True
+        deadline = loop.time() + cfg.grace_period
+        for c in list(ctx.connections):
+            if c.active is None and not c.queue and c.req is None:
+                c._finish_connection()
+        while ctx.connections and loop.time() < deadline:
+            for c in list(ctx.connections):
+                if c.active is None and not c.queue and c.req is None:
+                    c._finish_connection()
+            await asyncio.sleep(0.05)
+        for c in list(ctx.connections):
+            c.abort()
+        watcher.cancel()
+        ctx.stop()
+
+    try:
+        loop.run_until_complete(drain())
+    finally:
+        loop.close()
+    return 0
+
+
+def serve(cfg: Config) -> int:
+    return Supervisor(cfg).run()
