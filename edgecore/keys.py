@@ -1,0 +1,344 @@
+"""Cache keys: request -> primary key bytes, Vary -> secondary key bytes (RFC 9111 2, 4.1; RFC 9110 4.2.3).
+
+Owns: the method class, host and target normalisation, query options (sort, drop), the secondary key built
+from the request fields a response's Vary names, and the list of request fields that must not reach the
+origin because they are not keyed (cache poisoning).
+Invariants: the encoding is unambiguous (every variable part is length-prefixed, or the last one; a secondary
+key starts with b"V" and a primary key never does), so two requests that differ in a keyed part never share a
+key; two requests that are equivalent per RFC 9110 4.2.3 (host case, default port, percent-encoding of
+unreserved characters, empty path) share one; absent and empty field values are distinct in a secondary key.
+Never: I/O, clocks, asyncio, or imports from edgecore modules other than errors; never a regex on the plain
+path of primary_key (it runs on every request).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Headers = list[tuple[bytes, bytes]]
+
+__all__ = [
+    "Headers",
+    "KeyOptions",
+    "HOP_BY_HOP",
+    "UNKEYED_REQUEST_FIELDS",
+    "normalise_host",
+    "normalise_target",
+    "primary_key",
+    "parse_vary",
+    "normalise_field_value",
+    "secondary_key",
+    "split_list",
+    "upstream_request_headers",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyOptions:
+    """How the target's query takes part in the key. Default: verbatim (after RFC 3986 normalisation)."""
+
+    sort_query: bool = False  # stable sort of parameters by name (values of one name keep their order)
+    drop_params: tuple[bytes, ...] = ()  # parameter names left out of the key (e.g. b"utm_source")
+    default_ports: tuple[bytes, ...] = (b"80",)  # ports that equal "no port" for the host
+
+
+_DEFAULT_OPTS = KeyOptions()
+
+# RFC 9110 7.6.1 (and the classic Keep-Alive / Proxy-Connection): meaningful for one connection only.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Request fields that some origins and frameworks use to build absolute URLs, pick a host, a scheme, a path or
+# a method. None of them is in the key, so letting them through would let one client poison the entry every
+# other client gets (the "unkeyed input" class of cache poisoning). The proxy sets its own X-Forwarded-* /
+# Forwarded after this filter.
+UNKEYED_REQUEST_FIELDS = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-host",
+        b"x-forwarded-server",
+        b"x-forwarded-proto",
+        b"x-forwarded-scheme",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-forwarded-ssl",
+        b"x-forwarded-for",
+        b"x-real-ip",
+        b"x-host",
+        b"x-original-host",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-original-method",
+        b"x-http-method",
+        b"x-http-method-override",
+        b"x-method-override",
+        b"front-end-https",
+        b"x-url-scheme",
+    }
+)
+
+_OWS = b" \t"
+_OWS_SET = (b" ", b"\t")
+_HEX = b"0123456789ABCDEFabcdef"
+# RFC 3986 2.3 unreserved characters: percent-encoded forms are equivalent to the character itself.
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_GET_CLASS = b"GET"
+
+
+def normalise_host(host: bytes, default_ports: tuple[bytes, ...] = (b"80",)) -> bytes:
+    """Lower-case host without a default or empty port and without a trailing dot (RFC 9110 4.2.3)."""
+    h = host.strip(_OWS).lower()
+    if b":" in h:
+        if h[:1] == b"[":  # IPv6 literal: "[::1]:8080"
+            end = h.find(b"]")
+            if end != -1:
+                name, rest = h[: end + 1], h[end + 1 :]
+                if rest[:1] == b":" and (rest[1:] == b"" or rest[1:] in default_ports):
+                    return name
+                return h
+            return h
+        name, _, port = h.rpartition(b":")
+        if port == b"" or port in default_ports:
+            h = name
+    if h.endswith(b".") and len(h) > 1:
+        h = h[:-1]
+    return h
+
+
+def _normalise_pct(part: bytes) -> bytes:
+    """Percent-encodings: upper-case hex digits, decode unreserved characters (RFC 3986 6.2.2.1, 6.2.2.2)."""
+    out = bytearray()
+    i = 0
+    n = len(part)
+    while i < n:
+        c = part[i]
+        if c == 0x25 and i + 2 < n and part[i + 1] in _HEX and part[i + 2] in _HEX:  # "%XX"
+            val = int(part[i + 1 : i + 3], 16)
+            if val in _UNRESERVED:
+                out.append(val)
+            else:
+                out += b"%" + part[i + 1 : i + 3].upper()
+            i += 3
+            continue
+        out.append(c)
+        i += 1
+    return bytes(out)
+
+
+def _query(query: bytes, opts: KeyOptions) -> bytes:
+    params = [p for p in query.split(b"&") if p]
+    if opts.drop_params:
+        drop = opts.drop_params
+        params = [p for p in params if p.partition(b"=")[0] not in drop]
+    if opts.sort_query:
+        params.sort(key=lambda p: p.partition(b"=")[0])  # stable: same-name values keep their order
+    return b"&".join(params)
+
+
+def normalise_target(target: bytes, opts: KeyOptions = _DEFAULT_OPTS) -> tuple[bytes | None, bytes]:
+    """(authority or None, path?query) of a request target; absolute-form gives its own authority."""
+    authority: bytes | None = None
+    t = target
+    if t[:1] != b"/":
+        low = t[:8].lower()
+        if low.startswith(b"http://") or low.startswith(b"https://"):
+            rest = t[t.find(b"//") + 2 :]
+            cut = len(rest)
+            for sep in (b"/", b"?", b"#"):
+                j = rest.find(sep)
+                if j != -1 and j < cut:
+                    cut = j
+            authority = rest[:cut].rpartition(b"@")[2]
+            t = rest[cut:]
+            if t[:1] != b"/":
+                t = b"/" + t
+        elif t == b"*":
+            return None, t
+    hash_at = t.find(b"#")
+    if hash_at != -1:
+        t = t[:hash_at]
+    if not t:
+        t = b"/"
+    if b"%" in t:
+        t = _normalise_pct(t)
+    if opts.sort_query or opts.drop_params:
+        path, q, query = t.partition(b"?")
+        if q:
+            query = _query(query, opts)
+            t = path + b"?" + query if query else path
+    return authority, t
+
+
+def primary_key(
+    method: bytes, host: bytes, target: bytes, opts: KeyOptions = _DEFAULT_OPTS, tenant: bytes = b""
+) -> bytes:
+    """The primary cache key (RFC 9111 2): tenant, method class (GET and HEAD share one), host, target.
+
+    Unambiguous: tenant, method and host are length-prefixed, the target is the remainder.
+    """
+    cls = _GET_CLASS if method == b"GET" or method == b"HEAD" else method
+    # Fast path: origin-form, nothing to normalise.
+    if (
+        target[:1] == b"/"
+        and b"%" not in target
+        and b"#" not in target
+        and not opts.sort_query
+        and not opts.drop_params
+    ):
+        t = target
+        authority = None
+    else:
+        authority, t = normalise_target(target, opts)
+    h = (host if authority is None else authority).lower()
+    if b":" in h or h[-1:] == b"." or h[:1] in _OWS_SET or h[-1:] in _OWS_SET:
+        h = normalise_host(h, opts.default_ports)
+    return b"%d:%s%d:%s%d:%s%s" % (len(tenant), tenant, len(cls), cls, len(h), h, t)
+
+
+def split_list(value: bytes) -> list[bytes]:
+    """Split a list field value (RFC 9110 5.6.1), commas in quoted strings kept; strip OWS, drop empties."""
+    if b'"' not in value:
+        out = []
+        for e in value.split(b","):
+            e = e.strip(_OWS)
+            if e:
+                out.append(e)
+        return out
+    items: list[bytes] = []
+    start = 0
+    in_q = False
+    esc = False
+    for i, c in enumerate(value):
+        if in_q:
+            if esc:
+                esc = False
+            elif c == 0x5C:  # backslash
+                esc = True
+            elif c == 0x22:
+                in_q = False
+        elif c == 0x22:
+            in_q = True
+        elif c == 0x2C:  # comma
+            e = value[start:i].strip(_OWS)
+            if e:
+                items.append(e)
+            start = i + 1
+    e = value[start:].strip(_OWS)
+    if e:
+        items.append(e)
+    return items
+
+
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+def _is_token(b: bytes) -> bool:
+    return bool(b) and all(c in _TCHAR for c in b)
+
+
+def parse_vary(values: list[bytes]) -> tuple[bytes, ...] | None:
+    """Vary field lines -> sorted, de-duplicated, lower-cased field names; None for "*" (RFC 9111 4.1).
+
+    A member that is not a field name (not a token) is treated like "*": such a response never matches.
+    """
+    names: set[bytes] = set()
+    for v in values:
+        for e in split_list(v):
+            if e == b"*" or not _is_token(e):
+                return None
+            names.add(e.lower())
+    return tuple(sorted(names))
+
+
+def _collapse_ws(e: bytes) -> bytes:
+    """Collapse runs of SP/HTAB outside quoted strings into one SP."""
+    if b"  " not in e and b"\t" not in e:
+        return e
+    out = bytearray()
+    in_q = False
+    esc = False
+    prev_ws = False
+    for c in e:
+        if in_q:
+            out.append(c)
+            if esc:
+                esc = False
+            elif c == 0x5C:
+                esc = True
+            elif c == 0x22:
+                in_q = False
+            continue
+        if c == 0x20 or c == 0x09:
+            if not prev_ws:
+                out.append(0x20)
+            prev_ws = True
+            continue
+        prev_ws = False
+        if c == 0x22:
+            in_q = True
+        out.append(c)
+    return bytes(out)
+
+
+def normalise_field_value(lines: list[bytes]) -> bytes:
+    """One selecting field's value for Vary matching (RFC 9111 4.1): lines combined, list members stripped
+    of surrounding whitespace, inner whitespace collapsed (outside quoted strings), joined with ", "."""
+    if len(lines) == 1:
+        v = lines[0]
+        if b"," not in v and b"  " not in v and b"\t" not in v:
+            return v.strip(_OWS)
+    return b", ".join(_collapse_ws(e) for e in split_list(b",".join(lines)))
+
+
+def secondary_key(primary: bytes, vary: tuple[bytes, ...], req_headers: Headers) -> bytes:
+    """The variant key (RFC 9111 4.1): the primary key plus each Vary-named request field, normalised.
+
+    `vary` comes from parse_vary (lower-cased, sorted). An absent field is encoded differently from an empty
+    one. With an empty `vary` the primary key itself is returned.
+    """
+    if not vary:
+        return primary
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in req_headers:
+        if name in vary:
+            lst = found.get(name)
+            if lst is None:
+                found[name] = [value]
+            else:
+                lst.append(value)
+    parts = [b"V%d:%s" % (len(primary), primary)]
+    for name in vary:
+        lines = found.get(name)
+        if lines is None:
+            parts.append(b"%d:%s-" % (len(name), name))
+        else:
+            v = normalise_field_value(lines)
+            parts.append(b"%d:%s=%d:%s" % (len(name), name, len(v), v))
+    return b"".join(parts)
+
+
+def upstream_request_headers(req_headers: Headers, keep: frozenset[bytes] = frozenset()) -> Headers:
+    """The client's fields that may be forwarded upstream: no hop-by-hop or Connection-listed field
+    (RFC 9110 7.6.1) and no unkeyed routing field (cache poisoning) unless it is in `keep` (i.e. keyed)."""
+    listed: set[bytes] = set()
+    for name, value in req_headers:
+        if name == b"connection":
+            for e in split_list(value):
+                listed.add(e.lower())
+    out: Headers = []
+    for name, value in req_headers:
+        if name in HOP_BY_HOP or name in listed:
+            continue
+        if name in UNKEYED_REQUEST_FIELDS and name not in keep:
+            continue
+        out.append((name, value))
+    return out
