@@ -1,0 +1,65 @@
+"""The thin Python face of the shared-memory slab cache (the extension edgecore._slabcache).
+
+Owns: the `Cache` type the proxy uses, tag/tenant ids, and the shape of the cache stats.
+Invariants: a `Cache` is constructed once in the parent before workers fork; every process then uses the
+inherited object and sees the same entries. `lookup`/`store`/`delete` are one C call each (the methods are the
+extension's own, not Python wrappers). Entries with `now >= expires` are never returned. A lookup returns a
+copy of the stored bytes, so a transport may keep it as long as it likes.
+Must never: wrap the hot-path methods in Python code, hold Python objects in the mapping, or let an exception
+other than MemoryError, ValueError or an edgecore.errors type escape.
+
+The extension's methods, as the proxy calls them:
+    lookup(key: bytes, now: float) -> tuple[bytes, float, float, int] | None  # value,stored_at,expires,flags
+    store(key: bytes, value: bytes, stored_at: float, expires: float, flags: int = 0, tenant: int = 0,
+          tags: tuple[int, ...] = ()) -> bool                                # False when refused
+    delete(key: bytes) -> bool
+    purge_tag(tag: int) -> int;  purge_tenant(tenant: int) -> int;  purge_prefix(prefix: bytes) -> int
+    sweep(budget: int = 1024) -> int
+    stats() -> dict;  layout() -> dict;  shard_of(key: bytes) -> int;  close() -> None
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mmh3
+
+from edgecore._slabcache import SlabCache
+
+__all__ = ["Cache", "DEFAULT_MAX_OBJECT_SIZE", "MAX_TAGS"]
+
+DEFAULT_MAX_OBJECT_SIZE = 1 << 20
+MAX_TAGS = 8
+
+
+class Cache(SlabCache):
+    """One cache for all worker processes, bounded to exactly `capacity_bytes` of shared memory.
+
+    `max_object_size` bounds key + value bytes (at most capacity_bytes/8); larger objects are refused by
+    `store` (the proxy streams them through uncached). `shards=0` chooses a power of two giving every shard
+    at least 64 pages. `avg_object_size` sizes the index (buckets = data bytes / avg / 0.75): caching many
+    objects much smaller than it fills the index before the memory.
+    """
+
+    def __init__(
+        self,
+        capacity_bytes: int,
+        max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
+        shards: int = 0,
+        avg_object_size: int = 1024,
+        growth: float = 1.125,
+    ) -> None:
+        # all the work happens in SlabCache.__cinit__, which receives the same arguments
+        super().__init__()
+
+    @staticmethod
+    def tag_id(name: str | bytes) -> int:
+        """Stable 63-bit id of a tag or tenant name (mmh3 x64-128, first half, top bit cleared)."""
+        data = name.encode() if isinstance(name, str) else bytes(name)
+        return int(mmh3.hash64(data, 0, signed=False)[0]) & 0x7FFF_FFFF_FFFF_FFFF
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
