@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--warmup", type=float, help="seconds of warm-up per system and scenario (default 3, quick 2)"
     )
+    ap.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="re-runs of a run disturbed by other processes on "
+        "the server's cores; the least disturbed attempt counts (default %(default)s)",
+    )
     ap.add_argument("--connections", type=int, default=64, help="wrk connections (default %(default)s)")
     ap.add_argument(
         "--cache-size",
@@ -217,7 +224,8 @@ def _caveats(st: runner.Settings, lab: Lab | None) -> list[str]:
         f"Zipf: {st.zipf_keys:,} keys of 1 KiB against the same byte budget for every cache; each system "
         "counts its own overhead (nginx stores a file per object on tmpfs, rounded to 4 KiB pages), so the "
         "number of objects each holds differs. Hit ratio = 1 - upstream/req, measured at the origin.",
-        "nginx coalesces with proxy_cache_lock, whose waiters poll every 500 ms: its storm latency shows it.",
+        "nginx coalesces with proxy_cache_lock, whose waiters poll every 500 ms: its storm latency shows "
+        "it, and so does its Zipf p99.9 (concurrent misses on one popular key wait for the lock).",
         "CPU of processes that exit during a run is lost (workers are not expected to exit).",
     ]
     if lab and lab.workers > 1 and len(lab.sut_cpus) < lab.workers:
@@ -252,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         zipf_keys=a.zipf_keys,
         zipf_s=a.zipf_s,
         storm_clients=a.storm_clients,
+        retries=a.retries,
     )
     if "zipf" in names and a.zipf_keys * 1024 <= a.cache_size:
         print(

@@ -227,9 +227,11 @@ def wait_http(sup: Supervisor, proc: Proc, port: int, path: str, timeout: float)
     last = ""
     while time.monotonic() < deadline:
         if proc.popen.poll() is not None:
+            tail = sup.tail(proc)
+            last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "no output")
             raise SkipSystem(
-                f"{proc.name} exited with {proc.popen.returncode} before answering GET {path}:\n"
-                f"{sup.tail(proc)}"
+                f"{proc.name} exited with {proc.popen.returncode} before answering GET {path} "
+                f"(last log line: {last[:200]})\n{tail}"
             )
         try:
             st, _, _ = http_get(port, path, timeout=1)
