@@ -26,7 +26,7 @@ from . import keys
 from .cache import Cache
 from .config import Config
 from .health import Health, readiness
-from .metrics import C_DRAINING, F_UPSTREAM, EdgeCollector, SharedCounters
+from .metrics import C_DRAINING, F_PID, F_SERVED, F_UPSTREAM, F_WAITING, EdgeCollector, SharedCounters
 
 MAX_BODY = 64 << 10
 
@@ -46,21 +46,31 @@ class Admin:
         return {
             "cache": s,
             "upstream": {"requests": self.counters.total(F_UPSTREAM), "health": self.health.describe()},
-            "workers": {"configured": self.workers, "ready": self.counters.ready_workers()},
+            "workers": {
+                "configured": self.workers,
+                "ready": self.counters.ready_workers(),
+                "pids": self.counters.per_slot(F_PID)[: self.workers],
+                "requests": self.counters.per_slot(F_SERVED)[: self.workers],
+            },
+            "coalescing": {"waiting": self.counters.total(F_WAITING)},
             "draining": bool(self.counters.get_flag(C_DRAINING)),
         }
 
-    def handle(self, method: bytes, target: bytes, headers: dict[bytes, bytes],
-               body: bytes) -> tuple[int, bytes, bytes]:
+    def handle(
+        self, method: bytes, target: bytes, headers: dict[bytes, bytes], body: bytes
+    ) -> tuple[int, bytes, bytes]:
         """-> (status, content type, body)."""
         path = target.split(b"?", 1)[0]
         if path == b"/healthz":
             return 200, b"text/plain", b"ok\n"
         if path == b"/readyz":
-            ok, why = readiness(workers_ready=self.counters.ready_workers(), workers=self.workers,
-                                draining=bool(self.counters.get_flag(C_DRAINING)),
-                                upstream_up=self.health.any_up(),
-                                probed=all(h.probed for h in self.health.upstreams))
+            ok, why = readiness(
+                workers_ready=self.counters.ready_workers(),
+                workers=self.workers,
+                draining=bool(self.counters.get_flag(C_DRAINING)),
+                upstream_up=self.health.any_up(),
+                probed=all(h.probed for h in self.health.upstreams),
+            )
             return (200 if ok else 503), b"text/plain", why.encode() + b"\n"
         if path == b"/metrics":
             return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
@@ -100,10 +110,13 @@ class Admin:
                 return 400, b"text/plain", f"{kind} must be an absolute http:// URL\n".encode()
             host = u.netloc.encode()
             target = (u.path or "/").encode() + (b"?" + u.query.encode() if u.query else b"")
+            primary = keys.primary_key(b"GET", host, target)
             if kind == "url":
-                n = int(self.cache.delete(keys.primary_key(b"GET", host, target)))
+                # the URL's entry (or Vary marker: its variants become unreachable with it)
+                n = int(self.cache.delete(primary))
             else:
-                n = self.cache.purge_prefix(keys.prefix_key(host, target))
+                # primary keys end with the target, so a target prefix is a key prefix
+                n = self.cache.purge_prefix(primary)
         elif kind == "tag":
             n = self.cache.purge_tag(Cache.tag_id(val))
         else:
@@ -124,8 +137,7 @@ class AdminProtocol(asyncio.Protocol):
         self.body = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -154,19 +166,35 @@ class AdminProtocol(asyncio.Protocol):
             status, ctype, body = self.admin.handle(method, self.target, self.headers, bytes(self.body))
         except Exception as e:  # the admin process never dies of one request
             status, ctype, body = 500, b"text/plain", f"internal error: {e}\n".encode()
-        self._respond(status, ctype, b"" if method == b"HEAD" else body, self.parser.should_keep_alive(),
-                      length=len(body))
+        self._respond(
+            status,
+            ctype,
+            b"" if method == b"HEAD" else body,
+            self.parser.should_keep_alive(),
+            length=len(body),
+        )
         self._reset()
 
-    def _respond(self, status: int, ctype: bytes, body: bytes, keep_alive: bool,
-                 length: int | None = None) -> None:
+    def _respond(
+        self, status: int, ctype: bytes, body: bytes, keep_alive: bool, length: int | None = None
+    ) -> None:
         if self.transport is None or self.transport.is_closing():
             return
-        reason = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found",
-                  405: b"Method Not Allowed", 500: b"Internal Server Error",
-                  503: b"Service Unavailable"}.get(status, b"")
+        reason = {
+            200: b"OK",
+            400: b"Bad Request",
+            401: b"Unauthorized",
+            404: b"Not Found",
+            405: b"Method Not Allowed",
+            500: b"Internal Server Error",
+            503: b"Service Unavailable",
+        }.get(status, b"")
         head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\ncache-control: no-store\r\n" % (
-            status, reason, ctype, len(body) if length is None else length)
+            status,
+            reason,
+            ctype,
+            len(body) if length is None else length,
+        )
         if not keep_alive:
             head += b"connection: close\r\n"
         self.transport.write(head + b"\r\n" + body)
@@ -183,7 +211,12 @@ def run_admin(cfg: Config, cache: Cache, counters: SharedCounters, sock: socket.
     server = loop.run_until_complete(loop.create_server(lambda: AdminProtocol(admin), sock=sock))
     prober = loop.create_task(admin.health.run())
     stop = loop.create_future()
-    loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
+
+    def on_term() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGINT, lambda: None)
     try:
         loop.run_until_complete(stop)

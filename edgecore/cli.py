@@ -23,8 +23,12 @@ from .errors import ConfigErrors
 def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file")
     p.add_argument("--listen", metavar="HOST:PORT", help="proxy listener (default 127.0.0.1:8080)")
-    p.add_argument("--upstream", metavar="URL", action="append",
-                   help="origin server http://host:port; repeat for several")
+    p.add_argument(
+        "--upstream",
+        metavar="URL",
+        action="append",
+        help="origin server http://host:port; repeat for several",
+    )
     p.add_argument("--admin", metavar="HOST:PORT", help="admin listener (default 127.0.0.1:9901)")
     p.add_argument("--workers", metavar="N", help="worker processes; 0 = one per CPU (default 1)")
     p.add_argument("--cache-size", metavar="SIZE", help="memory for cached objects (default 256MiB)")
@@ -36,8 +40,17 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
 
 def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
     out = {}
-    for k in ("listen", "upstream", "admin", "workers", "cache_size", "max_object_size", "admin_token",
-              "grace_period", "log_level"):
+    for k in (
+        "listen",
+        "upstream",
+        "admin",
+        "workers",
+        "cache_size",
+        "max_object_size",
+        "admin_token",
+        "grace_period",
+        "log_level",
+    ):
         v = getattr(a, k, None)
         if v is not None:
             out[k] = v
@@ -54,14 +67,17 @@ def _load(a: argparse.Namespace, require_upstream: bool = True) -> config.Config
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
     cfg = _load(a)
     _setup_logging(cfg.log_level)
     from .server import serve
+
     return serve(cfg)
 
 
@@ -78,6 +94,7 @@ def cmd_check_config(a: argparse.Namespace) -> int:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo
+
     return run_demo(serve_forever=a.serve, requests=a.requests)
 
 
@@ -87,9 +104,15 @@ def cmd_purge(a: argparse.Namespace) -> int:
         print("edgecore purge: give exactly one of --url, --prefix, --tag, --tenant", file=sys.stderr)
         return 2
     token = a.token or os.environ.get("EDGECORE_ADMIN_TOKEN", "")
-    req = urllib.request.Request(f"http://{a.admin}/purge", data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json",
-                                          **({"Authorization": f"Bearer {token}"} if token else {})})
+    req = urllib.request.Request(
+        f"http://{a.admin}/purge",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+        },
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             print(resp.read().decode().strip())

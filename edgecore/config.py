@@ -22,8 +22,12 @@ from .errors import ConfigError, ConfigErrors
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {
     "b": 1,
-    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
 }
 
 
@@ -141,15 +145,15 @@ class Config:
     cache_size: int = 256 << 20
     max_object_size: int = 1 << 20
     connect_timeout: float = 3.0
-    response_timeout: float = 30.0        # upstream: request sent -> response head complete
-    idle_timeout: float = 30.0            # upstream: max silence while reading a body
-    client_timeout: float = 60.0          # client: max silence (keep-alive idle, slow head/body)
-    grace_period: float = 10.0            # SIGTERM: how long in-flight requests may still run
-    max_header_size: int = 16 << 10       # request head bytes -> 431 beyond
-    max_body_size: int = 64 << 20         # request body bytes -> 413 beyond
-    upstream_pool_size: int = 64          # idle keep-alive connections kept per upstream and worker
-    hit_for_miss_ttl: float = 10.0        # how long an uncacheable key skips coalescing
-    admin_token: str = ""                 # Bearer token for POST admin endpoints ("" = none)
+    response_timeout: float = 30.0  # upstream: request sent -> response head complete
+    idle_timeout: float = 30.0  # upstream: max silence while reading a body
+    client_timeout: float = 60.0  # client: max silence (keep-alive idle, slow head/body)
+    grace_period: float = 10.0  # SIGTERM: how long in-flight requests may still run
+    max_header_size: int = 16 << 10  # request head bytes -> 431 beyond
+    max_body_size: int = 64 << 20  # request body bytes -> 413 beyond
+    upstream_pool_size: int = 64  # idle keep-alive connections kept per upstream and worker
+    hit_for_miss_ttl: float = 10.0  # how long an uncacheable key skips coalescing
+    admin_token: str = ""  # Bearer token for POST admin endpoints ("" = none)
     cdn_cache_control: tuple[str, ...] = ("edgecore-cache-control", "cdn-cache-control")
     log_level: str = "info"
     access_log: bool = False
@@ -238,8 +242,8 @@ def build(
             problems.append(ConfigError(k, str(e)))
     cfg_fields = {f.name for f in dataclasses.fields(Config)}
     assert set(_PARSERS) <= cfg_fields
-    if not problems:
-        problems.extend(_validate(values, require_upstream))
+    bad = {p.key for p in problems}
+    problems.extend(p for p in _validate(values, require_upstream) if p.key not in bad)
     if problems:
         raise ConfigErrors(problems)
     return Config(**values)
@@ -257,7 +261,9 @@ def _validate(v: dict[str, Any], require_upstream: bool) -> list[ConfigError]:
     if mos < 1024:
         out.append(ConfigError("max_object_size", "must be at least 1KiB"))
     elif mos > cache_size // 8:
-        out.append(ConfigError("max_object_size", f"{mos} bytes is more than 1/8 of cache_size ({cache_size})"))
+        out.append(
+            ConfigError("max_object_size", f"{mos} bytes is more than 1/8 of cache_size ({cache_size})")
+        )
     if v.get("listen", d.listen) == v.get("admin", d.admin) and v.get("listen", d.listen)[1] != 0:
         out.append(ConfigError("admin", "must not be the proxy listener's address"))
     if v.get("max_header_size", d.max_header_size) < 1024:

@@ -46,8 +46,9 @@ class _Origin(asyncio.Protocol):
         url, self.url = self.url.decode(), b""
         keep = self.parser.should_keep_alive()
         if url == "/api/slow":
-            asyncio.get_running_loop().call_later(0.3, self._send, 200, "public, max-age=30",
-                                                  {"slow": True}, keep)
+            asyncio.get_running_loop().call_later(
+                0.3, self._send, 200, "public, max-age=30", {"slow": True}, keep
+            )
             return
         m = re.fullmatch(r"/api/items/(\d+)", url)
         if m:
@@ -61,15 +62,18 @@ class _Origin(asyncio.Protocol):
     def _send(self, status: int, cc: str, doc: dict[str, Any], keep: bool) -> None:
         body = json.dumps(doc).encode()
         reason = b"OK" if status == 200 else b"Not Found"
-        self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncache-control: %s\r\n"
-                             b"date: %s\r\ncontent-length: %d\r\n\r\n%s" % (
-                                 status, reason, cc.encode(), _http_date().encode(), len(body), body))
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncache-control: %s\r\n"
+            b"date: %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (status, reason, cc.encode(), _http_date().encode(), len(body), body)
+        )
         if not keep:
             self.transport.close()
 
 
 def _http_date() -> str:
     from email.utils import formatdate
+
     return formatdate(usegmt=True)
 
 
@@ -88,8 +92,9 @@ def origin_main(port: int) -> None:
     uvloop.run(main())
 
 
-def _start(cmd: list[str], pattern: re.Pattern[str], stream: str, timeout: float = 30.0) \
-        -> tuple[subprocess.Popen[str], re.Match[str]]:
+def _start(
+    cmd: list[str], pattern: re.Pattern[str], stream: str, timeout: float = 30.0
+) -> tuple[subprocess.Popen[str], re.Match[str]]:
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     pipe = p.stdout if stream == "stdout" else p.stderr
     assert pipe is not None
@@ -130,19 +135,39 @@ def run_demo(serve_forever: bool = False, requests: int = 2000) -> int:
     admin = "127.0.0.1:9901" if serve_forever else "127.0.0.1:0"
     proxy = None
     try:
-        proxy, m = _start([py, "-m", "edgecore", "serve", "--listen", listen, "--admin", admin,
-                           "--upstream", f"http://127.0.0.1:{oport}", "--cache-size", "64MiB"],
-                          _SERVING, "stderr")
+        proxy, m = _start(
+            [
+                py,
+                "-m",
+                "edgecore",
+                "serve",
+                "--listen",
+                listen,
+                "--admin",
+                admin,
+                "--upstream",
+                f"http://127.0.0.1:{oport}",
+                "--cache-size",
+                "64MiB",
+            ],
+            _SERVING,
+            "stderr",
+        )
         host, port, ahost, aport = m.group(1), int(m.group(2)), m.group(3), int(m.group(4))
         print(f"demo origin on 127.0.0.1:{oport}, edgecore on {host}:{port} (admin {ahost}:{aport})")
         rng = random.Random(7)
-        weights = [1 / (i + 1) for i in range(200)]   # Zipf-like popularity over 200 items
+        weights = [1 / (i + 1) for i in range(200)]  # Zipf-like popularity over 200 items
         lat: list[float] = []
         statuses: dict[str, int] = {}
         conn = http.client.HTTPConnection(host, port, timeout=10)
         for i in range(requests):
-            path = "/api/me" if i % 50 == 0 else "/api/slow" if i % 400 == 1 else \
-                f"/api/items/{rng.choices(range(200), weights)[0]}"
+            path = (
+                "/api/me"
+                if i % 50 == 0
+                else "/api/slow"
+                if i % 400 == 1
+                else f"/api/items/{rng.choices(range(200), weights)[0]}"
+            )
             t0 = time.perf_counter()
             conn.request("GET", path)
             resp = conn.getresponse()
@@ -157,15 +182,21 @@ def run_demo(serve_forever: bool = False, requests: int = 2000) -> int:
         stats = json.loads(a.getresponse().read())
         a.close()
         hits, misses = statuses.get("hit", 0), statuses.get("miss", 0)
-        print(f"requests: {requests}  hits: {hits}  misses: {misses}  hit ratio: {hits / max(1, requests):.1%}")
-        print("latency: p50 %.3f ms  p90 %.3f ms  p99 %.3f ms  max %.3f ms" % tuple(
-            1000 * x for x in (_pct(lat, .5), _pct(lat, .9), _pct(lat, .99), max(lat))))
+        print(
+            f"requests: {requests}  hits: {hits}  misses: {misses}  hit ratio: {hits / max(1, requests):.1%}"
+        )
+        p50, p90, p99, top = (1000 * x for x in (_pct(lat, 0.5), _pct(lat, 0.9), _pct(lat, 0.99), max(lat)))
+        print(f"latency: p50 {p50:.3f} ms  p90 {p90:.3f} ms  p99 {p99:.3f} ms  max {top:.3f} ms")
         c = stats["cache"]
-        print(f"cache: {c['items']} items, {c['bytes_used']} of {c['capacity_bytes']} bytes; "
-              f"upstream requests: {stats['upstream']['requests']}")
+        print(
+            f"cache: {c['items']} items, {c['bytes_used']} of {c['capacity_bytes']} bytes; "
+            f"upstream requests: {stats['upstream']['requests']}"
+        )
         if serve_forever:
-            print(f"serving: curl -i http://{host}:{port}/api/items/1 ; admin: curl http://{ahost}:{aport}/stats"
-                  " ; Ctrl-C stops")
+            print(
+                f"serving: curl -i http://{host}:{port}/api/items/1 ; admin: curl http://{ahost}:{aport}/stats"
+                " ; Ctrl-C stops"
+            )
             with contextlib.suppress(KeyboardInterrupt):
                 proxy.wait()
         return 0

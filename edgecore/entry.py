@@ -10,6 +10,7 @@ its bytes. No I/O.
 
 from __future__ import annotations
 
+import os
 import struct
 from typing import NamedTuple
 
@@ -19,9 +20,9 @@ Headers = list[tuple[bytes, bytes]]
 
 VERSION = 1
 # cache-level flags (the slab cache's `flags` int)
-FLAG_PLAIN = 1          # a response that may be served while fresh without consulting policy
-FLAG_VARY = 2           # a Vary marker: the value lists the field names, variants live at secondary keys
-FLAG_RESPONSE = 4       # a response that needs policy on every use (no-cache, ...)
+FLAG_PLAIN = 1  # a response that may be served while fresh without consulting policy
+FLAG_VARY = 2  # a Vary marker: the value lists the field names, variants live at secondary keys
+FLAG_RESPONSE = 4  # a response that needs policy on every use (no-cache, ...)
 
 # entry flags (inside META)
 E_MUST_REVALIDATE = 1
@@ -29,11 +30,23 @@ E_NO_CACHE = 2
 
 #           ver flags status statusline_len head_len fresh_until birth resp_time lifetime init_age swr sie
 META = struct.Struct("<BBHHIddddddff")
-HIT = struct.Struct("<4xHIdd")      # statusline_len, head_len, fresh_until, birth: what a fresh hit needs
+HIT = struct.Struct("<4xHIdd")  # statusline_len, head_len, fresh_until, birth: what a fresh hit needs
 M = META.size
 
-_SKIP_STORE = frozenset((b"age", b"cache-status", b"content-length", b"transfer-encoding", b"connection",
-                         b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"))
+_SKIP_STORE = frozenset(
+    (
+        b"age",
+        b"cache-status",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"upgrade",
+    )
+)
 
 
 class Meta(NamedTuple):
@@ -64,15 +77,29 @@ def render_head(status: int, reason: bytes, headers: Headers, body_len: int) -> 
     return b"".join(parts), len(status_line)
 
 
-def encode(status: int, reason: bytes, headers: Headers, body: bytes, f: Freshness,
-           request_time: float) -> tuple[bytes, float, float, int]:
+def encode(
+    status: int, reason: bytes, headers: Headers, body: bytes, f: Freshness, request_time: float
+) -> tuple[bytes, float, float, int]:
     """-> (value, birth, fresh_until, cache_flags). `birth` is when the response's age was 0."""
     head, sl = render_head(status, reason, headers, len(body))
     birth = f.response_time - f.initial_age
     fresh_until = birth + f.lifetime
     eflags = (E_MUST_REVALIDATE if f.must_revalidate else 0) | (E_NO_CACHE if f.no_cache else 0)
-    meta = META.pack(VERSION, eflags, status, sl, len(head), fresh_until, birth, f.response_time,
-                     f.lifetime, f.initial_age, request_time, f.stale_while_revalidate, f.stale_if_error)
+    meta = META.pack(
+        VERSION,
+        eflags,
+        status,
+        sl,
+        len(head),
+        fresh_until,
+        birth,
+        f.response_time,
+        f.lifetime,
+        f.initial_age,
+        request_time,
+        f.stale_while_revalidate,
+        f.stale_if_error,
+    )
     flags = FLAG_RESPONSE if f.no_cache else FLAG_PLAIN
     return b"".join((meta, head, body)), birth, fresh_until, flags
 
@@ -82,15 +109,21 @@ def meta(value: bytes) -> Meta:
 
 
 def freshness(m: Meta) -> Freshness:
-    return Freshness(lifetime=m.lifetime, initial_age=m.initial_age, response_time=m.response_time,
-                     stale_while_revalidate=m.swr, stale_if_error=m.sie,
-                     must_revalidate=bool(m.eflags & E_MUST_REVALIDATE), no_cache=bool(m.eflags & E_NO_CACHE))
+    return Freshness(
+        lifetime=m.lifetime,
+        initial_age=m.initial_age,
+        response_time=m.response_time,
+        stale_while_revalidate=m.swr,
+        stale_if_error=m.sie,
+        must_revalidate=bool(m.eflags & E_MUST_REVALIDATE),
+        no_cache=bool(m.eflags & E_NO_CACHE),
+    )
 
 
 def headers(value: bytes, m: Meta) -> Headers:
     """The stored header fields (without Content-Length), for the slow paths (validation, 304, ranges)."""
     out: Headers = []
-    block = value[M + m.statusline_len: M + m.head_len - 2]
+    block = value[M + m.statusline_len : M + m.head_len - 2]
     for line in block.split(b"\r\n"):
         if not line:
             continue
@@ -102,18 +135,22 @@ def headers(value: bytes, m: Meta) -> Headers:
 
 
 def reason(value: bytes, m: Meta) -> bytes:
-    line = value[M: M + m.statusline_len - 2]
+    line = value[M : M + m.statusline_len - 2]
     parts = line.split(b" ", 2)
     return parts[2] if len(parts) > 2 else b""
 
 
 def body(value: bytes, m: Meta) -> memoryview:
-    return memoryview(value)[M + m.head_len:]
+    return memoryview(value)[M + m.head_len :]
 
 
 def encode_vary(names: tuple[bytes, ...]) -> bytes:
-    return b"\n".join(names)
+    """A Vary marker: a fresh random generation, then the field names. Variants are keyed under the
+    generation, so once a marker is purged or replaced its old variants can never be reached again."""
+    return os.urandom(8).hex().encode() + b"\n" + b"\n".join(names)
 
 
-def decode_vary(value: bytes) -> tuple[bytes, ...]:
-    return tuple(value.split(b"\n")) if value else ()
+def decode_vary(value: bytes) -> tuple[bytes, tuple[bytes, ...]]:
+    """-> (generation, field names)."""
+    gen, _, names = value.partition(b"\n")
+    return gen, tuple(names.split(b"\n")) if names else ()

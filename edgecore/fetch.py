@@ -53,8 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -68,7 +67,13 @@ class UpstreamConnection(asyncio.Protocol):
         ex = self.exchange
         if ex is not None:
             self.exchange = None
-            ex.connection_lost()
+            if ex.close_delimited and exc is None:
+                # RFC 9112 6.3 (8): a body without length ends when the connection closes cleanly
+                # (httptools cannot be told of EOF, so its on_message_complete never comes)
+                ex.keep_alive = False
+                ex.complete(self)
+            else:
+                ex.connection_lost()
         self._wake_writer()
 
     def data_received(self, data: bytes) -> None:
@@ -133,6 +138,9 @@ class UpstreamConnection(asyncio.Protocol):
             ex.headers = []
             ex.reason = b""
             return
+        ex.close_delimited = not any(
+            n == b"content-length" or n == b"transfer-encoding" for n, _ in ex.headers
+        ) and status not in (204, 304)
         ex.got_head(status, self.parser.should_keep_alive())
         if ex.method == b"HEAD":
             # httptools cannot be told the request was HEAD: the exchange ends here and the parser is
@@ -189,6 +197,7 @@ class Exchange:
         self.reason = b""
         self.headers: Headers = []
         self.head_seen = False
+        self.close_delimited = False
         self.finished = False
         self.keep_alive = False
         self.last_activity = self.loop.time()
@@ -209,8 +218,12 @@ class Exchange:
         if self.finished:
             return
         if not self.head_seen:
-            self.fail(UpstreamTimeout(f"no response head from {self.conn.upstream.authority} "
-                                      f"within {self.pool.cfg.response_timeout:g}s"))
+            self.fail(
+                UpstreamTimeout(
+                    f"no response head from {self.conn.upstream.authority} "
+                    f"within {self.pool.cfg.response_timeout:g}s"
+                )
+            )
             self.conn.exchange = None
             self.conn.abort()
             return
@@ -259,8 +272,11 @@ class Exchange:
         if self.head_seen:
             self.fail(UpstreamIncomplete(f"upstream {self.conn.upstream.authority} closed mid-body"))
         else:
-            self.fail(UpstreamError(f"upstream {self.conn.upstream.authority} closed the connection "
-                                    "before responding"))
+            self.fail(
+                UpstreamError(
+                    f"upstream {self.conn.upstream.authority} closed the connection before responding"
+                )
+            )
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -271,8 +287,9 @@ class Exchange:
 class Pool:
     """Keep-alive connections to the configured upstreams, chosen round-robin."""
 
-    def __init__(self, cfg: Config, loop: asyncio.AbstractEventLoop,
-                 on_request: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, cfg: Config, loop: asyncio.AbstractEventLoop, on_request: Callable[[], None] | None = None
+    ) -> None:
         if not cfg.upstream:
             raise ValueError("no upstream configured")
         self.cfg = cfg
@@ -286,12 +303,15 @@ class Pool:
     async def _connect(self, upstream: Upstream) -> UpstreamConnection:
         try:
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: UpstreamConnection(self, upstream),
-                                            upstream.host, upstream.port),
-                self.cfg.connect_timeout)
+                self.loop.create_connection(
+                    lambda: UpstreamConnection(self, upstream), upstream.host, upstream.port
+                ),
+                self.cfg.connect_timeout,
+            )
         except TimeoutError:
-            raise UpstreamTimeout(f"connect to {upstream.authority} timed out after "
-                                  f"{self.cfg.connect_timeout:g}s")
+            raise UpstreamTimeout(
+                f"connect to {upstream.authority} timed out after {self.cfg.connect_timeout:g}s"
+            )
         except OSError as e:
             raise UpstreamError(f"cannot connect to {upstream.authority}: {e.strerror or e}")
         self.connects += 1
@@ -309,8 +329,7 @@ class Pool:
 
     def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
         idle = self._idle.get(conn.upstream)
-        if (keep_alive and not conn.closed and idle is not None
-                and len(idle) < self.cfg.upstream_pool_size):
+        if keep_alive and not conn.closed and idle is not None and len(idle) < self.cfg.upstream_pool_size:
             conn.reused = True
             idle.append(conn)
         else:
@@ -385,8 +404,9 @@ class Flights:
     def mark_uncacheable(self, key: bytes) -> None:
         if len(self._uncacheable) > 100_000:  # bounded memory: drop the expired, then the oldest
             now = self.loop.time()
-            for k in [k for k, t in self._uncacheable.items() if t <= now][:50_000] or \
-                    list(itertools.islice(self._uncacheable, 50_000)):
+            for k in [k for k, t in self._uncacheable.items() if t <= now][:50_000] or list(
+                itertools.islice(self._uncacheable, 50_000)
+            ):
                 del self._uncacheable[k]
         self._uncacheable[key] = self.loop.time() + self.hfm_ttl
 

@@ -39,7 +39,8 @@ class Health:
     async def _probe(self, h: UpstreamHealth) -> None:
         try:
             _, writer = await asyncio.wait_for(
-                asyncio.open_connection(h.upstream.host, h.upstream.port), self.cfg.connect_timeout)
+                asyncio.open_connection(h.upstream.host, h.upstream.port), self.cfg.connect_timeout
+            )
         except (OSError, TimeoutError) as e:
             h.up = False
             h.failures += 1
@@ -62,12 +63,14 @@ class Health:
         return any(h.up for h in self.upstreams)
 
     def describe(self) -> list[dict[str, object]]:
-        return [{"upstream": h.upstream.authority, "up": h.up, "last_error": h.last_error}
-                for h in self.upstreams]
+        return [
+            {"upstream": h.upstream.authority, "up": h.up, "last_error": h.last_error} for h in self.upstreams
+        ]
 
 
-def readiness(*, workers_ready: int, workers: int, draining: bool, upstream_up: bool,
-              probed: bool) -> tuple[bool, str]:
+def readiness(
+    *, workers_ready: int, workers: int, draining: bool, upstream_up: bool, probed: bool
+) -> tuple[bool, str]:
     """(ready?, reason). Ready = listening (every worker up), an upstream usable, not draining."""
     if draining:
         return False, "draining"

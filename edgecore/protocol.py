@@ -29,39 +29,76 @@ from .cache import Cache
 from .config import Config
 from .errors import BadRequest, EdgeError, HeaderTooLarge, UpstreamError, UpstreamIncomplete
 from .fetch import Exchange, Flights, Pool, UpstreamConnection
-from .metrics import F_BAD_REQUESTS, F_CONNECTIONS, F_UPSTREAM_ERRORS, Outcome, SlotCounters
+from .metrics import F_BAD_REQUESTS, F_CONNECTIONS, F_UPSTREAM_ERRORS, F_WAITING, Outcome, SlotCounters
 
 Headers = list[tuple[bytes, bytes]]
 
 # RFC 9110 7.6.1: hop-by-hop fields, never forwarded either way (plus those listed in Connection)
-HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-                        b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization"))
+HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    )
+)
 # request fields that send a GET/HEAD off the fast hit path
-_SLOW_REQUEST_FIELDS = frozenset((b"cache-control", b"pragma", b"if-none-match", b"if-modified-since",
-                                  b"if-match", b"if-unmodified-since", b"if-range", b"range",
-                                  b"authorization"))
+_SLOW_REQUEST_FIELDS = frozenset(
+    (
+        b"cache-control",
+        b"pragma",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-range",
+        b"range",
+        b"authorization",
+    )
+)
 # fields not forwarded upstream when edgecore fetches a GET/HEAD for its cache: the cache answers
 # the client's conditionals and ranges itself from the full response
-_CACHE_FETCH_DROP = frozenset((b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since",
-                               b"if-range", b"range"))
+_CACHE_FETCH_DROP = frozenset(
+    (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range", b"range")
+)
 _CACHEABLE_METHODS = frozenset((b"GET", b"HEAD"))
 _UNSAFE_KEEP = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
-BODY_HIGH_WATER = 256 << 10     # buffered request body bytes before the client is paused
-PIPELINE_MAX = 64               # queued pipelined requests before the client is paused
+BODY_HIGH_WATER = 256 << 10  # buffered request body bytes before the client is paused
+PIPELINE_MAX = 64  # queued pipelined requests before the client is paused
 
 _REASONS = {
-    100: b"Continue", 200: b"OK", 304: b"Not Modified", 206: b"Partial Content", 400: b"Bad Request",
-    413: b"Content Too Large", 416: b"Range Not Satisfiable", 431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable",
-    504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+    100: b"Continue",
+    200: b"OK",
+    304: b"Not Modified",
+    206: b"Partial Content",
+    400: b"Bad Request",
+    413: b"Content Too Large",
+    416: b"Range Not Satisfiable",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
 class Context:
     """Everything a worker's connections share."""
 
-    def __init__(self, cfg: Config, cache: Cache, counters: SlotCounters,
-                 loop: asyncio.AbstractEventLoop, pool: Pool | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        cache: Cache,
+        counters: SlotCounters,
+        loop: asyncio.AbstractEventLoop,
+        pool: Pool | None = None,
+    ) -> None:
         self.cfg = cfg
         self.cache = cache
         self.counters = counters
@@ -103,9 +140,26 @@ def counters_upstream(counters: SlotCounters) -> Any:
 
 
 class Request:
-    __slots__ = ("method", "target", "headers", "host", "version", "keep_alive", "slow", "clen", "chunked",
-                 "expect_continue", "body", "body_done", "body_bytes", "body_waiter", "error", "t0",
-                 "conn_tokens", "head_bytes")
+    __slots__ = (
+        "method",
+        "target",
+        "headers",
+        "host",
+        "version",
+        "keep_alive",
+        "slow",
+        "clen",
+        "chunked",
+        "expect_continue",
+        "body",
+        "body_done",
+        "body_bytes",
+        "body_waiter",
+        "error",
+        "t0",
+        "conn_tokens",
+        "head_bytes",
+    )
 
     def __init__(self) -> None:
         self.method = b""
@@ -136,21 +190,20 @@ class ClientProtocol(asyncio.Protocol):
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.req: Request | None = None            # being parsed
-        self.active: Request | None = None         # being answered (async)
+        self.req: Request | None = None  # being parsed
+        self.active: Request | None = None  # being answered (async)
         self.queue: collections.deque[Request] = collections.deque()
         self.closing = False
         self.read_paused = False
         self.write_paused = False
-        self.upstream: UpstreamConnection | None = None   # streaming to us right now
+        self.upstream: UpstreamConnection | None = None  # streaming to us right now
         self.last_progress = ctx.loop.time()
         self.peer = b"unknown"
         self._drain_waiter: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
         self.ctx.connections.add(self)
         self.ctx.counters.inc(F_CONNECTIONS)
         peer = transport.get_extra_info("peername")
@@ -186,7 +239,11 @@ class ClientProtocol(asyncio.Protocol):
                 r.keep_alive = False
             self._stop_reading()
         except httptools.HttpParserError as e:
-            err = e.__context__ if isinstance(e.__context__, EdgeError) else BadRequest(f"malformed request: {e}")
+            err = (
+                e.__context__
+                if isinstance(e.__context__, EdgeError)
+                else BadRequest(f"malformed request: {e}")
+            )
             self._parse_failed(err)
 
     def eof_received(self) -> bool | None:
@@ -312,8 +369,13 @@ class ClientProtocol(asyncio.Protocol):
         if r.has_body():
             r.body = collections.deque()
             r.body_done = False
-        elif (not r.slow and self.active is None and not self.queue
-              and r.method in _CACHEABLE_METHODS and self._fast_hit(r)):
+        elif (
+            not r.slow
+            and self.active is None
+            and not self.queue
+            and r.method in _CACHEABLE_METHODS
+            and self._fast_hit(r)
+        ):
             self.req = None
             return
         self._dispatch(r)
@@ -374,8 +436,13 @@ class ClientProtocol(asyncio.Protocol):
                 r = self.queue.popleft()
                 if len(self.queue) < PIPELINE_MAX // 2:
                     self._resume_reading()
-                if r.error is None and not r.slow and not r.has_body() and r.method in _CACHEABLE_METHODS \
-                        and self._fast_hit(r):
+                if (
+                    r.error is None
+                    and not r.slow
+                    and not r.has_body()
+                    and r.method in _CACHEABLE_METHODS
+                    and self._fast_hit(r)
+                ):
                     if not r.keep_alive:
                         self._finish_connection()
                         self.active = None
@@ -426,10 +493,13 @@ class ClientProtocol(asyncio.Protocol):
         body = (f"{status} {e.reason}: {e}\n").encode()
         if status < 500 or status == 505:
             r.keep_alive = False
-        cs = cache_status or policy.cache_status(hit=False, fwd="bypass" if status < 500 else "miss",
-                                                 detail=type(e).__name__.lower())
-        head = (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-                b"cache-status: %s\r\n%s\r\n" % (status, e.reason.encode(), len(body), cs, self._conn_header(r)))
+        cs = cache_status or policy.cache_status(
+            hit=False, fwd="bypass" if status < 500 else "miss", detail=type(e).__name__.lower()
+        )
+        head = (
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"cache-status: %s\r\n%s\r\n" % (status, e.reason.encode(), len(body), cs, self._conn_header(r))
+        )
         self._write(head if r.method == b"HEAD" else head + body)
         if not r.keep_alive:
             self._finish_connection()
@@ -449,11 +519,14 @@ class ClientProtocol(asyncio.Protocol):
             return False
         m = entry.M
         dyn = b"age: %d\r\ncache-status: edgecore; hit; ttl=%d\r\n%s" % (
-            now - birth, fresh_until - now, self._conn_header(r))
+            now - birth,
+            fresh_until - now,
+            self._conn_header(r),
+        )
         if r.method == b"HEAD":
-            self._write(b"".join((value[m:m + sl], dyn, value[m + sl:m + head_len])))
+            self._write(b"".join((value[m : m + sl], dyn, value[m + sl : m + head_len])))
         else:
-            self._write(b"".join((value[m:m + sl], dyn, value[m + sl:])))
+            self._write(b"".join((value[m : m + sl], dyn, value[m + sl :])))
         ctx.counters.request(Outcome.HIT, time.time() - now)
         if not r.keep_alive:
             self._finish_connection()
@@ -469,8 +542,9 @@ class ClientProtocol(asyncio.Protocol):
         if r.method in _CACHEABLE_METHODS and not r.has_body():
             await self._cache_path(r)
         else:
-            await self._pass(r, Outcome.BYPASS, fwd=b"method" if r.method not in _CACHEABLE_METHODS
-                             else b"bypass")
+            await self._pass(
+                r, Outcome.BYPASS, fwd=b"method" if r.method not in _CACHEABLE_METHODS else b"bypass"
+            )
 
     async def _cache_path(self, r: Request) -> None:
         ctx = self.ctx
@@ -478,11 +552,10 @@ class ClientProtocol(asyncio.Protocol):
         rc = policy.parse_request(r.headers)
         key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts)
         found = ctx.cache.lookup(key, now)
-        vary_names: tuple[bytes, ...] | None = None
         fwd = b"uri-miss"
         if found is not None and found[3] == entry.FLAG_VARY:
-            vary_names = entry.decode_vary(found[0])
-            key = keys.secondary_key(key, vary_names, r.headers)
+            gen, names = entry.decode_vary(found[0])
+            key = keys.secondary_key(key + b"#" + gen, names, r.headers)  # RFC 9111 4.1
             found = ctx.cache.lookup(key, now)
             fwd = b"vary-miss"
         if rc.no_store:
@@ -493,19 +566,28 @@ class ClientProtocol(asyncio.Protocol):
             m = entry.meta(value)
             f = entry.freshness(m)
             use, why = policy.decide_use(f, rc, now)
-            if use is policy.Use.FRESH:
-                self._serve_stored(r, value, m, now, Outcome.HIT, b"edgecore; hit; ttl=%d" % max(
-                    0, int(m.fresh_until - now)))
+            if use is policy.Use.FRESH or use is policy.Use.STALE:
+                ttl = int(m.fresh_until - now) if m.fresh_until > now else -int(now - m.fresh_until) - 1
+                self._serve_stored(
+                    r,
+                    value,
+                    m,
+                    now,
+                    Outcome.HIT if use is policy.Use.FRESH else Outcome.STALE,
+                    b"edgecore; hit; ttl=%d" % ttl,
+                )
                 return
             if use is policy.Use.STALE_REVALIDATE:
-                self._serve_stored(r, value, m, now, Outcome.STALE, b"edgecore; fwd=stale; detail=swr")
+                self._serve_stored(
+                    r, value, m, now, Outcome.STALE, b"edgecore; fwd=stale; detail=stale-while-revalidate"
+                )
                 self._background_refresh(r, key, value, m)
                 return
-            # must validate upstream (stale, no-cache, request directives)
-            await self._revalidate(r, key, value, m, rc, why)
-            return
+            if use is policy.Use.VALIDATE and not rc.only_if_cached:
+                await self._revalidate(r, key, value, m, rc, why)
+                return
         if rc.only_if_cached:
-            e = UpstreamError("only-if-cached and nothing stored")  # RFC 9111 5.2.1.7
+            e = UpstreamError("only-if-cached and nothing stored fits")  # RFC 9111 5.2.1.7
             e.status, e.reason = 504, "Gateway Timeout"
             self._error_response(r, e, b"edgecore; fwd=miss; detail=only-if-cached")
             return
@@ -514,16 +596,17 @@ class ClientProtocol(asyncio.Protocol):
             return
         await self._miss(r, key, fwd)
 
-    def _serve_stored(self, r: Request, value: bytes, m: entry.Meta, now: float, outcome: Outcome,
-                      cache_status: bytes) -> None:
+    def _serve_stored(
+        self, r: Request, value: bytes, m: entry.Meta, now: float, outcome: Outcome, cache_status: bytes
+    ) -> None:
         """A stored response to the client, with conditional (RFC 9110 13) and range (RFC 9110 14)
         handling when the request asks for them."""
         age = max(0, int(now - m.birth))
         conn = self._conn_header(r)
         mo = entry.M
         head_end = mo + m.head_len
-        status_line = value[mo:mo + m.statusline_len]
-        rest_head = value[mo + m.statusline_len:head_end]
+        status_line = value[mo : mo + m.statusline_len]
+        rest_head = value[mo + m.statusline_len : head_end]
         dyn = b"age: %d\r\ncache-status: %s\r\n%s" % (age, cache_status, conn)
         if r.slow and m.status == 200:
             stored = entry.headers(value, m)
@@ -537,32 +620,49 @@ class ClientProtocol(asyncio.Protocol):
                 span = policy.parse_range(rng, total)
                 if span is None:
                     if rng.strip().lower().startswith(b"bytes="):
-                        self._write(b"HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */%d\r\n"
-                                    b"content-length: 0\r\n%s\r\n" % (total, dyn))
+                        self._write(
+                            b"HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */%d\r\n"
+                            b"content-length: 0\r\n%s\r\n" % (total, dyn)
+                        )
                         self._count(r, outcome)
                         return
                 else:
                     first, last = span
                     fields = b"".join(n + b": " + v + b"\r\n" for n, v in stored)
-                    self._write(b"".join((
-                        b"HTTP/1.1 206 Partial Content\r\n", fields,
-                        b"content-range: bytes %d-%d/%d\r\ncontent-length: %d\r\n" % (
-                            first, last, total, last - first + 1),
-                        dyn, b"\r\n", value[head_end + first:head_end + last + 1])))
+                    self._write(
+                        b"".join(
+                            (
+                                b"HTTP/1.1 206 Partial Content\r\n",
+                                fields,
+                                b"content-range: bytes %d-%d/%d\r\ncontent-length: %d\r\n"
+                                % (first, last, total, last - first + 1),
+                                dyn,
+                                b"\r\n",
+                                value[head_end + first : head_end + last + 1],
+                            )
+                        )
+                    )
                     self._count(r, outcome)
                     return
         if r.method == b"HEAD":
             self._write(b"".join((status_line, dyn, rest_head)))
         else:
-            self._write(b"".join((status_line, dyn, value[mo + m.statusline_len:])))
+            self._write(b"".join((status_line, dyn, value[mo + m.statusline_len :])))
         self._count(r, outcome)
 
     @staticmethod
     def _head_304(stored: Headers, dyn: bytes) -> bytes:
         # RFC 9110 15.4.5: the 304 carries the fields a 200 would have had that describe the
         # representation's metadata, and no body
-        keep = (b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary",
-                b"last-modified")
+        keep = (
+            b"cache-control",
+            b"content-location",
+            b"date",
+            b"etag",
+            b"expires",
+            b"vary",
+            b"last-modified",
+        )
         fields = b"".join(n + b": " + v + b"\r\n" for n, v in stored if n in keep)
         return b"HTTP/1.1 304 Not Modified\r\n" + fields + dyn + b"\r\n"
 
@@ -572,16 +672,26 @@ class ClientProtocol(asyncio.Protocol):
             self._finish_connection()
 
     # ------------------------------------------------------------------ upstream
-    def _upstream_head(self, r: Request, method: bytes | None = None, drop: frozenset[bytes] = frozenset(),
-                       extra: Headers | None = None) -> bytes:
+    def _upstream_head(
+        self,
+        r: Request,
+        method: bytes | None = None,
+        drop: frozenset[bytes] = frozenset(),
+        extra: Headers | None = None,
+    ) -> bytes:
         """The request head sent upstream: hop-by-hop and Connection-listed fields removed (RFC 9110
         7.6.1), Via and X-Forwarded-For/-Proto added, the body re-framed."""
         conn_listed = set(r.conn_tokens)
         parts = [b"%s %s HTTP/1.1\r\n" % (method or r.method, r.target)]
         xff = None
         for name, value in r.headers:
-            if name in HOP_BY_HOP or name in conn_listed or name in drop or name == b"content-length" \
-                    or name == b"expect":
+            if (
+                name in HOP_BY_HOP
+                or name in conn_listed
+                or name in drop
+                or name == b"content-length"
+                or name == b"expect"
+            ):
                 continue
             if name == b"x-forwarded-for":
                 xff = value if xff is None else xff + b", " + value
@@ -629,8 +739,14 @@ class ClientProtocol(asyncio.Protocol):
         if r.chunked:
             conn.write(b"0\r\n\r\n")
 
-    async def _exchange(self, r: Request, sink: Any, method: bytes | None = None,
-                        drop: frozenset[bytes] = frozenset(), extra: Headers | None = None) -> Exchange:
+    async def _exchange(
+        self,
+        r: Request,
+        sink: Any,
+        method: bytes | None = None,
+        drop: frozenset[bytes] = frozenset(),
+        extra: Headers | None = None,
+    ) -> Exchange:
         """Open an upstream exchange (retrying once on a fresh connection when a reused one turns out
         closed before answering a bodiless request) and wait for its response head."""
         pool = self.ctx.pool
@@ -673,20 +789,29 @@ class ClientProtocol(asyncio.Protocol):
         ctx = self.ctx
         flight, leader = ctx.flights.join(key)
         if not leader:
+            ctx.counters.inc(F_WAITING)
             try:
                 result = await asyncio.wait_for(asyncio.shield(flight.done), ctx.cfg.response_timeout)
             except TimeoutError:
+                ctx.counters.inc(F_WAITING, -1)
                 e = UpstreamError("timed out waiting for a coalesced upstream response")
                 e.status, e.reason = 504, "Gateway Timeout"
                 self._error_response(r, e)
                 return
+            ctx.counters.inc(F_WAITING, -1)
             if result is not None:
                 value = result
                 m = entry.meta(value)
                 now = time.time()
                 if now < m.fresh_until or m.eflags & entry.E_NO_CACHE == 0:
-                    self._serve_stored(r, value, m, now, Outcome.COLLAPSED,
-                                       b"edgecore; fwd=miss; collapsed; ttl=%d" % max(0, int(m.fresh_until - now)))
+                    self._serve_stored(
+                        r,
+                        value,
+                        m,
+                        now,
+                        Outcome.COLLAPSED,
+                        b"edgecore; fwd=miss; collapsed; ttl=%d" % max(0, int(m.fresh_until - now)),
+                    )
                     return
             await self._pass(r, Outcome.UNCACHEABLE, fwd=fwd, detail=b"collapsed-uncacheable")
             return
@@ -697,20 +822,30 @@ class ClientProtocol(asyncio.Protocol):
         finally:
             ctx.flights.finish(key, flight, sink.stored_value)
 
-    async def _revalidate(self, r: Request, key: bytes, value: bytes, m: entry.Meta,
-                          rc: policy.RequestControl, why: policy.Reason | None) -> None:
+    async def _revalidate(
+        self,
+        r: Request,
+        key: bytes,
+        value: bytes,
+        m: entry.Meta,
+        rc: policy.RequestControl,
+        why: policy.Reason | None,
+    ) -> None:
         """A stored response that may not be used as is: validate it upstream (RFC 9111 4.3.1)."""
         stored = entry.headers(value, m)
         validators = policy.validators_for(stored)
-        sink = StoreSink(self.ctx, self, r, key, fwd=b"stale", flight=None, stored=(value, m, stored), reason=why)
+        sink = StoreSink(
+            self.ctx, self, r, key, fwd=b"stale", flight=None, stored=(value, m, stored), reason=why
+        )
         try:
             await self._exchange(r, sink, method=b"GET", drop=_CACHE_FETCH_DROP, extra=validators)
             await sink.finished()
         except UpstreamError as e:
             f = entry.freshness(m)
             if not sink.started and policy.may_serve_stale_on_error(f, rc, time.time()):
-                self._serve_stored(r, value, m, time.time(), Outcome.STALE,
-                                   b"edgecore; fwd=stale; detail=stale-if-error")
+                self._serve_stored(
+                    r, value, m, time.time(), Outcome.STALE, b"edgecore; fwd=stale; detail=stale-if-error"
+                )
                 return
             raise e
 
@@ -731,8 +866,9 @@ class ClientProtocol(asyncio.Protocol):
             stored = entry.headers(value, m)
             sink = StoreSink(ctx, None, bg, key, fwd=b"stale", flight=None, stored=(value, m, stored))
             try:
-                await self._exchange(bg, sink, method=b"GET", drop=_CACHE_FETCH_DROP,
-                                     extra=policy.validators_for(stored))
+                await self._exchange(
+                    bg, sink, method=b"GET", drop=_CACHE_FETCH_DROP, extra=policy.validators_for(stored)
+                )
                 await sink.finished()
             except EdgeError:
                 pass
@@ -754,7 +890,7 @@ def _if_range_ok(req: Headers, stored: Headers) -> bool:
     ir = _header(req, b"if-range")
     if ir is None:
         return True
-    if ir.startswith(b"\"") or ir.startswith(b"W/"):
+    if ir.startswith(b'"') or ir.startswith(b"W/"):
         etag = _header(stored, b"etag")
         return etag is not None and not ir.startswith(b"W/") and etag == ir
     return _header(stored, b"last-modified") == ir
@@ -763,8 +899,15 @@ def _if_range_ok(req: Headers, stored: Headers) -> bool:
 class StreamSink:
     """Streams an upstream response to the client (head, then body chunks as they come)."""
 
-    def __init__(self, ctx: Context, proto: ClientProtocol | None, r: Request, outcome: Outcome, fwd: bytes,
-                 detail: bytes | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        proto: ClientProtocol | None,
+        r: Request,
+        outcome: Outcome,
+        fwd: bytes,
+        detail: bytes | None = None,
+    ) -> None:
         self.ctx = ctx
         self.proto = proto
         self.r = r
@@ -774,7 +917,7 @@ class StreamSink:
         self.exchange: Exchange | None = None
         self.status: int | None = None
         self.headers: Headers = []
-        self.started = False         # bytes sent to the client
+        self.started = False  # bytes sent to the client
         self.chunked_out = False
         self.no_body = False
         self.close_delimited = False
@@ -805,10 +948,11 @@ class StreamSink:
             up.pause_reading()
         self._send_head(p, status, reason, headers)
 
-    def _send_head(self, p: ClientProtocol, status: int, reason: bytes, headers: Headers,
-                   extra: bytes = b"") -> None:
+    def _send_head(
+        self, p: ClientProtocol, status: int, reason: bytes, headers: Headers, extra: bytes = b""
+    ) -> None:
         r = self.r
-        conn_listed = set()
+        conn_listed: set[bytes] = set()
         clen = None
         te = False
         for n, v in headers:
@@ -888,9 +1032,17 @@ class StoreSink(StreamSink):
     """Streams a GET response to the client while keeping its body for the cache; stores it when the
     policy allows and the body completes. Handles 304s to revalidations (RFC 9111 4.3.3/4.3.4)."""
 
-    def __init__(self, ctx: Context, proto: ClientProtocol | None, r: Request, key: bytes, fwd: bytes,
-                 flight: Any, stored: tuple[bytes, entry.Meta, Headers] | None = None,
-                 reason: policy.Reason | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        proto: ClientProtocol | None,
+        r: Request,
+        key: bytes,
+        fwd: bytes,
+        flight: Any,
+        stored: tuple[bytes, entry.Meta, Headers] | None = None,
+        reason: policy.Reason | None = None,
+    ) -> None:
         super().__init__(ctx, proto, r, Outcome.MISS, fwd=fwd)
         self.key = key
         self.flight = flight
@@ -919,9 +1071,15 @@ class StoreSink(StreamSink):
         if status == 304 and self.stored is not None:
             self._validated(headers, now)
             return
-        fresh, why = policy.decide_store(b"GET", status, self.r.headers, headers,
-                                         request_time=self.request_time, response_time=now,
-                                         opts=ctx.policy_opts)
+        fresh, why = policy.decide_store(
+            b"GET",
+            status,
+            self.r.headers,
+            headers,
+            request_time=self.request_time,
+            response_time=now,
+            opts=ctx.policy_opts,
+        )
         clen = _header(headers, b"content-length")
         if fresh is not None and clen is not None and clen.isdigit() and int(clen) > ctx.cfg.max_object_size:
             fresh, why = None, policy.Reason.TOO_LARGE
@@ -935,7 +1093,7 @@ class StoreSink(StreamSink):
                 ctx.cache.delete(self.key)
             if self.flight is not None:
                 ctx.flights.mark_uncacheable(self.key)
-                ctx.flights.finish(self.key, self.flight, None)   # release waiters at once
+                ctx.flights.finish(self.key, self.flight, None)  # release waiters at once
                 self.flight = None
         else:
             self.fresh = fresh
@@ -955,7 +1113,7 @@ class StoreSink(StreamSink):
         if self.parts is not None:
             self.size += len(chunk)
             if self.size > self.ctx.cfg.max_object_size:
-                self.parts = None          # streamed through, not cached
+                self.parts = None  # streamed through, not cached
                 self.fresh = None
                 ctx = self.ctx
                 if self.flight is not None:
@@ -980,19 +1138,38 @@ class StoreSink(StreamSink):
         assert self.fresh is not None and self.status is not None
         stored_headers = policy.storable_headers(self.headers)
         stored_headers = [(n, v) for n, v in stored_headers if n != b"via"] + [(b"via", ctx.via)]
-        value, birth, fresh_until, flags = entry.encode(self.status, self.reason_phrase, stored_headers, body,
-                                                        self.fresh, self.request_time)
-        expires = fresh_until + max(self.fresh.stale_while_revalidate, self.fresh.stale_if_error,
-                                    _STALE_KEEP if _has_validator(stored_headers) else 0.0)
+        value, birth, fresh_until, flags = entry.encode(
+            self.status, self.reason_phrase, stored_headers, body, self.fresh, self.request_time
+        )
+        expires = fresh_until + max(
+            self.fresh.stale_while_revalidate,
+            self.fresh.stale_if_error,
+            _STALE_KEEP if _has_validator(stored_headers) else 0.0,
+        )
         expires = max(expires, time.time() + 1.0) if _has_validator(stored_headers) else expires
         vary = keys.parse_vary([v for n, v in self.headers if n == b"vary"])
         key = self.key
         if vary:
-            primary = keys.primary_key(b"GET", self.r.host, self.r.target, ctx.key_opts)
-            ctx.cache.store(primary, entry.encode_vary(vary), birth, expires, entry.FLAG_VARY)
-            key = keys.secondary_key(primary, vary, self.r.headers)
+            key = self._variant_key(vary, birth, expires)
         if ctx.cache.store(key, value, birth, expires, flags):
             self.stored_value = value
+
+    def _variant_key(self, vary: tuple[bytes, ...], birth: float, expires: float) -> bytes:
+        """The secondary key of this response (RFC 9111 4.1), under the URL's Vary marker: the current
+        marker's generation when it names the same fields, else a new marker (which orphans old variants)."""
+        ctx = self.ctx
+        primary = keys.primary_key(b"GET", self.r.host, self.r.target, ctx.key_opts)
+        found = ctx.cache.lookup(primary, time.time())
+        marker = None
+        if found is not None and found[3] == entry.FLAG_VARY:
+            gen, names = entry.decode_vary(found[0])
+            if names == vary:
+                marker = found
+        if marker is None or marker[2] < expires:
+            value = entry.encode_vary(vary) if marker is None else marker[0]
+            ctx.cache.store(primary, value, birth, expires, entry.FLAG_VARY)
+            gen, _ = entry.decode_vary(value)
+        return keys.secondary_key(primary + b"#" + gen, vary, self.r.headers)
 
     def _validated(self, headers: Headers, now: float) -> None:
         """304 to our conditional request: update the stored headers (RFC 9111 4.3.4), freshen, serve."""
@@ -1000,9 +1177,15 @@ class StoreSink(StreamSink):
         value, m, stored = self.stored
         ctx = self.ctx
         merged = policy.merge_304(stored, headers)
-        fresh, why = policy.decide_store(b"GET", m.status, self.r.headers, merged,
-                                         request_time=self.request_time, response_time=now,
-                                         opts=ctx.policy_opts)
+        fresh, why = policy.decide_store(
+            b"GET",
+            m.status,
+            self.r.headers,
+            merged,
+            request_time=self.request_time,
+            response_time=now,
+            opts=ctx.policy_opts,
+        )
         self.validated = True
         body = bytes(entry.body(value, m))
         new_value = None
@@ -1018,23 +1201,31 @@ class StoreSink(StreamSink):
         p = self.proto
         if p is not None:
             if new_value is None:
-                new_value = entry.encode(m.status, entry.reason(value, m), policy.storable_headers(merged), body,
-                                         fresh or entry.freshness(m), self.request_time)[0]
+                new_value = entry.encode(
+                    m.status,
+                    entry.reason(value, m),
+                    policy.storable_headers(merged),
+                    body,
+                    fresh or entry.freshness(m),
+                    self.request_time,
+                )[0]
             nm = entry.meta(new_value)
-            p._serve_stored(self.r, new_value, nm, now, Outcome.REVALIDATED,
-                            b"edgecore; fwd=stale; fwd-status=304")
+            p._serve_stored(
+                self.r, new_value, nm, now, Outcome.REVALIDATED, b"edgecore; fwd=stale; fwd-status=304"
+            )
         self.started = True
         if self.exchange is not None and not self._done.done():
             pass
 
 
-_STALE_KEEP = 600.0   # seconds a stale response with validators is kept for revalidation
+_STALE_KEEP = 600.0  # seconds a stale response with validators is kept for revalidation
 
 
 def _has_validator(headers: Headers) -> bool:
     return any(n in (b"etag", b"last-modified") for n, _ in headers)
 
 
-def make_context(cfg: Config, cache: Cache, counters: SlotCounters,
-                 loop: asyncio.AbstractEventLoop) -> Context:
+def make_context(
+    cfg: Config, cache: Cache, counters: SlotCounters, loop: asyncio.AbstractEventLoop
+) -> Context:
     return Context(cfg, cache, counters, loop)

@@ -63,7 +63,7 @@ class Supervisor:
         ahost, aport = cfg.admin
         self.admin_sock = bind_socket(ahost, aport, reuseport=False, listen=True)
         self.admin_port = self.admin_sock.getsockname()[1]
-        self.children: dict[int, int] = {}          # pid -> slot
+        self.children: dict[int, int] = {}  # pid -> slot
         self.restarts: dict[int, list[float]] = {}  # slot -> recent start times
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe()
@@ -84,6 +84,7 @@ class Supervisor:
                 self.placeholder.close()
                 if slot == self.admin_slot:
                     from .admin import run_admin
+
                     code = run_admin(self.cfg, self.cache, self.counters, self.admin_sock, self.nworkers)
                 else:
                     self.admin_sock.close()
@@ -110,11 +111,12 @@ class Supervisor:
             if self.stopping:
                 continue
             what = "admin" if slot == self.admin_slot else f"worker {slot}"
-            log.warning("%s (pid %d) exited with status %s; restarting", what, pid,
-                        os.waitstatus_to_exitcode(status))
+            log.warning(
+                "%s (pid %d) exited with status %s; restarting", what, pid, os.waitstatus_to_exitcode(status)
+            )
             recent = [t for t in self.restarts.get(slot, []) if time.monotonic() - t < 10.0]
             self.restarts[slot] = recent
-            if len(recent) >= 5:   # crash loop: back off
+            if len(recent) >= 5:  # crash loop: back off
                 time.sleep(min(2.0, 0.2 * len(recent)))
             self._fork(slot)
 
@@ -126,7 +128,7 @@ class Supervisor:
     def run(self) -> int:
         for s in (signal.SIGTERM, signal.SIGINT):
             signal.signal(s, self._on_signal)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)   # reload: operations issue
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload: operations issue
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self._wake_w)
         for slot in range(self.nworkers):
@@ -141,14 +143,19 @@ class Supervisor:
                 os.read(self._wake_r, 4096)
             self._reap()
             self.cache.sweep(SWEEP_BUDGET)
-            if not announced and (self.counters.ready_workers() >= self.nworkers
-                                  or time.monotonic() > deadline):
+            if not announced and (
+                self.counters.ready_workers() >= self.nworkers or time.monotonic() > deadline
+            ):
                 announced = True
                 h, _ = self.cfg.listen
                 ah, _ = self.cfg.admin
                 # one line, parsed by tests and scripts: keep its shape
-                print(f"edgecore: serving http://{h}:{self.port} admin http://{ah}:{self.admin_port} "
-                      f"workers={self.nworkers} pid={os.getpid()}", file=sys.stderr, flush=True)
+                print(
+                    f"edgecore: serving http://{h}:{self.port} admin http://{ah}:{self.admin_port} "
+                    f"workers={self.nworkers} pid={os.getpid()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         return self._shutdown()
 
     def _shutdown(self) -> int:
@@ -203,12 +210,16 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
     ctx = make_context(cfg, cache, slot_counters, loop)
     host, _ = cfg.listen
     sock = bind_socket(host, port, reuseport=True, listen=True)
-    server = loop.run_until_complete(
-        loop.create_server(lambda: ClientProtocol(ctx), sock=sock, backlog=4096))
+    server = loop.run_until_complete(loop.create_server(lambda: ClientProtocol(ctx), sock=sock, backlog=4096))
     ctx.start()
     stop = loop.create_future()
-    loop.add_signal_handler(signal.SIGTERM, lambda: stop.done() or stop.set_result(None))
-    loop.add_signal_handler(signal.SIGINT, lambda: None)   # the supervisor decides
+
+    def on_term() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
     parent = os.getppid()
 
     async def watch_parent() -> None:

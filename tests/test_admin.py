@@ -1,0 +1,85 @@
+"""End to end: the admin listener (INTERFACE.md): healthz, readyz, metrics, stats, purge, drain."""
+
+from __future__ import annotations
+
+import json
+
+from client import Edge, get
+
+
+def test_healthz_and_readyz(edge):
+    assert edge.admin("/healthz").status == 200
+    r = edge.wait_stat(lambda s: all(h["up"] for h in s["upstream"]["health"]))
+    assert r["upstream"]["health"][0]["up"]
+    assert edge.admin("/readyz").status == 200
+    assert edge.admin("/nope").status == 404
+
+
+def test_admin_is_not_the_proxy(edge):
+    # the proxy port proxies /healthz to the origin rather than answering it itself
+    r = get(edge.port, "/healthz?body=from-origin")
+    assert r.body == b"from-origin"
+
+
+def test_metrics_has_the_contract_names(edge, uniq):
+    get(edge.port, f"{uniq}?cc=max-age=60")
+    get(edge.port, f"{uniq}?cc=max-age=60")
+    text = edge.admin("/metrics").body.decode()
+    for name in (
+        "edgecore_requests_total",
+        "edgecore_request_duration_seconds_bucket",
+        "edgecore_cache_items",
+        "edgecore_cache_bytes",
+        "edgecore_cache_capacity_bytes",
+        "edgecore_cache_evictions_total",
+        "edgecore_upstream_requests_total",
+    ):
+        assert name in text, name
+    hits = [
+        line for line in text.splitlines() if line.startswith('edgecore_requests_total{cache_status="hit"}')
+    ]
+    assert hits and float(hits[0].split()[-1]) >= 1
+
+
+def test_stats_fields_and_counts(edge, origin, uniq):
+    before = edge.stats()
+    get(edge.port, f"{uniq}?cc=max-age=60")
+    get(edge.port, f"{uniq}?cc=max-age=60")
+    s = edge.stats()
+    for k in ("items", "bytes_used", "capacity_bytes", "hits", "misses", "evictions"):
+        assert k in s["cache"], k
+    assert s["cache"]["capacity_bytes"] == 32 << 20
+    assert s["cache"]["items"] >= 1
+    assert s["cache"]["hits"] >= before["cache"]["hits"] + 1
+    assert s["upstream"]["requests"] == before["upstream"]["requests"] + 1
+
+
+def test_purge_by_url(edge, origin, uniq):
+    t = f"{uniq}?cc=max-age=60"
+    get(edge.port, t)
+    assert get(edge.port, t).cache_status.startswith("edgecore; hit")
+    r = edge.admin("/purge", "POST", json.dumps({"url": f"http://test.local{t}"}).encode())
+    assert r.status == 200 and json.loads(r.body) == {"purged": 1}
+    assert not get(edge.port, t).cache_status.startswith("edgecore; hit")
+    assert origin.count(uniq) == 2
+
+
+def test_purge_rejects_bad_bodies(edge):
+    assert edge.admin("/purge", "POST", b"not json").status == 400
+    assert edge.admin("/purge", "POST", b'{"url": "a", "tag": "b"}').status == 400
+    assert edge.admin("/purge", "GET").status == 405
+
+
+def test_admin_token_and_drain(origin):
+    e = Edge(origin.url, args=["--admin-token", "s3cret"])
+    try:
+        assert e.admin("/drain", "POST").status == 401
+        assert e.admin("/drain", "POST", headers={"Authorization": "Bearer wrong"}).status == 401
+        e.wait_stat(lambda s: all(h["up"] for h in s["upstream"]["health"]))
+        assert e.admin("/readyz").status == 200
+        assert e.admin("/drain", "POST", headers={"Authorization": "Bearer s3cret"}).status == 200
+        r = e.admin("/readyz")
+        assert r.status == 503 and b"draining" in r.body
+        assert get(e.port, "/still?body=served").body == b"served"  # traffic is still served
+    finally:
+        e.stop()

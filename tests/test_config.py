@@ -1,0 +1,114 @@
+"""config.py: sizes, addresses, precedence (cli > env > file > default), errors naming key and reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edgecore import config
+from edgecore.errors import ConfigErrors
+
+
+@pytest.mark.parametrize(
+    "text, n",
+    [
+        ("64MiB", 64 << 20),
+        ("2GiB", 2 << 30),
+        ("1KiB", 1024),
+        ("10KB", 10_000),
+        ("3MB", 3_000_000),
+        ("100", 100),
+        ("5B", 5),
+        (" 7 mib ", 7 << 20),
+        (4096, 4096),
+    ],
+)
+def test_parse_size(text, n):
+    assert config.parse_size(text) == n
+
+
+@pytest.mark.parametrize("bad", ["", "MiB", "1.5MiB", "-1", "12TB", True])
+def test_parse_size_rejects(bad):
+    with pytest.raises(ValueError):
+        config.parse_size(bad)
+
+
+def test_precedence_cli_over_env_over_file():
+    c = config.build(
+        {"workers": 3, "cache_size": "1GiB", "upstream": ["http://a:1"]}, {"workers": "2"}, {"workers": "4"}
+    )
+    assert c.workers == 4 and c.cache_size == 1 << 30
+    c = config.build({"workers": 3, "upstream": ["http://a:1"]}, {"workers": "2"}, {})
+    assert c.workers == 2
+    assert config.build({"upstream": ["http://a:1"]}).listen == ("127.0.0.1", 8080)
+
+
+def test_env_layer_reads_edgecore_vars():
+    env = config.from_env(
+        {"EDGECORE_CACHE_SIZE": "8MiB", "EDGECORE_UPSTREAM": "http://h:81,http://i:82", "OTHER": "x"}
+    )
+    c = config.build({}, env, {})
+    assert c.cache_size == 8 << 20
+    assert [u.authority for u in c.upstream] == ["h:81", "i:82"]
+
+
+def test_every_problem_names_its_key():
+    with pytest.raises(ConfigErrors) as ei:
+        config.build(
+            {"workers": "many", "cache_size": "huge", "listen": "nope", "bogus": 1, "upstream": ["ftp://x"]}
+        )
+    keys = sorted(p.key for p in ei.value.problems)
+    assert keys == ["bogus", "cache_size", "listen", "upstream", "workers"]
+    assert all(p.why for p in ei.value.problems)
+
+
+def test_cross_key_checks():
+    with pytest.raises(ConfigErrors) as ei:
+        config.build({"upstream": ["http://a:1"], "cache_size": "4MiB", "max_object_size": "2MiB"})
+    assert [p.key for p in ei.value.problems] == ["max_object_size"]
+    with pytest.raises(ConfigErrors) as ei:
+        config.build({})
+    assert [p.key for p in ei.value.problems] == ["upstream"]
+
+
+def test_check_config_command(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('upstream = ["http://127.0.0.1:9000"]\ncache-size = "64MiB"\nworkers = 2\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('upstream = ["http://127.0.0.1:9000"]\ncache_size = "lots"\nworkers = -1\n')
+    ok = subprocess.run(
+        [sys.executable, "-m", "edgecore", "check-config", "--config", str(good)],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0
+    no = subprocess.run(
+        [sys.executable, "-m", "edgecore", "check-config", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+    )
+    assert no.returncode == 2
+    lines = no.stdout.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("cache_size: ") and lines[1].startswith("workers: ")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("upstream = [")
+    r = subprocess.run(
+        [sys.executable, "-m", "edgecore", "check-config", "--config", str(broken)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2 and r.stdout.startswith("config: ")
+
+
+def test_serve_refuses_bad_config_with_exit_2():
+    r = subprocess.run(
+        [sys.executable, "-m", "edgecore", "serve", "--cache-size", "big"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert "cache_size" in r.stderr and "upstream" in r.stderr
