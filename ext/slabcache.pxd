@@ -33,6 +33,7 @@ cdef enum:
     SLOT_FREE = 0       # on its class's free list
     SLOT_SMALL = 1      # live, in the probationary FIFO (S3-FIFO "S")
     SLOT_MAIN = 2       # live, in the main CLOCK/FIFO-with-reinsertion ("M")
+    SLOT_CHUNK = 3      # a continuation chunk of a chained large object (prev = its head's ref)
 
 cdef enum:
     SC_MAGIC = 0x45444743       # "EDGC" + layout version below
@@ -47,8 +48,15 @@ cdef enum:
     EVICT_STEPS_MAX = 64        # bound on the reinsertion steps one eviction may take
     CHUNK_SLOTS = 512           # bound on slots a purge/sweep visits per shard-lock hold
     HAS_TENANT = 0x80           # slot_hdr.nx bit: an 8-byte tenant id precedes the tags
+    CHAINED = 0x40              # slot_hdr.nx bit: a chain table follows the tags (value spills into chunks)
+    NTAGS_MASK = 0x3F
+    MAX_PAGE = 65536
+    MIN_PAGE = 16384
 
-# One object slot: the header, then [tenant u64 if HAS_TENANT][tags u64 x ntags][key][value].
+# One object slot: the header, then [tenant u64 if HAS_TENANT][tags u64 x ntags]
+# [if CHAINED: u32 nchunks, u32 chunk refs x nchunks, padded to 8][key][value (its first part if CHAINED)].
+# A chained object's chunks are slots of the largest class: a header (state SLOT_CHUNK, prev = head ref)
+# followed by page_size - HDR_SIZE value bytes each, in chain order.
 ctypedef struct slot_hdr:
     uint32_t prev           # towards the queue head (newer); on the free list, the previous free slot
     uint32_t next           # towards the queue tail (older)

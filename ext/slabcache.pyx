@@ -55,8 +55,21 @@ cdef inline slot_hdr* slot_at(char *data, uint32_t ref) noexcept nogil:
 cdef inline uint32_t slot_ref(char *data, slot_hdr *s) noexcept nogil:
     return <uint32_t>(((<char*>s) - data) >> 3) + 1
 
+cdef inline size_t slot_tagbytes(slot_hdr *s) noexcept nogil:
+    return 8 * <size_t>((s.nx & NTAGS_MASK) + (1 if (s.nx & HAS_TENANT) else 0))
+
+cdef inline uint32_t* slot_chain(slot_hdr *s) noexcept nogil:
+    """[nchunks, ref1, ref2, ...] of a CHAINED object."""
+    return <uint32_t*>((<char*>s) + HDR_SIZE + slot_tagbytes(s))
+
+cdef inline size_t chain_bytes(size_t nchunks) noexcept nogil:
+    return (4 + 4 * nchunks + 7) & ~(<size_t>7)
+
 cdef inline size_t slot_extra(slot_hdr *s) noexcept nogil:
-    return 8 * <size_t>((s.nx & 0x7F) + (1 if (s.nx & HAS_TENANT) else 0))
+    cdef size_t e = slot_tagbytes(s)
+    if s.nx & CHAINED:
+        e += chain_bytes(slot_chain(s)[0])
+    return e
 
 cdef inline char* slot_key(slot_hdr *s) noexcept nogil:
     return (<char*>s) + HDR_SIZE + slot_extra(s)
@@ -216,6 +229,20 @@ cdef inline void free_push(sctx *c, class_state *cs, slot_hdr *s) noexcept nogil
     list_push_head(c.data, &cs.free_head, &cs._pad, s)   # _pad is the free list's (unused) tail
     cs.nfree += 1
 
+cdef void chain_free(sctx *c, slot_hdr *head, bint zero) noexcept nogil:
+    """Return a chained object's chunks to the largest class's free list (zeroed when purging)."""
+    cdef uint32_t *chain = slot_chain(head)
+    cdef uint32_t n = chain[0], i
+    cdef class_state *cs = &c.sh.classes[head.cls]
+    cdef slot_hdr *k
+    for i in range(n):
+        k = slot_at(c.data, chain[1 + i])
+        if zero:
+            memset((<char*>k) + HDR_SIZE, 0, c.h.page_size - HDR_SIZE)
+        free_push(c, cs, k)
+    c.sh.slot_bytes -= <uint64_t>n * c.h.page_size
+    c.sh.extra_bytes -= <uint64_t>n * HDR_SIZE
+
 cdef void slot_kill(sctx *c, slot_hdr *s, int why, long long pos) noexcept nogil:
     """Unlink a live slot from the index (pos: its bucket; -1: find it; -2: already gone) and its queue,
     account it, zero its bytes if purged or deleted, and put it on its class's free list."""
@@ -237,6 +264,8 @@ cdef void slot_kill(sctx *c, slot_hdr *s, int why, long long pos) noexcept nogil
     c.sh.data_bytes -= s.key_len + s.value_len
     c.sh.extra_bytes -= extra
     c.sh.slot_bytes -= c.h.class_size[s.cls]
+    if s.nx & CHAINED:
+        chain_free(c, s, why == KILL_PURGE or why == KILL_DELETE)
     if why == KILL_EVICT:
         c.sh.evictions += 1
     elif why == KILL_EXPIRE:
@@ -246,7 +275,8 @@ cdef void slot_kill(sctx *c, slot_hdr *s, int why, long long pos) noexcept nogil
     elif why == KILL_DELETE:
         c.sh.deletes += 1
     if why == KILL_PURGE or why == KILL_DELETE:
-        memset((<char*>s) + HDR_SIZE, 0, extra + s.key_len + s.value_len)
+        memset((<char*>s) + HDR_SIZE, 0, min(extra + s.key_len + s.value_len,
+                                             <size_t>c.h.class_size[s.cls] - HDR_SIZE))
     s.key_len = 0
     s.value_len = 0
     s.nx = 0
@@ -330,13 +360,12 @@ cdef void page_steal(sctx *c, uint32_t donor, uint32_t cls) noexcept nogil:
     p = c.data + <size_t>page * c.h.page_size
     for j in range(n):
         s = <slot_hdr*>(p + <size_t>j * size)
-        if s.state == SLOT_FREE:
-            list_remove(c.data, &ds.free_head, &ds._pad, s)
-            ds.nfree -= 1
-        else:
+        if s.state == SLOT_CHUNK:
+            slot_evict(c, slot_at(c.data, s.prev), False)     # frees the whole chain, this chunk too
+        elif s.state != SLOT_FREE:
             slot_evict(c, s, False)
-            list_remove(c.data, &ds.free_head, &ds._pad, s)
-            ds.nfree -= 1
+        list_remove(c.data, &ds.free_head, &ds._pad, s)
+        ds.nfree -= 1
     ds.npages -= 1
     c.sh.steals += 1
     page_carve(c, page, cls)
@@ -389,9 +418,10 @@ cdef slot_hdr* slot_alloc(sctx *c, uint32_t cls) noexcept nogil:
     cs.nfree -= 1
     return s
 
-cdef void demand_note(sctx *c, uint32_t cls) noexcept nogil:
+cdef void demand_note(sctx *c, uint32_t cls, size_t nslots) noexcept nogil:
     cdef shard_t *sh = c.sh
-    cdef uint32_t size = c.h.class_size[cls], d
+    cdef uint64_t size = <uint64_t>c.h.class_size[cls] * nslots
+    cdef uint32_t d
     sh.classes[cls].demand += size
     sh.demand_total += size
     if sh.demand_total > 4 * <uint64_t>sh.npages * c.h.page_size:
@@ -399,6 +429,62 @@ cdef void demand_note(sctx *c, uint32_t cls) noexcept nogil:
         for d in range(c.h.nclasses):
             sh.classes[d].demand >>= 1
             sh.demand_total += sh.classes[d].demand
+
+
+cdef bint chain_alloc(sctx *c, slot_hdr *head, size_t n, size_t tagbytes) noexcept nogil:
+    """Allocate n chunks of the largest class for `head` and write its chain table (after HDR + tagbytes).
+    On failure every slot taken, the head too, goes back to the free list."""
+    cdef uint32_t cls = head.cls, i, j
+    cdef slot_hdr *k
+    cdef uint32_t href = slot_ref(c.data, head)
+    cdef uint32_t *chain = <uint32_t*>((<char*>head) + HDR_SIZE + tagbytes)
+    for i in range(n):
+        k = slot_alloc(c, cls)
+        if k == NULL:
+            for j in range(i):
+                free_push(c, &c.sh.classes[cls], slot_at(c.data, chain[1 + j]))
+            free_push(c, &c.sh.classes[cls], head)
+            return False
+        k.state = SLOT_CHUNK
+        k.prev = href
+        k.next = i
+        chain[1 + i] = slot_ref(c.data, k)
+    chain[0] = <uint32_t>n
+    return True
+
+cdef void chain_write(sctx *c, slot_hdr *head, char *dst, const char *src, size_t n) noexcept nogil:
+    """Copy a value into a chained object: what fits after the key in the head, then chunk by chunk."""
+    cdef uint32_t *chain = slot_chain(head)
+    cdef size_t first = (<char*>head) + c.h.page_size - dst
+    cdef size_t per = c.h.page_size - HDR_SIZE, take
+    cdef uint32_t i = 0
+    take = first if first < n else n
+    memcpy(dst, src, take)
+    src += take
+    n -= take
+    while n:
+        take = per if per < n else n
+        memcpy((<char*>slot_at(c.data, chain[1 + i])) + HDR_SIZE, src, take)
+        src += take
+        n -= take
+        i += 1
+
+cdef void chain_read(sctx *c, slot_hdr *head, char *out) noexcept nogil:
+    cdef uint32_t *chain = slot_chain(head)
+    cdef char *src = slot_key(head) + head.key_len
+    cdef size_t first = (<char*>head) + c.h.page_size - src
+    cdef size_t n = head.value_len, per = c.h.page_size - HDR_SIZE, take
+    cdef uint32_t i = 0
+    take = first if first < n else n
+    memcpy(out, src, take)
+    out += take
+    n -= take
+    while n:
+        take = per if per < n else n
+        memcpy(out, (<char*>slot_at(c.data, chain[1 + i])) + HDR_SIZE, take)
+        out += take
+        n -= take
+        i += 1
 
 
 # ---------------------------------------------------------------- locking and recovery
@@ -457,7 +543,7 @@ cdef bint ban_matches(ban_t *b, slot_hdr *s) noexcept nogil:
     if b.seq <= s.ban_seq:
         return False
     if b.kind == BAN_TAG:
-        nt = s.nx & 0x7F
+        nt = s.nx & NTAGS_MASK
         tags = slot_tags(s)
         for i in range(nt):
             if tags[i] == b.ident:
@@ -512,7 +598,7 @@ cdef uint32_t shard_walk(sctx *c, uint32_t *page, uint32_t *slot, uint32_t budge
             s = <slot_hdr*>(p + <size_t>slot[0] * size)
             slot[0] += 1
             visited += 1
-            if s.state == SLOT_FREE:
+            if s.state == SLOT_FREE or s.state == SLOT_CHUNK:
                 continue
             if ban != NULL:
                 if ban_matches(ban, s):
@@ -536,18 +622,24 @@ cdef size_t round_up(size_t v, size_t a) noexcept nogil:
     return (v + a - 1) // a * a
 
 def _class_sizes(size_t page_size, double factor=1.125):
-    """Size classes: geometric (16-byte aligned) up to page/8, then page/k for k = 7..1 so large
-    classes tile a page exactly."""
+    """Size classes: geometric steps (factor) from 96 bytes, each then widened to the largest 8-byte multiple
+    that still fits the same number of slots in a page (so no page has a wasted tail), ending with one slot
+    per page. Objects larger than a page are chained over several page-sized slots."""
     cdef list sizes = []
-    cdef size_t s = 96, k, v
-    while s <= page_size // 8:
-        sizes.append(s)
-        s = max(s + 16, round_up(<size_t>(s * factor), 16))
-    for k in range(7, 0, -1):
-        v = (page_size // k) & ~(<size_t>7)
+    cdef size_t s = 96, v
+    while s < page_size:
+        v = (page_size // (page_size // s)) & ~(<size_t>7)
         if not sizes or v > sizes[len(sizes) - 1]:
             sizes.append(v)
+        s = max(v + 8, <size_t>(v * factor))
+    if sizes[len(sizes) - 1] != page_size:
+        sizes.append(page_size)
     return sizes
+
+
+def _page_size_for(size_t capacity):
+    """64 KiB pages from 64 MiB up, 16 KiB below: enough pages per shard for every class in use."""
+    return MAX_PAGE if capacity >= (64 << 20) else MIN_PAGE
 
 
 cdef class SlabCache:
@@ -560,7 +652,7 @@ cdef class SlabCache:
 
     def __cinit__(self, capacity_bytes, max_object_size=1 << 20, shards=0, avg_object_size=1024, growth=1.125):
         cdef size_t cap, maxobj, avg, nsh
-        cdef size_t page, hdr_bytes, shard_bytes, budget, per_page, npages, nb, meta, off, i, fixed
+        cdef size_t page, hdr_bytes, shard_bytes, budget, per_page, npages, nb, meta, off, i, fixed, maxchunks
         cdef double load = 0.75
         cdef header_t *h
         cdef shard_t *sh
@@ -581,7 +673,10 @@ cdef class SlabCache:
         maxobj = max_object_size
         avg = avg_object_size
         nsh = shards
-        page = round_up(HDR_SIZE + 8 * (MAX_TAGS + 1) + maxobj, 64)
+        page = _page_size_for(cap)
+        maxchunks = maxobj // (page - HDR_SIZE) + 1
+        if HDR_SIZE + 8 * (MAX_TAGS + 1) + chain_bytes(maxchunks) > page // 2:
+            raise ValueError("max_object_size too large for this capacity")
         sizes = _class_sizes(page, growth)
         while len(sizes) > MAX_CLASSES:
             growth = growth * 1.05
@@ -591,14 +686,14 @@ cdef class SlabCache:
         if nsh == 0:
             npages = (cap - hdr_bytes) // page
             nsh = 1
-            while nsh < 64 and nsh * 2 * 64 <= npages:
+            while nsh < 64 and nsh * 2 * 256 <= npages:
                 nsh *= 2
         budget = ((cap - hdr_bytes) // nsh) & ~(<size_t>63)
         per_page = page + <size_t>((<double>page / avg / load) * 10.0 + 10.0) + 1
         if budget < shard_bytes + 256:
             raise ValueError("capacity_bytes too small for this many shards")
         npages = (budget - shard_bytes - 256) // per_page
-        if npages < 1:
+        if npages < 2 * (maxchunks + 1):
             raise ValueError("capacity_bytes too small for max_object_size with %d shard(s)" % nsh)
         nb = max(<size_t>16, <size_t>(<double>npages * page / avg / load) + 1)
         if nb > 0xFFFFFFF0 or npages * page // 8 >= 0xFFFFFFF0 or npages >= 0xFFFFFFF0:
@@ -714,7 +809,12 @@ cdef class SlabCache:
         if s.freq < FREQ_MAX:
             s.freq += 1
         c.sh.hits += 1
-        val = _bytes_from(slot_key(s) + kl, s.value_len)
+        if s.nx & CHAINED:
+            val = _bytes_from(NULL, s.value_len)
+            if val != NULL:
+                chain_read(&c, s, PyBytes_AS_STRING(<object>val))
+        else:
+            val = _bytes_from(slot_key(s) + kl, s.value_len)
         stored_at = s.stored_at
         expires = s.expires
         flags = s.flags
@@ -735,6 +835,7 @@ cdef class SlabCache:
         cdef uint64_t hv, ten = 0
         cdef uint64_t tagv[MAX_TAGS]
         cdef uint32_t pos, ntags = 0, cls, lo, hi, mid, i
+        cdef size_t nchunks
         cdef slot_hdr *s
         cdef class_state *cs
         cdef char *dst
@@ -773,7 +874,7 @@ cdef class SlabCache:
         need = HDR_SIZE + extra + kl + vl
         hv = sc_hash64(kp, kl)
         ctx_init(&c, h, shard_of_hash(h, hv))
-        if kl + vl > h.max_object:
+        if kl + vl > h.max_object or kl > h.page_size // 4:
             if shard_lock(&c) == 0:
                 s = idx_find(&c, hv, kp, kl, &pos)     # a refused replacement must not leave the old copy
                 if s != NULL:
@@ -781,15 +882,24 @@ cdef class SlabCache:
                 c.sh.refused += 1
                 shard_unlock(&c)
             return False
-        lo = 0
-        hi = h.nclasses - 1
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if h.class_size[mid] >= need:
-                hi = mid
-            else:
-                lo = mid + 1
-        cls = lo
+        nchunks = 0
+        if need > h.page_size:
+            # chained: the head holds the chain table, the key and the start of the value
+            nchunks = (need + 8 - h.page_size + (h.page_size - HDR_SIZE) - 1) // (h.page_size - HDR_SIZE)
+            while HDR_SIZE + extra + chain_bytes(nchunks) + kl + vl > \
+                    h.page_size + nchunks * (h.page_size - HDR_SIZE):
+                nchunks += 1
+            cls = h.nclasses - 1
+        else:
+            lo = 0
+            hi = h.nclasses - 1
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if h.class_size[mid] >= need:
+                    hi = mid
+                else:
+                    lo = mid + 1
+            cls = lo
         if shard_lock(&c):
             raise CacheError("shard lock unrecoverable")
         s = idx_find(&c, hv, kp, kl, &pos)
@@ -800,8 +910,13 @@ cdef class SlabCache:
                 for i in range(h.nclasses):
                     if evict_in_class(&c, i):
                         break
-        demand_note(&c, cls)
+        demand_note(&c, cls, nchunks + 1)
         s = slot_alloc(&c, cls)
+        if s != NULL and nchunks:
+            s.state = SLOT_CHUNK      # not free, not queued: no eviction or steal can touch it meanwhile
+            s.prev = 0
+            if not chain_alloc(&c, s, nchunks, extra):
+                s = NULL
         if s == NULL:
             c.sh.refused += 1
             shard_unlock(&c)
@@ -812,7 +927,7 @@ cdef class SlabCache:
         s.key_len = <uint16_t>kl
         s.flags = <uint16_t>fl
         s.freq = 0
-        s.nx = <uint8_t>(ntags | (HAS_TENANT if ten else 0))
+        s.nx = <uint8_t>(ntags | (HAS_TENANT if ten else 0) | (CHAINED if nchunks else 0))
         s.ban_seq = sc_load32(&h.ban_seq)
         dst = (<char*>s) + HDR_SIZE
         if ten:
@@ -821,8 +936,14 @@ cdef class SlabCache:
         if ntags:
             memcpy(dst, tagv, 8 * ntags)
             dst += 8 * ntags
+        if nchunks:
+            dst += chain_bytes(nchunks)   # chain_alloc wrote the table
+            extra += chain_bytes(nchunks) + nchunks * HDR_SIZE
         memcpy(dst, kp, kl)
-        memcpy(dst + kl, vp, vl)
+        if nchunks:
+            chain_write(&c, s, dst + kl, vp, vl)
+        else:
+            memcpy(dst + kl, vp, vl)
         cs = &c.sh.classes[cls]
         if ghost_take(&c, hv):
             s.state = SLOT_MAIN
@@ -836,7 +957,7 @@ cdef class SlabCache:
         c.sh.items += 1
         c.sh.data_bytes += kl + vl
         c.sh.extra_bytes += extra
-        c.sh.slot_bytes += h.class_size[cls]
+        c.sh.slot_bytes += h.class_size[cls] + <uint64_t>nchunks * h.page_size
         c.sh.stores += 1
         shard_unlock(&c)
         return True
