@@ -1,0 +1,270 @@
+"""Tables for edgecore.keys: primary keys (RFC 9111 2, RFC 9110 4.2.3), Vary and secondary keys
+(RFC 9111 4.1), and the upstream request filter (RFC 9110 7.6.1, cache poisoning)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgecore.keys import (
+    KeyOptions,
+    normalise_field_value,
+    normalise_host,
+    parse_vary,
+    primary_key,
+    secondary_key,
+    split_list,
+    upstream_request_headers,
+)
+
+# ---------------------------------------------------------------------------------------------------------
+# Primary key: requests that must share a key
+# ---------------------------------------------------------------------------------------------------------
+
+SAME = [
+    # (a, b) as (method, host, target); every pair must give one key
+    ((b"GET", b"example.com", b"/a"), (b"HEAD", b"example.com", b"/a")),  # RFC 9111 4: HEAD from a stored GET
+    ((b"GET", b"Example.COM", b"/a"), (b"GET", b"example.com", b"/a")),  # RFC 9110 4.2.3: host case
+    ((b"GET", b"example.com:80", b"/a"), (b"GET", b"example.com", b"/a")),  # RFC 9110 4.2.3: default port
+    ((b"GET", b"example.com:", b"/a"), (b"GET", b"example.com", b"/a")),  # RFC 3986 6.2.3: empty port
+    ((b"GET", b"example.com.", b"/a"), (b"GET", b"example.com", b"/a")),  # RFC 3986 3.2.2: root label dot
+    ((b"GET", b"[::1]:80", b"/a"), (b"GET", b"[::1]", b"/a")),  # RFC 9110 4.2.3: IPv6 literal, default port
+    ((b"GET", b"example.com", b"/%7Euser"), (b"GET", b"example.com", b"/~user")),  # RFC 3986 6.2.2.2
+    ((b"GET", b"example.com", b"/a%2fb"), (b"GET", b"example.com", b"/a%2Fb")),  # RFC 3986 6.2.2.1: hex case
+    ((b"GET", b"example.com", b""), (b"GET", b"example.com", b"/")),  # RFC 9110 4.2.3: empty path is "/"
+    ((b"GET", b"example.com", b"/a#frag"), (b"GET", b"example.com", b"/a")),  # RFC 9110 4.2.5: no fragment
+    # RFC 9112 3.2.2: absolute-form target; its authority is the host
+    ((b"GET", b"ignored", b"http://Example.com:80/a?b"), (b"GET", b"example.com", b"/a?b")),
+    ((b"GET", b"ignored", b"http://example.com"), (b"GET", b"example.com", b"/")),
+    ((b"GET", b"ignored", b"http://u:p@example.com/a"), (b"GET", b"example.com", b"/a")),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), SAME)
+def test_primary_key_equivalent_requests_share_a_key(a: tuple[bytes, ...], b: tuple[bytes, ...]) -> None:
+    assert primary_key(*a) == primary_key(*b)
+
+
+DIFFERENT = [
+    ((b"GET", b"example.com", b"/a"), (b"POST", b"example.com", b"/a")),  # RFC 9111 2: method is in the key
+    ((b"GET", b"example.com", b"/a"), (b"GET", b"example.org", b"/a")),  # RFC 9111 2: host
+    ((b"GET", b"example.com:8080", b"/a"), (b"GET", b"example.com", b"/a")),  # non-default port
+    ((b"GET", b"example.com", b"/a"), (b"GET", b"example.com", b"/A")),  # RFC 3986 6.2.2.1: path case
+    ((b"GET", b"example.com", b"/a?x=1"), (b"GET", b"example.com", b"/a?x=2")),  # query args differ
+    ((b"GET", b"example.com", b"/a?x=1&y=2"), (b"GET", b"example.com", b"/a?y=2&x=1")),  # order kept
+    ((b"GET", b"example.com", b"/a%2Fb"), (b"GET", b"example.com", b"/a/b")),  # reserved: never decoded
+    ((b"GET", b"example.com", b"/a?b"), (b"GET", b"example.com", b"/a%3Fb")),
+    # length prefixes: shifting bytes between parts gives another key
+    ((b"GET", b"example.co", b"/m/a"), (b"GET", b"example.com", b"/a")),
+    ((b"GET", b"a", b"/b"), (b"GET", b"a/", b"b")),
+]
+
+
+@pytest.mark.parametrize(("a", "b"), DIFFERENT)
+def test_primary_key_distinct_requests_get_distinct_keys(a: tuple[bytes, ...], b: tuple[bytes, ...]) -> None:
+    assert primary_key(*a) != primary_key(*b)
+
+
+def test_primary_key_tenant_separates_keys() -> None:
+    # tenant isolation: one tenant never reads another's entry
+    assert primary_key(b"GET", b"h", b"/", tenant=b"t1") != primary_key(b"GET", b"h", b"/", tenant=b"t2")
+    assert primary_key(b"GET", b"h", b"/", tenant=b"") != primary_key(b"GET", b"h", b"/", tenant=b"t")
+
+
+QUERY = [
+    # (options, target a, target b, same key?)
+    (KeyOptions(sort_query=True), b"/a?y=2&x=1", b"/a?x=1&y=2", True),
+    (KeyOptions(sort_query=True), b"/a?x=2&x=1", b"/a?x=1&x=2", False),  # values of one name keep order
+    (KeyOptions(drop_params=(b"utm_source",)), b"/a?utm_source=m&x=1", b"/a?x=1", True),
+    (KeyOptions(drop_params=(b"utm_source",)), b"/a?utm_source=m", b"/a", True),  # "?" dropped when empty
+    (KeyOptions(drop_params=(b"utm_source",)), b"/a?x=1", b"/a?x=2", False),
+    (KeyOptions(drop_params=(b"utm_source",)), b"/a?utm%5Fsource=m", b"/a", True),  # %5F is "_" (unreserved)
+    (KeyOptions(sort_query=True), b"/a?&&x=1", b"/a?x=1", True),  # empty parameters carry nothing
+    (KeyOptions(), b"/a?x=1", b"/a?x=1", True),
+    (KeyOptions(default_ports=(b"80", b"443")), b"/a", b"/a", True),
+]
+
+
+@pytest.mark.parametrize(("opts", "a", "b", "same"), QUERY)
+def test_query_options(opts: KeyOptions, a: bytes, b: bytes, same: bool) -> None:
+    assert (primary_key(b"GET", b"h", a, opts) == primary_key(b"GET", b"h", b, opts)) is same
+
+
+HOSTS = [
+    (b"Example.com", b"example.com"),  # RFC 9110 4.2.3
+    (b"example.com:80", b"example.com"),
+    (b"example.com:8080", b"example.com:8080"),
+    (b"[::1]:80", b"[::1]"),
+    (b"[::1]:8080", b"[::1]:8080"),
+    (b" example.com ", b"example.com"),
+    (b"example.com.", b"example.com"),
+]
+
+
+@pytest.mark.parametrize(("host", "expected"), HOSTS)
+def test_normalise_host(host: bytes, expected: bytes) -> None:
+    assert normalise_host(host) == expected
+
+
+_host = st.from_regex(r"[a-z0-9]{1,12}(\.[a-z0-9]{1,8}){0,2}", fullmatch=True).map(str.encode)
+_target = st.from_regex(r"/[a-z0-9/?=&.~-]{0,20}", fullmatch=True).map(str.encode)
+_method = st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"OPTIONS"])
+_tenant = st.from_regex(r"[a-z0-9:]{0,6}", fullmatch=True).map(str.encode)
+
+
+@given(_tenant, _method, _host, _target, _tenant, _method, _host, _target)
+def test_primary_key_is_unambiguous(
+    t1: bytes, m1: bytes, h1: bytes, p1: bytes, t2: bytes, m2: bytes, h2: bytes, p2: bytes
+) -> None:
+    # Among already-normal requests, keys are equal exactly when the requests are.
+    same = (t1, m1, h1, p1) == (t2, m2, h2, p2)
+    k1 = primary_key(m1, h1, p1, tenant=t1)
+    k2 = primary_key(m2, h2, p2, tenant=t2)
+    assert (k1 == k2) is same
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Vary (RFC 9111 4.1)
+# ---------------------------------------------------------------------------------------------------------
+
+VARY = [
+    ([b"Foo"], (b"foo",)),  # RFC 9110 5.1: field names are case-insensitive
+    ([b"Foo, Bar"], (b"bar", b"foo")),  # sorted: the order of Vary members does not matter
+    ([b"Foo", b"Bar"], (b"bar", b"foo")),  # RFC 9110 5.3: several lines are one list
+    ([b"foo, FOO"], (b"foo",)),  # de-duplicated
+    ([b""], ()),  # RFC 9110 5.6.1: empty members ignored
+    ([b" , accept-encoding ,"], (b"accept-encoding",)),
+    ([b"*"], None),  # RFC 9111 4.1: "*" always fails to match
+    ([b"*, *"], None),
+    ([b"*", b"*"], None),
+    ([b", *"], None),
+    ([b"", b"*"], None),
+    ([b"*, Foo"], None),
+    ([b"Foo, *"], None),
+    ([b"Foo Bar"], None),  # not a field name: treated like "*"
+    ([b'"Foo"'], None),
+]
+
+
+@pytest.mark.parametrize(("values", "expected"), VARY)
+def test_parse_vary(values: list[bytes], expected: tuple[bytes, ...] | None) -> None:
+    assert parse_vary(values) == expected
+
+
+P = primary_key(b"GET", b"example.com", b"/r")
+FOO = (b"foo",)
+FOO_BAR_BAZ = (b"bar", b"baz", b"foo")
+
+SECONDARY = [
+    # (vary, stored request headers, new request headers, same variant?)
+    (FOO, [(b"foo", b"1")], [(b"foo", b"1")], True),  # RFC 9111 4.1 (vary-match)
+    (FOO, [(b"foo", b"1")], [(b"foo", b"2")], False),  # (vary-no-match)
+    (FOO, [(b"foo", b"1")], [], False),  # absent only matches absent (vary-omit)
+    (FOO, [], [], True),
+    (FOO, [(b"foo", b"")], [], False),  # empty is not absent
+    (FOO, [(b"foo", b"1"), (b"other", b"2")], [(b"foo", b"1"), (b"other", b"3")], True),  # (vary-cache-key)
+    (
+        FOO_BAR_BAZ,
+        [(b"foo", b"1"), (b"bar", b"abc"), (b"baz", b"789")],
+        [(b"baz", b"789"), (b"foo", b"1"), (b"bar", b"abc")],
+        True,
+    ),
+    (
+        FOO_BAR_BAZ,
+        [(b"foo", b"1"), (b"bar", b"abc4"), (b"baz", b"789")],
+        [(b"foo", b"1"), (b"bar", b"abc"), (b"baz", b"789")],
+        False,
+    ),
+    (
+        FOO_BAR_BAZ,
+        [(b"foo", b"1"), (b"baz", b"789")],
+        [(b"foo", b"1"), (b"baz", b"789")],
+        True,
+    ),  # (vary-3-omit)
+    (FOO_BAR_BAZ, [(b"foo", b"1")], [(b"foo", b"1"), (b"bar", b"abc")], False),  # (vary-2-match-omit)
+    (FOO, [(b"foo", b"1,2")], [(b"foo", b" 1, 2 ")], True),  # RFC 9111 4.1: whitespace (normalise-space)
+    (FOO, [(b"foo", b"1, 2")], [(b"foo", b"1"), (b"foo", b"2")], True),  # RFC 9110 5.3 (normalise-combine)
+    (FOO, [(b"foo", b"a  b")], [(b"foo", b"a b")], True),  # inner whitespace collapsed
+    (FOO, [(b"foo", b'"a  b"')], [(b"foo", b'"a b"')], False),  # quoted strings kept verbatim
+    (FOO, [(b"foo", b'"1,2"')], [(b"foo", b'"1, 2"')], False),
+    (FOO, [(b"foo", b"A")], [(b"foo", b"a")], False),  # values are case-sensitive
+    (FOO, [(b"foo", b"1, 2")], [(b"foo", b"2, 1")], False),  # member order is kept
+]
+
+
+@pytest.mark.parametrize(("vary", "stored", "new", "same"), SECONDARY)
+def test_secondary_key(vary: tuple[bytes, ...], stored: list, new: list, same: bool) -> None:
+    assert (secondary_key(P, vary, stored) == secondary_key(P, vary, new)) is same
+
+
+def test_secondary_key_without_vary_is_the_primary_key() -> None:
+    assert secondary_key(P, (), [(b"foo", b"1")]) == P
+
+
+def test_secondary_key_never_equals_a_primary_key() -> None:
+    # RFC 9111 4.1: a variant key is distinct from every primary key (it starts with "V")
+    sk = secondary_key(P, FOO, [])
+    assert sk != P and sk[:1] == b"V" and primary_key(b"GET", b"h", b"/")[:1] != b"V"
+
+
+def test_secondary_key_is_length_prefixed() -> None:
+    # a value that spells the next field cannot collide with two fields
+    a = secondary_key(P, (b"a", b"b"), [(b"a", b"1-1:b=1:2")])
+    b = secondary_key(P, (b"a", b"b"), [(b"a", b"1"), (b"b", b"2")])
+    assert a != b
+
+
+NORMALISE = [
+    ([b"gzip"], b"gzip"),
+    ([b"gzip,deflate"], b"gzip, deflate"),  # RFC 9110 5.6.1
+    ([b"gzip ,  deflate"], b"gzip, deflate"),
+    ([b"gzip", b"deflate"], b"gzip, deflate"),  # RFC 9110 5.3
+    ([b"text/html;  q=0.9"], b"text/html; q=0.9"),
+    ([b'a, "b,  c"'], b'a, "b,  c"'),
+    ([b"a,,b"], b"a, b"),  # RFC 9110 5.6.1: empty members ignored
+]
+
+
+@pytest.mark.parametrize(("lines", "expected"), NORMALISE)
+def test_normalise_field_value(lines: list[bytes], expected: bytes) -> None:
+    assert normalise_field_value(lines) == expected
+
+
+SPLIT = [
+    (b"a, b", [b"a", b"b"]),  # RFC 9110 5.6.1
+    (b' "a,b" , c', [b'"a,b"', b"c"]),  # RFC 9110 5.6.4: commas inside quoted strings
+    (b'"a\\",b", c', [b'"a\\",b"', b"c"]),  # quoted-pair
+    (b",,", []),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), SPLIT)
+def test_split_list(value: bytes, expected: list[bytes]) -> None:
+    assert split_list(value) == expected
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Upstream request fields: no header that is not keyed may change the response (cache poisoning)
+# ---------------------------------------------------------------------------------------------------------
+
+UPSTREAM = [
+    ([(b"accept", b"*/*")], [(b"accept", b"*/*")]),
+    ([(b"x-forwarded-host", b"evil.example")], []),  # unkeyed input
+    ([(b"x-original-url", b"/admin")], []),
+    ([(b"x-http-method-override", b"DELETE")], []),
+    ([(b"forwarded", b"host=evil")], []),
+    ([(b"connection", b"close"), (b"keep-alive", b"5"), (b"te", b"trailers")], []),  # RFC 9110 7.6.1
+    ([(b"connection", b"x-secret"), (b"x-secret", b"1"), (b"a", b"2")], [(b"a", b"2")]),  # Connection-listed
+    ([(b"upgrade", b"websocket"), (b"transfer-encoding", b"chunked")], []),
+]
+
+
+@pytest.mark.parametrize(("headers", "expected"), UPSTREAM)
+def test_upstream_request_headers(headers: list, expected: list) -> None:
+    assert upstream_request_headers(headers) == expected
+
+
+def test_upstream_request_headers_keeps_a_keyed_field() -> None:
+    hdrs = [(b"x-forwarded-proto", b"https")]
+    assert upstream_request_headers(hdrs, keep=frozenset({b"x-forwarded-proto"})) == hdrs
