@@ -13,6 +13,7 @@ path of primary_key (it runs on every request).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 Headers = list[tuple[bytes, bytes]]
@@ -87,11 +88,11 @@ UNKEYED_REQUEST_FIELDS = frozenset(
 )
 
 _OWS = b" \t"
-_OWS_SET = (b" ", b"\t")
 _HEX = b"0123456789ABCDEFabcdef"
 # RFC 3986 2.3 unreserved characters: percent-encoded forms are equivalent to the character itself.
 _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _GET_CLASS = b"GET"
+_GET_PREFIX = b"0:3:GET"  # no tenant, GET/HEAD: the common prefix
 
 
 def normalise_host(host: bytes, default_ports: tuple[bytes, ...] = (b"80",)) -> bytes:
@@ -185,22 +186,18 @@ def primary_key(
 
     Unambiguous: tenant, method and host are length-prefixed, the target is the remainder.
     """
-    cls = _GET_CLASS if method == b"GET" or method == b"HEAD" else method
-    # Fast path: origin-form, nothing to normalise.
-    if (
-        target[:1] == b"/"
-        and b"%" not in target
-        and b"#" not in target
-        and not opts.sort_query
-        and not opts.drop_params
-    ):
+    # Fast path: default options, origin-form, nothing to normalise (field values arrive stripped).
+    if opts is _DEFAULT_OPTS and target[:1] == b"/" and b"%" not in target and b"#" not in target:
         t = target
-        authority = None
+        h = host.lower()
+        if b":" in h or h[-1:] == b"." or h[-1:] == b" " or h[:1] == b" ":
+            h = normalise_host(h)
     else:
         authority, t = normalise_target(target, opts)
-    h = (host if authority is None else authority).lower()
-    if b":" in h or h[-1:] == b"." or h[:1] in _OWS_SET or h[-1:] in _OWS_SET:
-        h = normalise_host(h, opts.default_ports)
+        h = normalise_host(host if authority is None else authority, opts.default_ports)
+    if not tenant and (method == b"GET" or method == b"HEAD"):
+        return b"%s%d:%s%s" % (_GET_PREFIX, len(h), h, t)
+    cls = _GET_CLASS if method == b"GET" or method == b"HEAD" else method
     return b"%d:%s%d:%s%d:%s%s" % (len(tenant), tenant, len(cls), cls, len(h), h, t)
 
 
@@ -250,6 +247,12 @@ def parse_vary(values: list[bytes]) -> tuple[bytes, ...] | None:
 
     A member that is not a field name (not a token) is treated like "*": such a response never matches.
     """
+    if len(values) == 1 and len(values[0]) <= _MEMO_MAX_LEN:
+        return _parse_vary_memo(values[0])
+    return _parse_vary(values)
+
+
+def _parse_vary(values: list[bytes] | tuple[bytes, ...]) -> tuple[bytes, ...] | None:
     names: set[bytes] = set()
     for v in values:
         for e in split_list(v):
@@ -257,6 +260,15 @@ def parse_vary(values: list[bytes]) -> tuple[bytes, ...] | None:
                 return None
             names.add(e.lower())
     return tuple(sorted(names))
+
+
+# Vary values repeat across responses: a bounded memo of short single-line values (results are immutable).
+_MEMO_MAX_LEN = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_vary_memo(value: bytes) -> tuple[bytes, ...] | None:
+    return _parse_vary((value,))
 
 
 def _collapse_ws(e: bytes) -> bytes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import calendar
 import enum
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -197,6 +198,27 @@ def parse_cache_control(lines: list[bytes]) -> tuple[Directives, frozenset[bytes
     no whitespace around "=" ("max-age =5" and "max-age= 5" are invalid); a quoted phrase never counts as a
     directive; the first occurrence of a directive wins (4.2.1).
     """
+    d, bad = _cc(lines)
+    return dict(d), bad
+
+
+# Field values repeat heavily across responses ("public, max-age=3600"): a bounded memo of short ones.
+# Memoised results are shared: internal callers treat them as read-only.
+_MEMO_MAX_LEN = 256
+
+
+def _cc(lines: list[bytes]) -> tuple[Directives, frozenset[bytes]]:
+    if len(lines) == 1 and len(lines[0]) <= _MEMO_MAX_LEN:
+        return _cc_memo(lines[0])
+    return _parse_cc(lines)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cc_memo(line: bytes) -> tuple[Directives, frozenset[bytes]]:
+    return _parse_cc((line,))
+
+
+def _parse_cc(lines: list[bytes] | tuple[bytes, ...]) -> tuple[Directives, frozenset[bytes]]:
     d: Directives = {}
     bad: set[bytes] = set()
     for line in lines:
@@ -467,6 +489,17 @@ def parse_http_date(value: bytes, now: float | None = None) -> float | None:
     None when invalid (the caller treats an invalid Expires as already expired, RFC 9111 5.3). A two-digit
     rfc850 year more than 50 years ahead of `now` means the past century (RFC 9110 5.6.7).
     """
+    if len(value) == 29:  # the IMF-fixdate length: the common case, memoised (no `now` dependence)
+        return _imf_memo(value)
+    return _parse_http_date(value, now)
+
+
+@functools.lru_cache(maxsize=1024)
+def _imf_memo(value: bytes) -> float | None:
+    return _parse_http_date(value, None)
+
+
+def _parse_http_date(value: bytes, now: float | None) -> float | None:
     v = value.strip(_OWS)
     m = _IMF_RE.fullmatch(v)
     if m is not None:
@@ -538,7 +571,7 @@ def _select_directives(
                     return d, frozenset(), True
     if not cc_lines:
         return {}, frozenset(), False
-    d, bad = parse_cache_control(cc_lines)
+    d, bad = _cc(cc_lines)
     return d, bad, False
 
 
@@ -573,7 +606,7 @@ def decide_store(
         if name == b"authorization":
             authorization = True
         elif name == b"cache-control" and b"no-store" in value.lower():
-            rd, _ = parse_cache_control([value])
+            rd, _ = _cc([value])
             if b"no-store" in rd:
                 return None, Reason.REQUEST_NO_STORE
 
@@ -720,7 +753,7 @@ def storable_headers(resp_headers: Headers, strip: frozenset[bytes] | tuple[byte
         elif name == b"cache-control" or name.endswith(b"cache-control"):
             lv = value.lower()
             if b"no-cache=" in lv or b"private=" in lv:
-                d, _ = parse_cache_control([value])
+                d, _ = _cc([value])
                 for key in (b"no-cache", b"private"):
                     v = d.get(key)
                     if v:
@@ -749,8 +782,22 @@ def parse_request(req_headers: Headers) -> RequestControl:
         elif name == b"pragma" and b"no-cache" in value.lower():
             pragma_no_cache = any(e.lower() == b"no-cache" for e in split_list(value))
     if cc is None:
-        return RequestControl(no_cache=True) if pragma_no_cache else _NO_REQUEST_DIRECTIVES
-    d, _ = parse_cache_control(cc)
+        return _PRAGMA_NO_CACHE if pragma_no_cache else _NO_REQUEST_DIRECTIVES
+    if len(cc) == 1 and len(cc[0]) <= _MEMO_MAX_LEN:
+        return _request_memo(cc[0])  # RequestControl is frozen: safe to share
+    return _request_control(cc)
+
+
+_PRAGMA_NO_CACHE = RequestControl(no_cache=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def _request_memo(line: bytes) -> RequestControl:
+    return _request_control([line])
+
+
+def _request_control(cc: list[bytes]) -> RequestControl:
+    d, _ = _cc(cc)
     if not d:
         return _NO_REQUEST_DIRECTIVES
     max_stale: float | None = None
