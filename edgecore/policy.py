@@ -51,6 +51,7 @@ __all__ = [
     "not_modified_headers",
     "invalidation_targets",
     "parse_range",
+    "range_not_satisfiable",
     "if_range_matches",
     "cache_status",
 ]
@@ -1113,6 +1114,31 @@ def parse_range(value: bytes, length: int) -> tuple[int, int] | None:
     if first >= length:
         return None
     return first, last
+
+
+def range_not_satisfiable(value: bytes, length: int) -> bool:
+    """True only for a valid bytes range-set none of whose ranges is satisfiable (RFC 9110 14.1.2): the case
+    for a 416 (15.5.17). Several ranges, other units or invalid syntax give False: serve the full response."""
+    unit, eq, spec = value.strip(_OWS).partition(b"=")
+    if not eq or unit.strip(_OWS).lower() != b"bytes":
+        return False
+    specs = [s for s in (p.strip(_OWS) for p in spec.split(b",")) if s]
+    if not specs:
+        return False
+    for one in specs:
+        first_b, dash, last_b = one.partition(b"-")
+        first_b, last_b = first_b.strip(_OWS), last_b.strip(_OWS)
+        if not dash:
+            return False
+        if not first_b:  # suffix-range: satisfiable when non-zero
+            if not last_b.isdigit() or int(last_b) > 0:
+                return False
+            continue
+        if not first_b.isdigit() or (last_b and (not last_b.isdigit() or int(last_b) < int(first_b))):
+            return False  # invalid: the Range field is ignored
+        if int(first_b) < length:
+            return False
+    return True
 
 
 def if_range_matches(value: bytes, stored_headers: Headers) -> bool:

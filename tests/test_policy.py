@@ -36,6 +36,7 @@ from edgecore.policy import (
     parse_http_date,
     parse_range,
     parse_request,
+    range_not_satisfiable,
     storable_headers,
     validators_for,
 )
@@ -1382,6 +1383,27 @@ def test_parse_range(value: bytes, length: int, expected: tuple[int, int] | None
     assert parse_range(value, length) == expected
 
 
+UNSATISFIABLE = [
+    # (Range value, length, 416?)  RFC 9110 14.1.2, 15.5.17
+    (b"bytes=11-", 11, True),
+    (b"bytes=11-20, 30-40", 11, True),
+    (b"bytes=-0", 11, True),
+    (b"bytes=0-1", 11, False),
+    (b"bytes=0-1,5-6", 11, False),  # several ranges: satisfiable, answered in full by this cache
+    (b"bytes=11-, 0-1", 11, False),  # one satisfiable range is enough
+    (b"bytes=-5", 0, False),  # a non-zero suffix is satisfiable
+    (b"bytes=2-1", 11, False),  # invalid: Range ignored, not a 416
+    (b"bytes=a-", 11, False),
+    (b"items=20-", 11, False),  # unknown unit: ignored
+    (b"bytes=", 11, False),
+]
+
+
+@pytest.mark.parametrize(("value", "length", "expected"), UNSATISFIABLE)
+def test_range_not_satisfiable(value: bytes, length: int, expected: bool) -> None:
+    assert range_not_satisfiable(value, length) is expected
+
+
 IF_RANGE = [
     # (If-Range, stored headers, range honoured?)  RFC 9110 13.1.5
     ('"a"', (("ETag", '"a"'),), True),
@@ -1438,3 +1460,11 @@ def test_every_reason_is_a_valid_detail_token() -> None:
     # RFC 9211 2.8 detail as an sf-token: lower-case letters and "_"
     for r in Reason:
         assert cache_status(hit=False, fwd="bypass", detail=r.detail).endswith(b"detail=" + r.detail.encode())
+
+
+def test_memoised_parses_are_not_shared_with_callers() -> None:
+    # the bounded memo behind parse_cache_control must not leak mutations into later parses
+    d, _ = parse_cache_control([b"public, max-age=3600"])
+    d[b"no-store"] = None
+    assert b"no-store" not in parse_cache_control([b"public, max-age=3600"])[0]
+    assert outcome(((CC, "public, max-age=3600"),)) == "fresh"
