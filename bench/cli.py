@@ -312,14 +312,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             runner.run_rounds(lab, scenarios, st, runs)
         except KeyboardInterrupt as e:
-            interrupted = f"interrupted ({e or 'Ctrl-C'}) after {len(runs)} runs"
+            interrupted = f"interrupted ({str(e) or 'Ctrl-C'}) after {len(runs)} runs"
             log(interrupted)
         if a.profile and not interrupted:
             svg = a.out / f"{stem}-flame.svg"
             flame_of = profile(lab, st, svg)
             flame = svg if flame_of else None
     except KeyboardInterrupt as e:
-        interrupted = f"interrupted ({e or 'Ctrl-C'}) before the rounds"
+        interrupted = f"interrupted ({str(e) or 'Ctrl-C'}) before the rounds"
         log(interrupted)
     finally:
         sup.stop_all()
