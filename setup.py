@@ -12,6 +12,7 @@ extensions = [
         extra_compile_args=["-O2"],
         libraries=["pthread"],
     ),
+    Extension("edgecore._hitpath", ["ext/hitpath.pyx"], extra_compile_args=["-O2"]),
 ]
 
 setup(

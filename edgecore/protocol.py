@@ -29,7 +29,19 @@ from .cache import Cache
 from .config import Config
 from .errors import BadRequest, EdgeError, HeaderTooLarge, UpstreamError, UpstreamIncomplete
 from .fetch import Exchange, Flights, Pool, UpstreamConnection
-from .metrics import F_BAD_REQUESTS, F_CONNECTIONS, F_UPSTREAM_ERRORS, F_WAITING, Outcome, SlotCounters
+from ._hitpath import HitPath
+from .metrics import (
+    DURATION_BUCKETS,
+    F_BAD_REQUESTS,
+    F_CONNECTIONS,
+    F_DUR_BUCKETS,
+    F_DUR_SUM_NS,
+    F_SERVED,
+    F_UPSTREAM_ERRORS,
+    F_WAITING,
+    Outcome,
+    SlotCounters,
+)
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -108,10 +120,20 @@ class Context:
         self.key_opts = keys.KeyOptions()
         self.policy_opts = policy.Options(targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control))
         self.connections: set[ClientProtocol] = set()
-        self.draining = False
+        self._draining = False
+        self.hitpath = make_hitpath(cfg, cache, counters, self.key_opts)
         self.via = b"1.1 edgecore"
         self.refreshing: set[bytes] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        self.hitpath.draining = value
 
     def start(self) -> None:
         self._sweeper = self.loop.call_later(1.0, self._sweep)
@@ -128,6 +150,27 @@ class Context:
         if self._sweeper is not None:
             self._sweeper.cancel()
         self.pool.close()
+
+
+def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: keys.KeyOptions) -> HitPath:
+    """The C fast path for fresh plain hits, set up to build keys exactly as keys.primary_key does."""
+    probe = keys.primary_key(b"GET", b"h", b"/", key_opts)
+    prefix = probe[: -len(b"1:h/")]
+    default_opts = not key_opts.sort_query and not key_opts.drop_params and key_opts.default_ports == (b"80",)
+    return HitPath(
+        cache,
+        counters.words,
+        counters.b + Outcome.HIT,
+        counters.b + F_SERVED,
+        counters.b + F_DUR_SUM_NS,
+        counters.b + F_DUR_BUCKETS,
+        DURATION_BUCKETS,
+        cfg.max_header_size,
+        entry.M,
+        entry.FLAG_PLAIN,
+        prefix,
+        enabled=default_opts and probe.endswith(b"1:h/"),
+    )
 
 
 def counters_upstream(counters: SlotCounters) -> Any:
@@ -229,6 +272,16 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_progress = self.ctx.loop.time()
+        if self.req is None and self.active is None and not self.queue and not self.closing:
+            # between messages with nothing in flight: fresh plain hits are answered in C
+            consumed, close = self.ctx.hitpath.serve(data, self.transport)
+            if close:
+                self._finish_connection()
+                return
+            if consumed:
+                if consumed == len(data):
+                    return
+                data = data[consumed:]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:

@@ -1,0 +1,327 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The fresh-hit fast path of the client protocol, in C: one call per data_received.
+
+Owns: a strict parser for the plainest requests (GET/HEAD, HTTP/1.0 or 1.1, origin-form target, no body, no
+cache-relevant or framing fields), the primary key of such a request (byte-identical to
+edgecore.keys.primary_key, checked by tests), the cache lookup, the freshness check of a FLAG_PLAIN entry,
+the response (stored bytes with Age and Cache-Status spliced in after the status line) and the shared
+counters of those hits.
+Invariants: anything it is not sure of is left to the Python path untouched: `serve` returns how many bytes it
+fully answered, and the caller feeds the rest to httptools. It accepts a strict subset of what httptools
+accepts (so the two parsers never disagree on where a request ends: no smuggling through the fast path);
+it never answers a request that needs policy (Vary markers, no-cache entries, stale entries, conditional or
+range requests, Authorization, request Cache-Control/Pragma).
+Must never: hold a reference into the cache's memory (a lookup returns a private copy), or answer out of
+order (the caller only calls it when no request is in flight and the parser is between messages).
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport int64_t
+from libc.stdio cimport snprintf
+from libc.string cimport memchr, memcpy
+
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *tp)
+    int CLOCK_REALTIME
+
+
+cdef inline double _now() nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+# entry.py layout (META = "<BBHHIddddddff"): statusline_len @4 (u16), head_len @6 (u32),
+# fresh_until @10 (f64), birth @18 (f64); the response starts at META_SIZE
+DEF OFF_SL = 4
+DEF OFF_HEAD_LEN = 6
+DEF OFF_FRESH_UNTIL = 10
+DEF OFF_BIRTH = 18
+
+DEF MAX_HOST = 255
+DEF NBUCKETS = 16
+
+# request fields that send a request to the Python path (lower-case), see protocol._SLOW_REQUEST_FIELDS
+cdef tuple _BAIL_FIELDS = (
+    b"cache-control", b"pragma", b"if-none-match", b"if-modified-since", b"if-match",
+    b"if-unmodified-since", b"if-range", b"range", b"authorization", b"content-length",
+    b"transfer-encoding", b"expect", b"upgrade", b"te", b"trailer",
+)
+
+# RFC 9110 5.6.2 tchar
+cdef bint _TCHAR[256]
+cdef int _i
+for _i in range(256):
+    _TCHAR[_i] = (48 <= _i <= 57) or (65 <= _i <= 90) or (97 <= _i <= 122) or _i in b"!#$%&'*+-.^_`|~"
+
+
+cdef inline bint _ieq(const char *p, Py_ssize_t n, const char *lower_word, Py_ssize_t wn) nogil:
+    """ASCII case-insensitive comparison of p[:n] with an all-lower-case word."""
+    cdef Py_ssize_t i
+    cdef char c
+    if n != wn:
+        return False
+    for i in range(n):
+        c = p[i]
+        if 65 <= c <= 90:
+            c = c + 32
+        if c != lower_word[i]:
+            return False
+    return True
+
+
+cdef class HitPath:
+    """Per worker: the cache, the key options, and this worker's slot of the shared counters."""
+
+    cdef object _lookup
+    cdef object _words          # the shared counters memoryview (kept alive for _w)
+    cdef int64_t *_w
+    cdef Py_ssize_t _hit_idx, _served_idx, _sum_idx, _bucket_idx
+    cdef double _bounds[NBUCKETS]
+    cdef Py_ssize_t _max_head
+    cdef Py_ssize_t _meta
+    cdef int _flag_plain
+    cdef bytes _prefix          # the key up to the host: tenant and method class
+    cdef public bint enabled
+    cdef public bint draining
+    cdef public long long hits  # answered here (for tests and stats)
+
+    def __init__(self, cache, words, int hit_idx, int served_idx, int sum_idx, int bucket_idx, bounds,
+                 Py_ssize_t max_head, Py_ssize_t meta_size, int flag_plain, bytes key_prefix, bint enabled=True):
+        cdef long long[::1] view = words
+        self._lookup = cache.lookup
+        self._words = words
+        self._w = <int64_t *>&view[0]
+        self._hit_idx, self._served_idx, self._sum_idx, self._bucket_idx = hit_idx, served_idx, sum_idx, bucket_idx
+        if len(bounds) != NBUCKETS:
+            raise ValueError(f"expected {NBUCKETS} histogram bounds")
+        for i, b in enumerate(bounds):
+            self._bounds[i] = b
+        self._max_head = max_head
+        self._meta = meta_size
+        self._flag_plain = flag_plain
+        self._prefix = key_prefix
+        self.enabled = enabled
+        self.draining = False
+        self.hits = 0
+
+    def key_for(self, bytes head):
+        """The primary key the fast path computes for a request head (None when it would not handle it)."""
+        cdef int keep = 0, head_only = 0
+        return self._parse(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head), &keep, &head_only)
+
+    cdef object _parse(self, const char *p, Py_ssize_t n, int *keep, int *head_only):
+        """p[:n] is one request head without its final CRLFCRLF. -> key bytes, or None to bail."""
+        cdef const char *end = p + n
+        cdef const char *q
+        cdef const char *target
+        cdef const char *line
+        cdef const char *colon
+        cdef const char *v
+        cdef const char *ve
+        cdef Py_ssize_t tlen, i, hlen = 0
+        cdef int minor
+        cdef bint http11, conn_close = False, conn_keep = False, have_host = False
+        cdef char host[MAX_HOST + 1]
+        cdef unsigned char c
+        # request line: METHOD SP target SP HTTP/1.x
+        if n >= 4 and p[0] == b'G' and p[1] == b'E' and p[2] == b'T' and p[3] == b' ':
+            q = p + 4
+            head_only[0] = 0
+        elif n >= 5 and p[0] == b'H' and p[1] == b'E' and p[2] == b'A' and p[3] == b'D' and p[4] == b' ':
+            q = p + 5
+            head_only[0] = 1
+        else:
+            return None
+        target = q
+        if q >= end or q[0] != b'/':
+            return None
+        while q < end and q[0] != b' ':
+            c = <unsigned char>q[0]
+            if c <= 0x20 or c >= 0x7f or c == b'%' or c == b'#':
+                return None
+            q += 1
+        tlen = q - target
+        if end - q < 10 or q[0] != b' ' or q[1] != b'H' or q[2] != b'T' or q[3] != b'T' or q[4] != b'P' \
+                or q[5] != b'/' or q[6] != b'1' or q[7] != b'.':
+            return None
+        if q[8] == b'1':
+            http11 = True
+        elif q[8] == b'0':
+            http11 = False
+        else:
+            return None
+        if q[9] != b'\r':
+            return None
+        q += 10
+        # header fields: name ":" OWS value OWS CRLF, visible ASCII only
+        while q < end:
+            if q[0] != b'\n':
+                return None
+            line = q + 1
+            q = line
+            while q < end and q[0] != b'\r':
+                q += 1
+            # line[:q-line] is one field line
+            colon = line
+            while colon < q and _TCHAR[<unsigned char>colon[0]]:
+                colon += 1
+            if colon == line or colon >= q or colon[0] != b':':
+                return None
+            v = colon + 1
+            while v < q and (v[0] == b' ' or v[0] == b'\t'):
+                v += 1
+            ve = q
+            while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
+                ve -= 1
+            i = 0
+            while v + i < ve:
+                c = <unsigned char>v[i]
+                if (c < 0x20 and c != 0x09) or c >= 0x7f:
+                    return None
+                i += 1
+            if _ieq(line, colon - line, "host", 4):
+                if have_host or ve - v == 0 or ve - v > MAX_HOST:
+                    return None
+                have_host = True
+                hlen = ve - v
+                for i in range(hlen):
+                    c = <unsigned char>v[i]
+                    if c == b'[' or c == b' ' or c == b'\t':
+                        return None
+                    host[i] = c + 32 if 65 <= c <= 90 else c
+            elif _ieq(line, colon - line, "connection", 10):
+                if _ieq(v, ve - v, "close", 5):
+                    conn_close = True
+                elif _ieq(v, ve - v, "keep-alive", 10):
+                    conn_keep = True
+                else:
+                    return None   # Connection-listed fields: the Python path handles them
+            else:
+                for name in _BAIL_FIELDS:
+                    if _ieq(line, colon - line, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name)):
+                        return None
+            if q < end:
+                q += 1   # now at '\n'
+                if q >= end:
+                    return None
+        if not have_host:
+            return None
+        # RFC 9110 4.2.3: drop a default (or empty) port and a trailing dot, as keys.normalise_host does
+        colon = <const char *>memchr(host, b':', hlen)
+        if colon != NULL:
+            i = colon - host
+            if (hlen - i - 1 == 0) or (hlen - i - 1 == 2 and host[i + 1] == b'8' and host[i + 2] == b'0'):
+                hlen = i
+            elif memchr(colon + 1, b':', hlen - i - 1) != NULL:
+                return None
+        if hlen > 1 and host[hlen - 1] == b'.':
+            hlen -= 1
+        if hlen == 0:
+            return None
+        # 0: close after the response; 1: HTTP/1.1 keep-alive; 2: HTTP/1.0 keep-alive (said in the response)
+        keep[0] = (1 if not conn_close else 0) if http11 else (2 if conn_keep and not conn_close else 0)
+        return b"%s%d:%s%s" % (self._prefix, hlen, PyBytes_FromStringAndSize(host, hlen),
+                                PyBytes_FromStringAndSize(target, tlen))
+
+    def serve(self, bytes data, transport):
+        """Answer the fresh plain hits at the start of `data`. -> (bytes consumed, close the connection?)."""
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        cdef Py_ssize_t pos = 0, hend
+        cdef const char *crlf
+        cdef int keep = 0, head_only = 0
+        if not self.enabled:
+            return 0, False
+        while pos < n:
+            crlf = self._find_head_end(p + pos, n - pos)
+            if crlf == NULL:
+                break
+            hend = crlf - (p + pos)
+            if hend > self._max_head:
+                break
+            key = self._parse(p + pos, hend, &keep, &head_only)
+            if key is None:
+                break
+            if self.draining:
+                keep = 0
+            if not self._answer(key, transport, keep, head_only):
+                break
+            pos += hend + 4
+            if not keep:
+                return pos, True
+        return pos, False
+
+    cdef const char *_find_head_end(self, const char *p, Py_ssize_t n):
+        cdef const char *q = p
+        cdef const char *e = p + n - 3
+        while q < e:
+            q = <const char *>memchr(q, b'\r', e - q)
+            if q == NULL:
+                return NULL
+            if q[1] == b'\n' and q[2] == b'\r' and q[3] == b'\n':
+                return q
+            q += 1
+        return NULL
+
+    cdef bint _answer(self, bytes key, transport, int keep, int head_only) except -1:
+        cdef double t0 = _now(), fresh_until, birth, dur
+        cdef const char *v
+        cdef Py_ssize_t vlen, sl, head_len, rest, dlen, total
+        cdef unsigned short sl16
+        cdef unsigned int hl32
+        cdef char dyn[160]
+        cdef char *o
+        cdef int k
+        cdef bytes conn
+        found = self._lookup(key, t0)
+        if found is None:
+            return False
+        value, _, _, flags = found
+        if flags != self._flag_plain:
+            return False
+        v = PyBytes_AS_STRING(value)
+        vlen = PyBytes_GET_SIZE(value)
+        if vlen < self._meta:
+            return False
+        memcpy(&sl16, v + OFF_SL, 2)
+        memcpy(&hl32, v + OFF_HEAD_LEN, 4)
+        memcpy(&fresh_until, v + OFF_FRESH_UNTIL, 8)
+        memcpy(&birth, v + OFF_BIRTH, 8)
+        if t0 >= fresh_until:
+            return False
+        sl = sl16
+        head_len = hl32
+        if self._meta + head_len > vlen or sl > head_len:
+            return False
+        if keep == 1:
+            conn = b""
+        elif keep == 2:
+            conn = b"connection: keep-alive\r\n"
+        else:
+            conn = b"connection: close\r\n"
+        dlen = snprintf(dyn, sizeof(dyn), b"age: %lld\r\ncache-status: edgecore; hit; ttl=%lld\r\n%s",
+                        <long long>(t0 - birth), <long long>(fresh_until - t0), PyBytes_AS_STRING(conn))
+        rest = (head_len if head_only else vlen - self._meta) - sl
+        total = sl + dlen + rest
+        out = PyBytes_FromStringAndSize(NULL, total)
+        o = PyBytes_AS_STRING(out)
+        memcpy(o, v + self._meta, sl)
+        memcpy(o + sl, dyn, dlen)
+        memcpy(o + sl + dlen, v + self._meta + sl, rest)
+        transport.write(out)
+        dur = _now() - t0
+        self._w[self._hit_idx] += 1
+        self._w[self._served_idx] += 1
+        self._w[self._sum_idx] += <int64_t>(dur * 1e9)
+        k = 0
+        while k < NBUCKETS and dur > self._bounds[k]:
+            k += 1
+        self._w[self._bucket_idx + k] += 1
+        self.hits += 1
+        return True
