@@ -25,11 +25,11 @@ from typing import Any
 import httptools
 
 from . import entry, keys, policy
+from ._hitpath import HitPath
 from .cache import Cache
 from .config import Config
 from .errors import BadRequest, EdgeError, HeaderTooLarge, UpstreamError, UpstreamIncomplete
 from .fetch import Exchange, Flights, Pool, UpstreamConnection
-from ._hitpath import HitPath
 from .metrics import (
     DURATION_BUCKETS,
     F_BAD_REQUESTS,

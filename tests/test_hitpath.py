@@ -170,7 +170,10 @@ def test_connection_close_and_http10(setup):
     cache, hp = setup[1], setup[4]
     _store(cache, b"c.example", b"/c", b"C")
     t = Transport()
-    data = b"GET /c HTTP/1.1\r\nHost: c.example\r\nConnection: close\r\n\r\nGET /c HTTP/1.1\r\nHost: c.example\r\n\r\n"
+    data = (
+        b"GET /c HTTP/1.1\r\nHost: c.example\r\nConnection: close\r\n\r\n"
+        b"GET /c HTTP/1.1\r\nHost: c.example\r\n\r\n"
+    )
     consumed, close = hp.serve(data, t)
     assert close and len(t.out) == 1 and b"connection: close\r\n" in t.out[0]
     t = Transport()
