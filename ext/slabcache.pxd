@@ -27,13 +27,15 @@ cdef extern from "slabcache_support.h" nogil:
     double sc_now()
     int sc_pid_alive(int pid)
     int sc_read_byte(int fd)
+    int sc_write_byte(int fd)
 
 # Slot states (slot_hdr.state).
 cdef enum:
     SLOT_FREE = 0       # on its class's free list
     SLOT_SMALL = 1      # live, in the probationary FIFO (S3-FIFO "S")
     SLOT_MAIN = 2       # live, in the main CLOCK/FIFO-with-reinsertion ("M")
-    SLOT_CHUNK = 3      # a continuation chunk of a chained large object (prev = its head's ref)
+    SLOT_CHUNK = 3      # a continuation chunk of a chained large object (prev = its head's ref, next = index)
+    SLOT_DRAINED = 4    # free, in a page being emptied by a page steal (on no list)
 
 cdef enum:
     SC_MAGIC = 0x45444743       # "EDGC" + layout version below

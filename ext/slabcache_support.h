@@ -8,6 +8,7 @@
 #ifndef EDGECORE_SLABCACHE_SUPPORT_H
 #define EDGECORE_SLABCACHE_SUPPORT_H
 
+#define _GNU_SOURCE 1
 #include <stdint.h>
 #include <string.h>
 #include <errno.h>
@@ -110,6 +111,13 @@ static inline int sc_read_byte(int fd) {
     char c;
     ssize_t n;
     do { n = read(fd, &c, 1); } while (n < 0 && errno == EINTR);
+    return (int)n;
+}
+
+static inline int sc_write_byte(int fd) {
+    char c = 'L';
+    ssize_t n;
+    do { n = write(fd, &c, 1); } while (n < 0 && errno == EINTR);
     return (int)n;
 }
 

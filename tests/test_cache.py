@@ -1,0 +1,286 @@
+"""Unit tests of edgecore.cache.Cache (the Cython slab cache) in one process.
+
+Owns: the contract of each call (lookup/store/delete/purges/sweep/stats/tag_id), the byte bound, the
+metadata budget, full-key comparison on hash collisions, zeroing of purged bytes, argument validation.
+Must never: sleep, or leave a mapping open (every cache is closed by its fixture or context manager).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+import mmh3
+import pytest
+
+from edgecore.cache import Cache
+from edgecore.errors import EdgeError
+
+FAR = 4e9  # 2096: fresh for any lookup below
+
+
+@pytest.fixture
+def cache() -> Iterator[Cache]:
+    c = Cache(8 << 20, 256 * 1024)
+    yield c
+    c.close()
+
+
+def test_store_then_lookup_returns_bytes_and_times(cache: Cache) -> None:
+    assert cache.store(b"k", b"value", 100.5, 200.25, flags=7)
+    got = cache.lookup(b"k", 150.0)
+    assert got == (b"value", 100.5, 200.25, 7)
+    assert type(got[0]) is bytes
+    assert cache.lookup(b"other", 150.0) is None
+
+
+def test_store_replaces_and_empty_value(cache: Cache) -> None:
+    cache.store(b"k", b"one", 1.0, FAR)
+    cache.store(b"k", b"", 2.0, FAR, flags=1)
+    assert cache.lookup(b"k", 3.0) == (b"", 2.0, FAR, 1)
+    assert cache.stats()["items"] == 1
+
+
+def test_expired_entry_dies_at_lookup_boundary(cache: Cache) -> None:
+    cache.store(b"k", b"v", 0.0, 10.0)
+    assert cache.lookup(b"k", 9.999) is not None
+    assert cache.lookup(b"k", 10.0) is None  # now >= expires is dead
+    s = cache.stats()
+    assert s["items"] == 0 and s["expirations"] == 1
+    assert cache.lookup(b"k", 0.0) is None  # removed, not just hidden
+
+
+def test_delete(cache: Cache) -> None:
+    cache.store(b"k", b"secret-bytes-123", 0.0, FAR)
+    assert cache.delete(b"k") is True
+    assert cache.delete(b"k") is False
+    assert cache.lookup(b"k", 1.0) is None
+    assert not cache._test_contains(b"secret-bytes-123")
+
+
+@pytest.mark.parametrize("n", [0, 1, 15_000, 16_300, 16_384, 16_500, 40_000, 100_000, 256 * 1024 - 20])
+def test_sizes_across_page_and_chain_boundaries(cache: Cache, n: int) -> None:
+    key = b"/size/%d" % n
+    value = os.urandom(n)
+    assert cache.store(key, value, 0.0, FAR, tenant=3, tags=(1, 2, 3))
+    assert cache.lookup(key, 1.0) == (value, 0.0, FAR, 0)
+
+
+def test_too_large_is_refused_and_drops_old_copy(cache: Cache) -> None:
+    cache.store(b"k", b"old", 0.0, FAR)
+    assert cache.store(b"k", b"x" * (256 * 1024), 0.0, FAR) is False
+    assert cache.lookup(b"k", 1.0) is None
+    assert cache.stats()["refused"] == 1
+
+
+def test_full_key_compared_on_hash_collision() -> None:
+    # find keys whose 64-bit hashes share the low 32 bits (same bucket and same fingerprint in the index)
+    by_low: dict[int, bytes] = {}
+    pair = None
+    for i in range(400_000):
+        k = b"/collide/%d" % i
+        low = Cache.hash64(k) & 0xFFFFFFFF
+        if low in by_low:
+            pair = (by_low[low], k)
+            break
+        by_low[low] = k
+    assert pair is not None, "no 32-bit collision among 400k keys"
+    a, b = pair
+    with Cache(2 << 20, 64 * 1024, shards=1) as c:
+        assert c.store(a, b"value-of-a", 0.0, FAR)
+        assert c.lookup(b, 1.0) is None  # b is not stored: a's bytes must not be served
+        assert c.store(b, b"value-of-b", 0.0, FAR)
+        assert c.lookup(a, 1.0)[0] == b"value-of-a"
+        assert c.lookup(b, 1.0)[0] == b"value-of-b"
+        assert c.delete(a)
+        assert c.lookup(b, 1.0)[0] == b"value-of-b"
+
+
+def test_hash_is_mmh3() -> None:
+    for k in [b"", b"a", b"x" * 15, b"y" * 16, b"z" * 17, os.urandom(200)]:
+        assert Cache.hash64(k) == mmh3.hash64(k, 0, signed=False)[0]
+
+
+def test_purge_tag_tenant_prefix_counts_and_zeroes(cache: Cache) -> None:
+    for i in range(50):
+        tags = (Cache.tag_id("even"),) if i % 2 == 0 else (Cache.tag_id("odd"),)
+        cache.store(b"/t/%d" % i, b"payload-%05d-marker" % i, 0.0, FAR, tenant=1 + i % 3, tags=tags)
+    assert cache.purge_tag(Cache.tag_id("even")) == 25
+    assert cache.lookup(b"/t/0", 1.0) is None and cache.lookup(b"/t/1", 1.0) is not None
+    assert not cache._test_contains(b"payload-00000-marker")
+    assert cache._test_contains(b"payload-00001-marker")
+    left_tenant_2 = sum(1 for i in range(1, 50, 2) if 1 + i % 3 == 2)
+    assert cache.purge_tenant(2) == left_tenant_2
+    assert cache.purge_tenant(2) == 0
+    by_prefix = sum(1 for i in range(1, 50, 2) if str(i).startswith("1") and 1 + i % 3 != 2)
+    assert cache.purge_prefix(b"/t/1") == by_prefix
+    s = cache.stats()
+    assert s["purged"] == 25 + left_tenant_2 + by_prefix
+    assert s["items"] == sum(1 for i in range(1, 50, 2) if 1 + i % 3 != 2 and not str(i).startswith("1"))
+
+
+def test_purge_of_large_chained_object_zeroes_every_chunk(cache: Cache) -> None:
+    marker = b"CHAINED-MARKER-"
+    value = b"".join(marker + b"%06d" % i for i in range(8000))  # ~170 KB over several chunks
+    cache.store(b"/big", value, 0.0, FAR, tags=(5,))
+    assert cache._test_contains(marker + b"007999")
+    assert cache.purge_tag(5) == 1
+    assert not cache._test_contains(marker)
+
+
+def test_sweep_is_bounded_and_removes_expired(cache: Cache) -> None:
+    now = time.time()
+    for i in range(300):
+        cache.store(b"/e/%d" % i, b"v" * 50, now - 10, now - 1 if i % 3 else FAR)
+    removed = 0
+    for _ in range(1000):  # bounded: each call visits at most 64 slots
+        got = cache.sweep(64)
+        assert 0 <= got <= 64
+        removed += got
+        if removed == 200:
+            break
+    assert removed == 200
+    s = cache.stats()
+    assert s["items"] == 100 and s["expirations"] == 200
+
+
+def test_sweep_zero_budget(cache: Cache) -> None:
+    assert cache.sweep(0) == 0
+
+
+def test_evictions_keep_the_byte_bound_and_hot_keys() -> None:
+    with Cache(2 << 20, 128 * 1024) as c:
+        hot = [b"/hot/%d" % i for i in range(20)]
+        for k in hot:
+            c.store(k, b"h" * 1000, 0.0, FAR)
+        for i in range(20_000):
+            c.store(b"/cold/%d" % i, os.urandom(100 + (i * 37) % 3000), 0.0, FAR)
+            if i % 50 == 0:
+                for k in hot:
+                    c.lookup(k, 1.0)
+        s = c.stats()
+        assert s["evictions"] > 10_000
+        assert s["bytes_used"] <= s["capacity_bytes"] == 2 << 20
+        assert sum(1 for k in hot if c.lookup(k, 1.0) is not None) >= 18  # frequent keys survive the churn
+
+
+def test_byte_bound_of_the_mapping() -> None:
+    def shared_zero_maps() -> list[int]:
+        sizes = []
+        with open("/proc/self/maps") as f:
+            for line in f:
+                if "/dev/zero" in line or "SYSV" in line:
+                    lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                    sizes.append(hi - lo)
+        return sizes
+
+    before = shared_zero_maps()
+    cap = 3 * 1024 * 1024 + 123
+    c = Cache(cap, 64 * 1024)
+    try:
+        new = [s for s in shared_zero_maps() if s not in before or before.count(s) < 1]
+        lay = c.layout()
+        assert lay["mapping_size"] <= cap
+        assert lay["mapping_size"] in new  # the one mapping holds everything
+        assert lay["header_bytes"] + lay["shards"] * lay["shard_stride"] <= lay["mapping_size"]
+        for i in range(5000):
+            c.store(b"/fill/%d" % i, b"z" * ((i * 7919) % 60_000), 0.0, FAR, tags=(1, 2))
+            if i % 500 == 0:
+                s = c.stats()
+                assert s["bytes_used"] <= s["capacity_bytes"] <= cap
+                assert s["data_bytes"] + s["metadata_bytes"] <= s["bytes_used"]
+    finally:
+        c.close()
+
+
+def test_metadata_per_object_is_at_most_64_bytes() -> None:
+    with Cache(64 << 20, 1 << 20) as c:
+        n = 0
+        while c.store(b"https://api.example.com/v1/items/%08d" % n, b"v" * 1024, 0.0, FAR):
+            n += 1
+            if c.stats()["evictions"] or n > 200_000:
+                break
+        s = c.stats()
+        assert s["items"] > 30_000
+        assert s["metadata_bytes"] / s["items"] <= 64.0
+
+
+def test_stats_shape_and_class_fill(cache: Cache) -> None:
+    cache.store(b"a", b"1" * 100, 0.0, FAR)
+    cache.store(b"b", b"2" * 5000, 0.0, FAR)
+    cache.lookup(b"a", 1.0)
+    cache.lookup(b"zz", 1.0)
+    s = cache.stats()
+    for k in ["items", "bytes_used", "data_bytes", "metadata_bytes", "capacity_bytes", "hits", "misses",
+              "evictions", "expirations", "stores", "purged", "classes"]:
+        assert k in s
+    assert (s["items"], s["hits"], s["misses"], s["stores"]) == (2, 1, 1, 2)
+    assert s["data_bytes"] == 1 + 100 + 1 + 5000
+    used = [cl for cl in s["classes"] if cl["used"]]
+    assert len(used) == 2 and all(cl["slots"] >= cl["used"] for cl in used)
+    assert all({"size", "slots", "used"} <= set(cl) for cl in s["classes"])
+
+
+def test_tag_id_is_stable_63_bit() -> None:
+    assert Cache.tag_id("product:42") == Cache.tag_id(b"product:42")
+    assert Cache.tag_id("product:42") == mmh3.hash64(b"product:42", 0, signed=False)[0] & (2**63 - 1)
+    assert 0 <= Cache.tag_id("x") < 2**63
+    assert Cache.tag_id("a") != Cache.tag_id("b")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.lookup("str-key", 1.0),
+        lambda c: c.store(b"k", "str-value", 0.0, 1.0),
+        lambda c: c.store(b"k", b"v", 0.0, 1.0, flags=1 << 16),
+        lambda c: c.store(b"k", b"v", 0.0, 1.0, flags=-1),
+        lambda c: c.store(b"k", b"v", 0.0, 1.0, tenant=-3),
+        lambda c: c.store(b"k", b"v", 0.0, 1.0, tags=tuple(range(9))),
+        lambda c: c.store(b"k", b"v", 0.0, 1.0, tags=(2**64,)),
+        lambda c: c.store(b"", b"v", 0.0, 1.0),
+        lambda c: c.store(b"k", b"v", 0.0, float("nan")),
+        lambda c: c.purge_prefix(b"p" * 300),
+        lambda c: c.purge_tag(-1),
+    ],
+)
+def test_misuse_raises_value_error(cache: Cache, call) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError):
+        call(cache)
+
+
+@pytest.mark.parametrize("args", [(1000, 100), (1 << 20, 1 << 18), (1 << 20, 10), (1 << 20, 1 << 17, 999)])
+def test_bad_geometry_is_value_error(args: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError):
+        Cache(*args)
+
+
+def test_closed_cache_raises_value_error() -> None:
+    c = Cache(1 << 20, 1 << 17)
+    c.close()
+    with pytest.raises(ValueError):
+        c.lookup(b"k", 1.0)
+    c.close()  # idempotent
+
+
+def test_bytearray_and_memoryview_values(cache: Cache) -> None:
+    cache.store(b"ba", bytearray(b"abc"), 0.0, FAR)
+    cache.store(b"mv", memoryview(b"defg"), 0.0, FAR)
+    assert cache.lookup(b"ba", 1.0)[0] == b"abc" and cache.lookup(b"mv", 1.0)[0] == b"defg"
+
+
+def test_explicit_shards_spread_keys() -> None:
+    with Cache(32 << 20, 1 << 20, shards=8) as c:
+        per: dict[int, int] = defaultdict(int)
+        for i in range(4000):
+            per[c.shard_of(b"/s/%d" % i)] += 1
+        assert c.layout()["shards"] == 8 and len(per) == 8
+        assert min(per.values()) > 300
+
+
+def test_lock_errors_are_edge_errors() -> None:
+    from edgecore.errors import CacheError
+
+    assert issubclass(CacheError, EdgeError)

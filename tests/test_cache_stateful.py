@@ -1,0 +1,165 @@
+"""Stateful property tests: random operation sequences against the slab cache and tests/cache_model.py.
+
+Owns: two hypothesis state machines. `ExactCache` sizes the cache so nothing is ever evicted and demands the
+cache agree with the model on every result (values, times, flags, purge counts, item counts). `PressureCache`
+uses a tiny cache so evictions and page steals happen all the time, and demands that whatever the cache
+returns is exactly what the model holds for that key (a miss on a modelled key is an allowed eviction).
+Must never: sleep, or depend on the wall clock except through times far from now.
+"""
+
+from __future__ import annotations
+
+import time
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from edgecore.cache import Cache
+from cache_model import CacheModel
+
+T0 = time.time()
+FAR = T0 + 1e6
+PAST = T0 - 50.0  # already expired for the sweep (which reads the real clock)
+
+KEYS = [b"/a/%d" % i for i in range(6)] + [b"/b/%d" % i for i in range(5)] + [b"/c/" + b"k" * 300]
+PREFIXES = [b"/a/", b"/b/", b"/a/1", b"/c/", b"/zz"]
+TAGS = [10, 11, 12]
+TENANTS = [0, 1, 2]
+
+keys = st.sampled_from(KEYS)
+small_values = st.binary(min_size=0, max_size=3000)
+big_values = st.integers(min_value=15_000, max_value=70_000).map(lambda n: bytes([n % 251]) * n)
+values = st.one_of(small_values, small_values, big_values)
+expiries = st.sampled_from([FAR, PAST, T0 + 10.0, T0 + 10.5])
+nows = st.sampled_from([T0 - 100.0, T0, T0 + 10.0, T0 + 10.25, T0 + 2e6])
+tagsets = st.lists(st.sampled_from(TAGS), max_size=3, unique=True).map(tuple)
+
+
+class ExactCache(RuleBasedStateMachine):
+    MAX_OBJECT = 256 * 1024
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache = Cache(4 << 20, self.MAX_OBJECT)
+        self.model = CacheModel(self.MAX_OBJECT)
+
+    def teardown(self) -> None:
+        self.cache.close()
+
+    @rule(key=keys, value=values, expires=expiries, flags=st.integers(0, 0xFFFF),
+          tenant=st.sampled_from(TENANTS), tags=tagsets)
+    def store(self, key: bytes, value: bytes, expires: float, flags: int, tenant: int,
+              tags: tuple[int, ...]) -> None:
+        stored_at = T0 - 1.0
+        got = self.cache.store(key, value, stored_at, expires, flags, tenant, tags)
+        assert got == self.model.store(key, value, stored_at, expires, flags, tenant, tags)
+
+    @rule(key=keys)
+    def store_too_large(self, key: bytes) -> None:
+        value = b"x" * (self.MAX_OBJECT - len(key) + 1)
+        assert self.cache.store(key, value, T0, FAR) is False
+        assert self.model.store(key, value, T0, FAR) is False
+
+    @rule(key=keys, now=nows)
+    def lookup(self, key: bytes, now: float) -> None:
+        assert self.cache.lookup(key, now) == self.model.lookup(key, now)
+
+    @rule(key=keys)
+    def delete(self, key: bytes) -> None:
+        assert self.cache.delete(key) == self.model.delete(key)
+
+    @rule(tag=st.sampled_from(TAGS + [99]))
+    def purge_tag(self, tag: int) -> None:
+        assert self.cache.purge_tag(tag) == self.model.purge_tag(tag)
+
+    @rule(tenant=st.sampled_from(TENANTS + [7]))
+    def purge_tenant(self, tenant: int) -> None:
+        assert self.cache.purge_tenant(tenant) == self.model.purge_tenant(tenant)
+
+    @rule(prefix=st.sampled_from(PREFIXES))
+    def purge_prefix(self, prefix: bytes) -> None:
+        assert self.cache.purge_prefix(prefix) == self.model.purge_prefix(prefix)
+
+    @rule()
+    def sweep_everything(self) -> None:
+        assert self.cache.sweep(10**6) == self.model.sweep_all(time.time())
+
+    @invariant()
+    def counts_agree(self) -> None:
+        s = self.cache.stats()
+        assert s["items"] == len(self.model.entries)
+        assert s["evictions"] == 0
+        assert s["data_bytes"] == sum(len(k) + len(e.value) for k, e in self.model.entries.items())
+        assert s["bytes_used"] <= s["capacity_bytes"]
+        assert sum(c["used"] for c in s["classes"]) == s["items"]
+
+
+class PressureCache(RuleBasedStateMachine):
+    MAX_OBJECT = 128 * 1024
+    KEYS = [b"/p/%d" % i for i in range(40)]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache = Cache(1 << 20, self.MAX_OBJECT)
+        self.model = CacheModel(self.MAX_OBJECT)
+
+    def teardown(self) -> None:
+        self.cache.close()
+
+    def _check(self, key: bytes, now: float) -> None:
+        got = self.cache.lookup(key, now)
+        want = self.model.lookup(key, now)
+        if got is None:
+            self.model.forget(key)  # evicted (or expired: the model agrees then)
+        else:
+            assert got == want
+
+    @rule(i=st.integers(0, 39), n=st.one_of(st.integers(0, 4000), st.integers(10_000, 60_000)),
+          tenant=st.sampled_from(TENANTS), tags=tagsets)
+    def store(self, i: int, n: int, tenant: int, tags: tuple[int, ...]) -> None:
+        key = self.KEYS[i]
+        value = (key + b"|") * (n // (len(key) + 1) + 1)
+        value = value[:n]
+        assert self.cache.store(key, value, T0, FAR, i, tenant, tags)
+        self.model.store(key, value, T0, FAR, i, tenant, tags)
+
+    @rule(i=st.integers(0, 39))
+    def lookup(self, i: int) -> None:
+        self._check(self.KEYS[i], T0)
+
+    @rule(i=st.integers(0, 39))
+    def delete(self, i: int) -> None:
+        had = self.cache.delete(self.KEYS[i])
+        modelled = self.model.delete(self.KEYS[i])
+        assert modelled or not had  # the cache can only hold what the model holds
+
+    @precondition(lambda self: len(self.model.entries) > 0)
+    @rule(tag=st.sampled_from(TAGS))
+    def purge_tag(self, tag: int) -> None:
+        # learn which modelled entries the cache still holds, then the purge must count exactly those
+        for k in list(self.model.entries):
+            self._check(k, T0)
+        expected = self.model.purge_tag(tag)
+        assert self.cache.purge_tag(tag) == expected
+
+    @rule(tenant=st.sampled_from(TENANTS))
+    def purge_tenant(self, tenant: int) -> None:
+        for k in list(self.model.entries):
+            self._check(k, T0)
+        assert self.cache.purge_tenant(tenant) == self.model.purge_tenant(tenant)
+
+    @invariant()
+    def bounded(self) -> None:
+        s = self.cache.stats()
+        assert s["bytes_used"] <= s["capacity_bytes"]
+        assert s["items"] <= len(self.model.entries)
+        assert s["metadata_bytes"] + s["data_bytes"] <= s["bytes_used"]
+
+
+common = settings(max_examples=60, stateful_step_count=40, deadline=None,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+TestExactCache = ExactCache.TestCase
+TestExactCache.settings = common
+TestPressureCache = PressureCache.TestCase
+TestPressureCache.settings = common
