@@ -22,6 +22,7 @@ import functools
 import re
 import time
 from dataclasses import dataclass
+from email.utils import formatdate
 from urllib.parse import urljoin, urlsplit
 
 from .keys import HOP_BY_HOP, Headers, normalise_host, parse_vary, split_list
@@ -482,6 +483,11 @@ _ASCTIME_RE = re.compile(
     re.IGNORECASE,
 )
 _DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def http_date(t: float) -> bytes:
+    """IMF-fixdate (RFC 9110 5.6.7) of a POSIX time, e.g. b"Sun, 06 Nov 1994 08:49:37 GMT"."""
+    return formatdate(t, usegmt=True).encode("ascii")
 
 
 def parse_http_date(value: bytes, now: float | None = None) -> float | None:

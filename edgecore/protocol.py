@@ -77,7 +77,7 @@ _SLOW_REQUEST_FIELDS = frozenset(
 # the client's conditionals and ranges itself from the full response
 _CACHE_FETCH_DROP = frozenset(
     (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range", b"range")
-)
+) | (keys.UNKEYED_REQUEST_FIELDS - {b"x-forwarded-for"})  # unkeyed routing fields: cache poisoning
 _CACHEABLE_METHODS = frozenset((b"GET", b"HEAD"))
 _UNSAFE_KEEP = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 BODY_HIGH_WATER = 256 << 10  # buffered request body bytes before the client is paused
@@ -668,11 +668,12 @@ class ClientProtocol(asyncio.Protocol):
                 self._count(r, outcome)
                 return
             rng = _header(r.headers, b"range")
-            if rng is not None and r.method == b"GET" and _if_range_ok(r.headers, stored):
-                total = m.head_len and len(value) - head_end
+            ir = _header(r.headers, b"if-range")
+            if rng is not None and r.method == b"GET" and (ir is None or policy.if_range_matches(ir, stored)):
+                total = len(value) - head_end
                 span = policy.parse_range(rng, total)
                 if span is None:
-                    if rng.strip().lower().startswith(b"bytes="):
+                    if policy.range_not_satisfiable(rng, total):  # else: the full 200 (RFC 9110 14.2)
                         self._write(
                             b"HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */%d\r\n"
                             b"content-length: 0\r\n%s\r\n" % (total, dyn)
@@ -705,18 +706,7 @@ class ClientProtocol(asyncio.Protocol):
 
     @staticmethod
     def _head_304(stored: Headers, dyn: bytes) -> bytes:
-        # RFC 9110 15.4.5: the 304 carries the fields a 200 would have had that describe the
-        # representation's metadata, and no body
-        keep = (
-            b"cache-control",
-            b"content-location",
-            b"date",
-            b"etag",
-            b"expires",
-            b"vary",
-            b"last-modified",
-        )
-        fields = b"".join(n + b": " + v + b"\r\n" for n, v in stored if n in keep)
+        fields = b"".join(n + b": " + v + b"\r\n" for n, v in policy.not_modified_headers(stored))
         return b"HTTP/1.1 304 Not Modified\r\n" + fields + dyn + b"\r\n"
 
     def _count(self, r: Request, outcome: Outcome) -> None:
@@ -737,6 +727,7 @@ class ClientProtocol(asyncio.Protocol):
         conn_listed = set(r.conn_tokens)
         parts = [b"%s %s HTTP/1.1\r\n" % (method or r.method, r.target)]
         xff = None
+        via = proto = False
         for name, value in r.headers:
             if (
                 name in HOP_BY_HOP
@@ -749,15 +740,18 @@ class ClientProtocol(asyncio.Protocol):
             if name == b"x-forwarded-for":
                 xff = value if xff is None else xff + b", " + value
                 continue
-            if name in (b"x-forwarded-proto", b"via"):
-                if name == b"via":
-                    parts.append(b"via: " + value + b", " + self.ctx.via + b"\r\n")
+            if name == b"via":
+                via = True
+                parts.append(b"via: " + value + b", " + self.ctx.via + b"\r\n")
                 continue
+            if name == b"x-forwarded-proto":
+                proto = True  # set by a TLS-terminating balancer in front: kept on pass-through
             parts.append(name + b": " + value + b"\r\n")
-        if not any(n == b"via" for n, _ in r.headers):
+        if not via:
             parts.append(b"via: " + self.ctx.via + b"\r\n")
         parts.append(b"x-forwarded-for: " + (xff + b", " + self.peer if xff else self.peer) + b"\r\n")
-        parts.append(b"x-forwarded-proto: http\r\n")
+        if not proto:
+            parts.append(b"x-forwarded-proto: http\r\n")
         if extra:
             parts.extend(n + b": " + v + b"\r\n" for n, v in extra)
         if method is None or method == r.method:
@@ -893,6 +887,8 @@ class ClientProtocol(asyncio.Protocol):
         try:
             await self._exchange(r, sink, method=b"GET", drop=_CACHE_FETCH_DROP, extra=validators)
             await sink.finished()
+            if sink.mismatch:
+                await self._miss(r, key, b"stale")
         except UpstreamError as e:
             f = entry.freshness(m)
             if not sink.started and policy.may_serve_stale_on_error(f, rc, time.time()):
@@ -936,17 +932,6 @@ def _header(headers: Headers, name: bytes) -> bytes | None:
         if n == name:
             return v
     return None
-
-
-def _if_range_ok(req: Headers, stored: Headers) -> bool:
-    """RFC 9110 13.1.5: If-Range with a strong ETag match (or an exact Last-Modified date) keeps the range."""
-    ir = _header(req, b"if-range")
-    if ir is None:
-        return True
-    if ir.startswith(b'"') or ir.startswith(b"W/"):
-        etag = _header(stored, b"etag")
-        return etag is not None and not ir.startswith(b"W/") and etag == ir
-    return _header(stored, b"last-modified") == ir
 
 
 class StreamSink:
@@ -1107,6 +1092,7 @@ class StoreSink(StreamSink):
         self.stored_value: bytes | None = None
         self.request_time = time.time()
         self.validated = False
+        self.mismatch = False
         self.why = reason
 
     def reset(self) -> None:
@@ -1229,7 +1215,15 @@ class StoreSink(StreamSink):
         assert self.stored is not None
         value, m, stored = self.stored
         ctx = self.ctx
+        self.validated = True
+        if not policy.matches_304(stored, headers):
+            # the 304 is not about what we hold (RFC 9111 4.3.4): drop it and fetch the full response
+            self.mismatch = True
+            ctx.cache.delete(self.key)
+            return
         merged = policy.merge_304(stored, headers)
+        if not any(n == b"date" for n, _ in merged):
+            merged.append((b"date", policy.http_date(now)))
         fresh, why = policy.decide_store(
             b"GET",
             m.status,
@@ -1239,7 +1233,6 @@ class StoreSink(StreamSink):
             response_time=now,
             opts=ctx.policy_opts,
         )
-        self.validated = True
         body = bytes(entry.body(value, m))
         new_value = None
         if fresh is not None:
@@ -1267,8 +1260,6 @@ class StoreSink(StreamSink):
                 self.r, new_value, nm, now, Outcome.REVALIDATED, b"edgecore; fwd=stale; fwd-status=304"
             )
         self.started = True
-        if self.exchange is not None and not self._done.done():
-            pass
 
 
 _STALE_KEEP = 600.0  # seconds a stale response with validators is kept for revalidation

@@ -1,0 +1,36 @@
+# edgecore container image: build the Cython extensions in a full image, run from a slim one.
+#   docker build -t edgecore .
+#   docker run -p 8080:8080 -p 127.0.0.1:9901:9901 -e EDGECORE_UPSTREAM=http://api.internal:8000 \
+#              -e EDGECORE_ADMIN_TOKEN=change-me edgecore
+# The admin listener answers Kubernetes probes (GET /healthz, /readyz) on 0.0.0.0:9901 inside the container;
+# its POST endpoints (purge, drain) are refused there until EDGECORE_ADMIN_TOKEN is set.
+
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY ext ./ext
+COPY edgecore ./edgecore
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    EDGECORE_LISTEN=0.0.0.0:8080 \
+    EDGECORE_ADMIN=0.0.0.0:9901 \
+    EDGECORE_WORKERS=0
+RUN groupadd --system --gid 10001 edgecore \
+ && useradd --system --uid 10001 --gid edgecore --no-create-home --shell /usr/sbin/nologin edgecore
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER 10001:10001
+EXPOSE 8080 9901
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9901/healthz', timeout=2).status != 200)"]
+ENTRYPOINT ["edgecore"]
+CMD ["serve"]
