@@ -12,11 +12,11 @@ from __future__ import annotations
 import time
 
 import hypothesis.strategies as st
+from cache_model import CacheModel
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from edgecore.cache import Cache
-from cache_model import CacheModel
 
 T0 = time.time()
 FAR = T0 + 1e6
