@@ -882,13 +882,22 @@ class ClientProtocol(asyncio.Protocol):
         stored = entry.headers(value, m)
         validators = policy.validators_for(stored)
         sink = StoreSink(
-            self.ctx, self, r, key, fwd=b"stale", flight=None, stored=(value, m, stored), reason=why
+            self.ctx, self, r, key, fwd=b"stale", flight=None, stored=(value, m, stored), reason=why, rc=rc
         )
         try:
             await self._exchange(r, sink, method=b"GET", drop=_CACHE_FETCH_DROP, extra=validators)
             await sink.finished()
             if sink.mismatch:
                 await self._miss(r, key, b"stale")
+            elif sink.stale_on_error:
+                self._serve_stored(
+                    r,
+                    value,
+                    m,
+                    time.time(),
+                    Outcome.STALE,
+                    b"edgecore; fwd=stale; fwd-status=%d; detail=stale-if-error" % (sink.status or 0),
+                )
         except UpstreamError as e:
             f = entry.freshness(m)
             if not sink.started and policy.may_serve_stale_on_error(f, rc, time.time()):
@@ -1080,8 +1089,11 @@ class StoreSink(StreamSink):
         flight: Any,
         stored: tuple[bytes, entry.Meta, Headers] | None = None,
         reason: policy.Reason | None = None,
+        rc: policy.RequestControl | None = None,
     ) -> None:
         super().__init__(ctx, proto, r, Outcome.MISS, fwd=fwd)
+        self.rc = rc
+        self.stale_on_error = False
         self.key = key
         self.flight = flight
         self.stored = stored
@@ -1110,6 +1122,11 @@ class StoreSink(StreamSink):
         if status == 304 and self.stored is not None:
             self._validated(headers, now)
             return
+        if status in _ERROR_STATUSES and self.stored is not None and self.rc is not None:
+            f = entry.freshness(self.stored[1])
+            if policy.may_serve_stale_on_error(f, self.rc, now):  # RFC 5861 4, RFC 9111 4.2.4
+                self.stale_on_error = self.validated = True
+                return
         fresh, why = policy.decide_store(
             b"GET",
             status,
@@ -1149,6 +1166,8 @@ class StoreSink(StreamSink):
         return s
 
     def body(self, chunk: bytes) -> None:
+        if self.validated:
+            return
         if self.parts is not None:
             self.size += len(chunk)
             if self.size > self.ctx.cfg.max_object_size:
@@ -1262,6 +1281,7 @@ class StoreSink(StreamSink):
         self.started = True
 
 
+_ERROR_STATUSES = frozenset((500, 502, 503, 504))
 _STALE_KEEP = 600.0  # seconds a stale response with validators is kept for revalidation
 
 

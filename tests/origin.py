@@ -53,6 +53,7 @@ class Origin:
         self.loop = asyncio.new_event_loop()
         self._cond = threading.Condition()
         self._gates: dict[str, asyncio.Event] = {}
+        self._overrides: dict[str, dict[str, str]] = {}
         self._conns: set[asyncio.StreamWriter] = set()
         started = threading.Event()
 
@@ -90,6 +91,11 @@ class Origin:
                     return False
                 self._cond.wait(left)
         return True
+
+    def override(self, path: str, **params: str) -> None:
+        """From now on, requests whose path is `path` behave as if the query also said `params`."""
+        with self._cond:
+            self._overrides[path] = params
 
     def open_gate(self, name: str) -> None:
         self.loop.call_soon_threadsafe(self._gate(name).set)
@@ -151,7 +157,10 @@ class Origin:
             writer.close()
 
     async def _answer(self, req: Seen, hd: dict[str, str], w: asyncio.StreamWriter) -> bool:
-        q = {k: v for k, v in parse_qs(urlsplit(req.target).query, keep_blank_values=True).items()}
+        u = urlsplit(req.target)
+        q = dict(parse_qs(u.query, keep_blank_values=True).items())
+        with self._cond:
+            q.update({k: [v] for k, v in self._overrides.get(u.path, {}).items()})
 
         def one(k: str, default: str | None = None) -> str | None:
             return q[k][0] if k in q else default

@@ -1,0 +1,187 @@
+"""End to end: the multi-step HTTP caching behaviours (RFC 9111, 5861, 9110 13-14, 9211, 9213) through a real
+edgecore process and a real origin. The single-step rules are tabled in test_policy.py / test_keys.py."""
+
+from __future__ import annotations
+
+from client import get
+from origin import body_bytes
+
+
+def test_stale_response_is_revalidated_with_if_none_match(edge, origin, uniq):
+    # RFC 9111 4.3.1-4.3.4: a stale entry with an ETag is validated; the 304 freshens the stored response
+    t = f"{uniq}?cc=max-age=0&etag=%22v1%22&size=300"
+    get(edge.port, t)
+    r = get(edge.port, t)
+    assert r.status == 200 and r.body == body_bytes(t, 300)
+    assert "fwd=stale" in r.cache_status and "fwd-status=304" in r.cache_status
+    seen = origin.requests_for(uniq)
+    assert len(seen) == 2 and seen[1].header("if-none-match") == '"v1"'
+
+
+def test_stale_response_is_revalidated_with_if_modified_since(edge, origin, uniq):
+    lm = "Tue,%2015%20Nov%202022%2012:45:26%20GMT"
+    t = f"{uniq}?cc=max-age=0&lm={lm}"
+    get(edge.port, t)
+    r = get(edge.port, t)
+    assert r.status == 200 and "fwd-status=304" in r.cache_status
+    assert origin.requests_for(uniq)[1].header("if-modified-since") == "Tue, 15 Nov 2022 12:45:26 GMT"
+
+
+def test_304_updates_stored_headers(edge, origin, uniq):
+    # RFC 9111 4.3.4: fields of the 304 replace the stored ones
+    path = f"{uniq}/u"
+    origin.override(path, cc="max-age=0", etag='"e"', hdr="X-Version:1")
+    get(edge.port, path)
+    origin.override(path, cc="max-age=0", etag='"e"', hdr="X-Version:2")
+    r = get(edge.port, path)
+    assert "fwd-status=304" in r.cache_status and r.header("x-version") == "2"
+
+
+def test_no_cache_response_is_validated_on_every_use(edge, origin, uniq):
+    # RFC 9111 5.2.2.4
+    t = f"{uniq}?cc=no-cache&etag=%22n%22"
+    for _ in range(3):
+        assert get(edge.port, t).status == 200
+    assert origin.count(uniq) == 3
+    assert origin.requests_for(uniq)[2].header("if-none-match") == '"n"'
+
+
+def test_client_conditional_is_answered_304_from_cache(edge, origin, uniq):
+    # RFC 9110 13.1.2 (weak comparison for If-None-Match) and 15.4.5
+    t = f"{uniq}?cc=max-age=60&etag=%22abc%22"
+    get(edge.port, t)
+    r = get(edge.port, t, headers={"If-None-Match": 'W/"abc"'})
+    assert r.status == 304 and r.body == b"" and r.header("etag") == '"abc"'
+    r = get(edge.port, t, headers={"If-None-Match": '"other"'})
+    assert r.status == 200
+    assert origin.count(uniq) == 1
+
+
+def test_range_requests_from_a_stored_response(edge, origin, uniq):
+    # RFC 9110 14: one byte range from a complete stored response
+    t = f"{uniq}?cc=max-age=60&size=1000"
+    full = get(edge.port, t).body
+    r = get(edge.port, t, headers={"Range": "bytes=10-19"})
+    assert r.status == 206 and r.body == full[10:20]
+    assert r.header("content-range") == "bytes 10-19/1000"
+    r = get(edge.port, t, headers={"Range": "bytes=-5"})
+    assert r.status == 206 and r.body == full[-5:]
+    r = get(edge.port, t, headers={"Range": "bytes=5000-"})
+    assert r.status == 416 and r.header("content-range") == "bytes */1000"
+    r = get(edge.port, t, headers={"Range": "bytes=0-1,5-6"})  # several ranges: the whole 200 is fine
+    assert r.status == 200 and r.body == full
+    assert origin.count(uniq) == 1
+    assert origin.requests_for(uniq)[0].header("range") is None
+
+
+def test_vary_keeps_one_variant_per_request_value(edge, origin, uniq):
+    # RFC 9111 4.1
+    t = f"{uniq}?cc=max-age=60&vary=Accept-Language"
+    a = get(edge.port, t, headers={"Accept-Language": "en"})
+    b = get(edge.port, t, headers={"Accept-Language": "fr"})
+    assert a.body == b"variant en" and b.body == b"variant fr"
+    assert "vary-miss" in b.cache_status
+    a2 = get(edge.port, t, headers={"Accept-Language": "en"})
+    b2 = get(edge.port, t, headers={"Accept-Language": "  fr"})  # normalised whitespace
+    assert a2.body == b"variant en" and a2.cache_status.startswith("edgecore; hit")
+    assert b2.body == b"variant fr" and b2.cache_status.startswith("edgecore; hit")
+    assert origin.count(uniq) == 2
+
+
+def test_vary_star_is_never_stored(edge, origin, uniq):
+    t = f"{uniq}?cc=max-age=60&vary=*"
+    get(edge.port, t)
+    r = get(edge.port, t)
+    assert not r.cache_status.startswith("edgecore; hit")
+    assert origin.count(uniq) == 2
+
+
+def test_unsafe_method_invalidates_the_target(edge, origin, uniq):
+    # RFC 9111 4.4
+    t = f"{uniq}?cc=max-age=60"
+    get(edge.port, t)
+    assert get(edge.port, t).cache_status.startswith("edgecore; hit")
+    assert get(edge.port, t, method="POST", body=b"x").status == 200
+    r = get(edge.port, t)
+    assert not r.cache_status.startswith("edgecore; hit")
+    assert origin.count(uniq) == 3
+
+
+def test_stale_while_revalidate_serves_stale_and_refreshes_once(edge, origin, uniq):
+    # RFC 5861 3
+    t = f"{uniq}?cc=max-age=0,stale-while-revalidate=60&etag=%22s%22"
+    get(edge.port, t)
+    r = get(edge.port, t)
+    assert r.status == 200 and "fwd=stale" in r.cache_status
+    assert origin.wait_count(uniq, 2)  # the background refresh
+    assert origin.requests_for(uniq)[1].header("if-none-match") == '"s"'
+
+
+def test_stale_if_error_serves_stale_when_the_origin_fails(edge, origin, uniq):
+    # RFC 5861 4
+    path = f"{uniq}/sie"
+    origin.override(path, cc="max-age=0,stale-if-error=60", etag='"x"', body="good")
+    get(edge.port, path)
+    origin.override(path, status="500", cc="no-store", body="broken")
+    r = get(edge.port, path)
+    assert r.status == 200 and r.body == b"good" and "stale" in r.cache_status
+
+
+def test_must_revalidate_never_serves_stale_on_error(edge, origin, uniq):
+    # RFC 9111 5.2.2.2
+    path = f"{uniq}/mr"
+    origin.override(path, cc="max-age=0,must-revalidate,stale-if-error=60", etag='"x"', body="good")
+    get(edge.port, path)
+    origin.override(path, status="500", cc="no-store", body="broken")
+    r = get(edge.port, path)
+    assert r.status == 500 and r.body == b"broken"
+
+
+def test_request_directives(edge, origin, uniq):
+    t = f"{uniq}?cc=max-age=60&etag=%22r%22"
+    get(edge.port, t)
+    # RFC 9111 5.2.1.4 no-cache / 5.4 Pragma: validate upstream
+    assert "fwd-status=304" in get(edge.port, t, headers={"Cache-Control": "no-cache"}).cache_status
+    assert "fwd-status=304" in get(edge.port, t, headers={"Pragma": "no-cache"}).cache_status
+    # 5.2.1.1 max-age=0: too old for this request
+    assert "fwd-status=304" in get(edge.port, t, headers={"Cache-Control": "max-age=0"}).cache_status
+    # 5.2.1.7 only-if-cached: a hit when stored, 504 when not
+    assert get(edge.port, t, headers={"Cache-Control": "only-if-cached"}).status == 200
+    assert get(edge.port, f"{uniq}/none", headers={"Cache-Control": "only-if-cached"}).status == 504
+    assert origin.count(f"{uniq}/none") == 0
+
+
+def test_targeted_cache_control_takes_precedence(edge, origin, uniq):
+    # RFC 9213: CDN-Cache-Control (and Edgecore-Cache-Control) over Cache-Control, for edgecore only
+    t = f"{uniq}?cc=no-store&hdr=CDN-Cache-Control:max-age%3D60"
+    get(edge.port, t)
+    r = get(edge.port, t)
+    assert r.cache_status.startswith("edgecore; hit") and r.header("cache-control") == "no-store"
+    t2 = f"{uniq}/2?cc=max-age=60&hdr=Edgecore-Cache-Control:no-store"
+    get(edge.port, t2)
+    assert not get(edge.port, t2).cache_status.startswith("edgecore; hit")
+
+
+def test_upstream_age_is_honoured(edge, origin, uniq):
+    # RFC 9111 4.2.3
+    t = f"{uniq}?cc=max-age=100&hdr=Age:40"
+    get(edge.port, t)
+    r = get(edge.port, t)
+    assert r.cache_status.startswith("edgecore; hit")
+    assert 40 <= int(r.header("age")) <= 45
+    ttl = int(r.cache_status.split("ttl=")[1].split(";")[0])
+    assert 55 <= ttl <= 60
+
+
+def test_unkeyed_routing_fields_cannot_poison_the_cache(edge, origin, uniq):
+    t = f"{uniq}?cc=max-age=60&echo=1"
+    get(edge.port, t, headers={"X-Forwarded-Host": "evil.example", "X-Original-URL": "/admin"})
+    seen = origin.requests_for(uniq)[0]
+    assert seen.header("x-forwarded-host") is None and seen.header("x-original-url") is None
+
+
+def test_cache_status_names_the_reason_for_not_storing(edge, uniq):
+    r = get(edge.port, f"{uniq}?cc=private")
+    assert "detail=private" in r.cache_status
+    r = get(edge.port, f"{uniq}/ns?cc=no-store")
+    assert "detail=no-store" in r.cache_status
