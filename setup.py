@@ -9,6 +9,7 @@ extensions = [
     Extension(
         "edgecore._slabcache",
         ["ext/slabcache.pyx"],
+        depends=["ext/slabcache.pxd", "ext/slabcache_support.h"],
         extra_compile_args=["-O2"],
         libraries=["pthread"],
     ),
