@@ -63,9 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--retries",
         type=int,
-        default=1,
         help="re-runs of a run disturbed by other processes on "
-        "the server's cores; the least disturbed attempt counts (default %(default)s)",
+        "the server's cores; the least disturbed attempt counts (default 1, quick 0)",
     )
     ap.add_argument("--connections", type=int, default=64, help="wrk connections (default %(default)s)")
     ap.add_argument(
@@ -226,7 +225,8 @@ def _caveats(st: runner.Settings, lab: Lab | None) -> list[str]:
         "number of objects each holds differs. Hit ratio = 1 - upstream/req, measured at the origin.",
         "nginx coalesces with proxy_cache_lock, whose waiters poll every 500 ms: its storm latency shows "
         "it, and so does its Zipf p99.9 (concurrent misses on one popular key wait for the lock).",
-        "CPU of processes that exit during a run is lost (workers are not expected to exit).",
+        "CPU time: the scheduler's per-thread runtime (/proc/<pid>/task/<tid>/sched, ns precision) of the "
+        "whole process tree, else utime+stime ticks (10 ms); the CPU of a thread that exits mid-run is lost.",
     ]
     if lab and lab.workers > 1 and len(lab.sut_cpus) < lab.workers:
         out.append(
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         zipf_keys=a.zipf_keys,
         zipf_s=a.zipf_s,
         storm_clients=a.storm_clients,
-        retries=a.retries,
+        retries=a.retries if a.retries is not None else (0 if a.quick else 1),
     )
     if "zipf" in names and a.zipf_keys * 1024 <= a.cache_size:
         print(

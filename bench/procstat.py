@@ -81,6 +81,24 @@ def descendants(root: int, kids: dict[int, list[int]]) -> list[int]:
     return out
 
 
+def parse_sched_runtime(text: str) -> float | None:
+    """`/proc/<pid>/task/<tid>/sched` -> CPU seconds the task has run (se.sum_exec_runtime, printed in ms with
+    ns precision), or None when the field is absent. Finer than the 10 ms ticks of /proc/<pid>/stat, which
+    matter for short runs such as the storm."""
+    for line in text.splitlines():
+        if line.startswith("se.sum_exec_runtime"):
+            try:
+                return float(line.split(":", 1)[1]) / 1000
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
+def runtime_delta_seconds(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between two {tid: seconds} snapshots (same rules as tree_delta_seconds)."""
+    return sum(t - before.get(p, 0.0) for p, t in after.items() if t >= before.get(p, 0.0))
+
+
 def tree_delta_seconds(before: dict[int, int], after: dict[int, int], clk_tck: int = CLK_TCK) -> float:
     """CPU seconds used between two {pid: ticks} snapshots. Exited processes are dropped (their last
     interval is lost, see README caveats); processes new in `after` count in full."""
@@ -124,6 +142,28 @@ def tree_ticks(roots: list[int]) -> dict[int, int]:
                 except (ValueError, IndexError):
                     pass
     return out
+
+
+def tree_runtime(roots: list[int]) -> dict[int, float] | None:
+    """{tid: CPU seconds} for every thread of the trees under roots, from the scheduler's own accounting;
+    None when /proc/<pid>/task/<tid>/sched is not available on this kernel."""
+    kids = children_map(all_stats())
+    out: dict[int, float] = {}
+    for root in roots:
+        for p in descendants(root, kids):
+            try:
+                tids = os.listdir(f"/proc/{p}/task")
+            except OSError:
+                continue
+            for t in tids:
+                text = _read(f"/proc/{p}/task/{t}/sched")
+                if text is None:
+                    continue
+                v = parse_sched_runtime(text)
+                if v is None:
+                    return None
+                out[int(t)] = v
+    return out or None
 
 
 def cpu_snapshot() -> dict[int, tuple[int, int, int]]:

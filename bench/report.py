@@ -270,6 +270,8 @@ def update_readme(readme: Path, md_path: Path, chart_path: Path | None, md_text:
     body = md_text.split("\n", 1)[1] if md_text.startswith("# ") else md_text
     body = re.sub(r"^## ", "#### ", body, flags=re.MULTILINE)
     rel = md_path.relative_to(readme.parent)
+    # links in the run's markdown are relative to its folder; make them relative to the README
+    body = re.sub(r"\]\(([^)/:]+)\)", lambda m: f"]({rel.parent.as_posix()}/{m.group(1)})", body)
     block = [
         README_START,
         f"### Latest run: {meta.get('date')}, commit {meta.get('commit')} ([{rel}]({rel}))",

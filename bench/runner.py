@@ -158,6 +158,7 @@ class _Meter:
         pin_tree(self.sysm.pid, self.lab.sut_cpus)
         self.o0 = self.lab.origin_requests()
         self.t0 = procstat.tree_ticks([self.sysm.pid])
+        self.r0 = procstat.tree_runtime([self.sysm.pid])
         self.c0 = procstat.cpu_snapshot()
         self.w0 = time.monotonic()
         return self
@@ -166,17 +167,24 @@ class _Meter:
         if exc[0] is not None:
             return False
         self.t1 = procstat.tree_ticks([self.sysm.pid])
+        self.r1 = procstat.tree_runtime([self.sysm.pid])
         self.c1 = procstat.cpu_snapshot()
         self.wall = time.monotonic() - self.w0
         self.o1 = self.lab.origin_requests()
         return False
 
     def record(self) -> dict:
-        cpu_s = procstat.tree_delta_seconds(self.t0, self.t1)
+        # the scheduler's ns-precision runtime when the kernel shows it, else utime+stime in 10 ms ticks
+        if self.r0 is not None and self.r1 is not None:
+            cpu_s, source = procstat.runtime_delta_seconds(self.r0, self.r1), "sched"
+        else:
+            cpu_s, source = procstat.tree_delta_seconds(self.t0, self.t1), "ticks"
         use = procstat.core_use(self.c0, self.c1)
         sut_busy = sum(use[c].busy for c in self.lab.sut_cpus if c in use)
         return {
             "cpu_s": cpu_s,
+            "cpu_source": source,
+            "cpu_s_ticks": procstat.tree_delta_seconds(self.t0, self.t1),
             "wall_s": self.wall,
             "upstream": self.o1 - self.o0 - 1,  # minus the counter's own 2nd request
             # cores' worth of CPU used on the server's cores by anything else (other tenants, idle servers)

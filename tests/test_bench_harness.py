@@ -144,10 +144,27 @@ def test_tree_cpu_delta_drops_exited_and_counts_new_processes():
     assert procstat.tree_delta_seconds({10: 500}, {10: 20}, clk_tck=100) == 0
 
 
+SCHED = """python (4242, #threads: 1)
+-------------------------------------------------------------------
+se.exec_start                                :       1358921.955195
+se.vruntime                                  :        218294.008556
+se.sum_exec_runtime                          :          1234.567891
+nr_switches                                  :                  110
+"""
+
+
+def test_sched_runtime_has_ns_precision():
+    assert procstat.parse_sched_runtime(SCHED) == pytest.approx(1.234567891)
+    assert procstat.parse_sched_runtime("nr_switches : 3\n") is None
+    assert procstat.runtime_delta_seconds({1: 1.0, 2: 5.0}, {1: 1.25, 3: 0.5}) == pytest.approx(0.75)
+
+
 def test_live_tree_ticks_sees_this_process():
     sum(i * i for i in range(200_000))  # burn a little CPU
     ticks = procstat.tree_ticks([os.getpid()])
     assert os.getpid() in ticks and ticks[os.getpid()] >= 0
+    rt = procstat.tree_runtime([os.getpid()])
+    assert rt is None or sum(rt.values()) > 0
     tasks, cpus = procstat.tree_affinity(os.getpid())
     assert tasks >= 1 and cpus
 
@@ -259,13 +276,13 @@ def test_readme_section_is_replaced_not_appended(tmp_path):
     md_path = tmp_path / "results" / "x.md"
     md_path.parent.mkdir()
     for table in ("first", "second"):
-        report.update_readme(
-            readme, md_path, md_path.with_suffix(".png"), f"# title\n\n## {table}\n", {"date": "d"}
-        )
+        md = f"# title\n\n- chart: [x.png](x.png)\n\n## {table}\n"
+        report.update_readme(readme, md_path, md_path.with_suffix(".png"), md, {"date": "d"})
     text = readme.read_text()
     assert "old table" not in text and "first" not in text and "#### second" in text
     assert text.count(report.README_START) == 1 and "footer" in text and "intro" in text
     assert "![CPU per request and latency per system](results/x.png)" in text
+    assert "- chart: [x.png](results/x.png)" in text
 
 
 def test_chart_is_written(tmp_path):
