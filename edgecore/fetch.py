@@ -26,6 +26,7 @@ from .config import Config, Upstream
 from .errors import EdgeError, UpstreamError, UpstreamIncomplete, UpstreamTimeout
 
 Headers = list[tuple[bytes, bytes]]
+TICK = 0.1  # seconds between timeout checks of the exchanges in flight
 
 
 class Sink(Protocol):
@@ -33,6 +34,7 @@ class Sink(Protocol):
 
     def head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None: ...
     def body(self, chunk: bytes) -> None: ...
+    def flush(self) -> None: ...
     def end(self) -> None: ...
     def failed(self, exc: EdgeError) -> None: ...
 
@@ -48,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange: Exchange | None = None
         self.closed = False
         self.reused = False
+        self.paused_by_client = False
         self._can_write = True
         self._drain_waiter: asyncio.Future[None] | None = None
 
@@ -89,6 +92,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange = None
             ex.fail(UpstreamError(f"invalid response from {self.upstream.authority}: {e}"))
             self.close()
+            return
+        ex.sink.flush()  # one client write per upstream read
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost settles the exchange
@@ -177,10 +182,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
     def pause_reading(self) -> None:
+        """The client does not take the body as fast as we get it: stop reading (not an idle upstream)."""
+        self.paused_by_client = True
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
+        self.paused_by_client = False
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
@@ -200,48 +208,37 @@ class Exchange:
         self.close_delimited = False
         self.finished = False
         self.keep_alive = False
-        self.last_activity = self.loop.time()
+        self.started_at = self.last_activity = self.loop.time()
         self.response_bytes = 0
-        self._timer: asyncio.TimerHandle | None = None
         self.head_future: asyncio.Future[None] = self.loop.create_future()
 
     def start(self, head: bytes) -> None:
         self.conn.exchange = self
         self.conn.write(head)
-        self._arm(self.pool.cfg.response_timeout)
+        self.pool.active.add(self)
 
-    def _arm(self, delay: float) -> None:
-        self._timer = self.loop.call_later(delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self.finished:
-            return
+    def check(self, now: float) -> None:
+        """The pool's ticker: response-head and idle-body timeouts (504)."""
+        cfg = self.pool.cfg
         if not self.head_seen:
-            self.fail(
-                UpstreamTimeout(
-                    f"no response head from {self.conn.upstream.authority} "
-                    f"within {self.pool.cfg.response_timeout:g}s"
-                )
+            if now - self.started_at < cfg.response_timeout:
+                return
+            err = UpstreamTimeout(
+                f"no response head from {self.conn.upstream.authority} within {cfg.response_timeout:g}s"
             )
-            self.conn.exchange = None
-            self.conn.abort()
+        elif self.conn.paused_by_client or now - self.last_activity < cfg.idle_timeout:
             return
-        idle = self.loop.time() - self.last_activity
-        limit = self.pool.cfg.idle_timeout
-        if idle >= limit:
-            self.fail(UpstreamTimeout(f"upstream {self.conn.upstream.authority} body idle for {limit:g}s"))
-            self.conn.exchange = None
-            self.conn.abort()
         else:
-            self._arm(limit - idle)
+            err = UpstreamTimeout(
+                f"upstream {self.conn.upstream.authority} body idle for {cfg.idle_timeout:g}s"
+            )
+        self.fail(err)
+        self.conn.exchange = None
+        self.conn.abort()
 
     def got_head(self, status: int, keep_alive: bool) -> None:
         self.head_seen = True
         self.keep_alive = keep_alive
-        if self._timer is not None:
-            self._timer.cancel()
-        self._arm(self.pool.cfg.idle_timeout)
         if not self.head_future.done():
             self.head_future.set_result(None)
         self.sink.head(status, self.reason, self.headers, keep_alive)
@@ -254,7 +251,7 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self._cancel_timer()
+        self.pool.active.discard(self)
         self.pool.release(conn, self.keep_alive)
         self.sink.end()
 
@@ -262,7 +259,7 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self._cancel_timer()
+        self.pool.active.discard(self)
         if not self.head_future.done():
             self.head_future.set_exception(exc)
             self.head_future.exception()  # mark retrieved: the sink hears of it too
@@ -277,11 +274,6 @@ class Exchange:
                     f"upstream {self.conn.upstream.authority} closed the connection before responding"
                 )
             )
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
 
 class Pool:
@@ -299,6 +291,15 @@ class Pool:
         self._on_request = on_request
         self.requests = 0
         self.connects = 0
+        self.active: set[Exchange] = set()  # exchanges in flight, checked for timeouts by the ticker
+        self._ticker = loop.call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        if self.active:
+            now = self.loop.time()
+            for ex in list(self.active):
+                ex.check(now)
+        self._ticker = self.loop.call_later(TICK, self._tick)
 
     async def _connect(self, upstream: Upstream) -> UpstreamConnection:
         try:
@@ -350,6 +351,7 @@ class Pool:
         return ex
 
     def close(self) -> None:
+        self._ticker.cancel()
         for idle in self._idle.values():
             for conn in idle:
                 conn.close()
@@ -357,12 +359,13 @@ class Pool:
 
 
 class Flight:
-    """A miss in progress for one key. Waiters await `done`; its result tells them what to do."""
+    """A miss in progress for one key. Waiters await `done` (made when the first one joins); its result
+    tells them what to do."""
 
     __slots__ = ("done", "waiters")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.done: asyncio.Future[Any] = loop.create_future()
+    def __init__(self) -> None:
+        self.done: asyncio.Future[Any] | None = None
         self.waiters = 0
 
 
@@ -381,15 +384,17 @@ class Flights:
         f = self._flights.get(key)
         if f is not None:
             f.waiters += 1
+            if f.done is None:
+                f.done = self.loop.create_future()
             return f, False
-        f = self._flights[key] = Flight(self.loop)
+        f = self._flights[key] = Flight()
         return f, True
 
     def finish(self, key: bytes, flight: Flight, result: Any) -> None:
         """Leader: publish the outcome (an object the waiters understand; None = go upstream yourselves)."""
         if self._flights.get(key) is flight:
             del self._flights[key]
-        if not flight.done.done():
+        if flight.done is not None and not flight.done.done():
             flight.done.set_result(result)
 
     def uncacheable(self, key: bytes) -> bool:

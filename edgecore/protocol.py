@@ -202,6 +202,7 @@ class Request:
         "t0",
         "conn_tokens",
         "head_bytes",
+        "buffered",
     )
 
     def __init__(self) -> None:
@@ -223,6 +224,7 @@ class Request:
         self.t0 = 0.0
         self.conn_tokens: list[bytes] = []
         self.head_bytes = 0
+        self.buffered = 0  # body bytes received and not yet sent upstream
 
     def has_body(self) -> bool:
         return self.chunked or bool(self.clen)
@@ -286,10 +288,9 @@ class ClientProtocol(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # Upgrade is hop-by-hop and not supported: answer the request, then close
-            if self.req is not None:
-                self.req.keep_alive = False
-            for r in self.queue:
-                r.keep_alive = False
+            for r in (self.req, self.active, *self.queue):
+                if r is not None:
+                    r.keep_alive = False
             self._stop_reading()
         except httptools.HttpParserError as e:
             err = (
@@ -422,15 +423,6 @@ class ClientProtocol(asyncio.Protocol):
         if r.has_body():
             r.body = collections.deque()
             r.body_done = False
-        elif (
-            not r.slow
-            and self.active is None
-            and not self.queue
-            and r.method in _CACHEABLE_METHODS
-            and self._fast_hit(r)
-        ):
-            self.req = None
-            return
         self._dispatch(r)
 
     def on_body(self, body: bytes) -> None:
@@ -439,6 +431,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         r.body.append(body)
         r.body_bytes += len(body)
+        r.buffered += len(body)
         if r.body_bytes > self.ctx.cfg.max_body_size:
             e = BadRequest("request body exceeds max_body_size")
             e.status, e.reason = 413, "Content Too Large"
@@ -446,7 +439,7 @@ class ClientProtocol(asyncio.Protocol):
         w = r.body_waiter
         if w is not None and not w.done():
             w.set_result(None)
-        if sum(len(c) for c in r.body) > BODY_HIGH_WATER:
+        if r.buffered > BODY_HIGH_WATER:
             self._stop_reading()
 
     def on_message_complete(self) -> None:
@@ -485,26 +478,13 @@ class ClientProtocol(asyncio.Protocol):
                 self.active = None
                 return
             # the next pipelined request, in order
-            while self.queue:
-                r = self.queue.popleft()
-                if len(self.queue) < PIPELINE_MAX // 2:
-                    self._resume_reading()
-                if (
-                    r.error is None
-                    and not r.slow
-                    and not r.has_body()
-                    and r.method in _CACHEABLE_METHODS
-                    and self._fast_hit(r)
-                ):
-                    if not r.keep_alive:
-                        self._finish_connection()
-                        self.active = None
-                        return
-                    continue
-                break
-            else:
+            if not self.queue:
                 self.active = None
                 return
+            r = self.queue.popleft()
+            self.active = r
+            if len(self.queue) < PIPELINE_MAX // 2:
+                self._resume_reading()
 
     def _finish_connection(self) -> None:
         self.closing = True
@@ -556,34 +536,6 @@ class ClientProtocol(asyncio.Protocol):
         self._write(head if r.method == b"HEAD" else head + body)
         if not r.keep_alive:
             self._finish_connection()
-
-    def _fast_hit(self, r: Request) -> bool:
-        """A fresh, plain hit for a GET/HEAD without cache-relevant request fields: answered here,
-        synchronously. False sends the request down the full path (which looks up again)."""
-        ctx = self.ctx
-        now = r.t0
-        key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts)
-        found = ctx.cache.lookup(key, now)
-        if found is None or found[3] != entry.FLAG_PLAIN:
-            return False
-        value = found[0]
-        sl, head_len, fresh_until, birth = entry.HIT.unpack_from(value, 0)
-        if now >= fresh_until:
-            return False
-        m = entry.M
-        dyn = b"age: %d\r\ncache-status: edgecore; hit; ttl=%d\r\n%s" % (
-            now - birth,
-            fresh_until - now,
-            self._conn_header(r),
-        )
-        if r.method == b"HEAD":
-            self._write(b"".join((value[m : m + sl], dyn, value[m + sl : m + head_len])))
-        else:
-            self._write(b"".join((value[m : m + sl], dyn, value[m + sl :])))
-        ctx.counters.request(Outcome.HIT, time.time() - now)
-        if not r.keep_alive:
-            self._finish_connection()
-        return True
 
     # ------------------------------------------------------------------ the full path
     async def _handle(self, r: Request) -> None:
@@ -769,13 +721,13 @@ class ClientProtocol(asyncio.Protocol):
         while True:
             while r.body:
                 chunk = r.body.popleft()
+                r.buffered -= len(chunk)
                 if r.chunked:
                     conn.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
                 else:
                     conn.write(chunk)
                 await conn.drain()
-            if sum(len(c) for c in r.body) < BODY_HIGH_WATER // 2:
-                self._resume_reading()
+            self._resume_reading()
             if r.body_done:
                 break
             if self.closing:
@@ -838,6 +790,7 @@ class ClientProtocol(asyncio.Protocol):
         if not leader:
             ctx.counters.inc(F_WAITING)
             try:
+                assert flight.done is not None
                 result = await asyncio.wait_for(asyncio.shield(flight.done), ctx.cfg.response_timeout)
             except TimeoutError:
                 ctx.counters.inc(F_WAITING, -1)
@@ -964,7 +917,9 @@ class StreamSink:
         self.exchange: Exchange | None = None
         self.status: int | None = None
         self.headers: Headers = []
-        self.started = False  # bytes sent to the client
+        self.started = False  # bytes written to the client transport
+        self.out: list[bytes] = []  # response bytes not yet written: one write per upstream read
+        self.out_len = 0
         self.chunked_out = False
         self.no_body = False
         self.close_delimited = False
@@ -999,25 +954,23 @@ class StreamSink:
         self, p: ClientProtocol, status: int, reason: bytes, headers: Headers, extra: bytes = b""
     ) -> None:
         r = self.r
-        conn_listed: set[bytes] = set()
+        conn_listed = _connection_listed(headers)
         clen = None
-        te = False
-        for n, v in headers:
-            if n == b"connection":
-                conn_listed.update(t.strip().lower() for t in v.split(b","))
-            elif n == b"content-length":
-                clen = v
-            elif n == b"transfer-encoding":
-                te = True
+        te = via = False
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         for n, v in headers:
-            if n in HOP_BY_HOP or n in conn_listed or n == b"content-length" or n == b"cache-status":
+            if n in _RESPONSE_SKIP or n in conn_listed:
+                if n == b"content-length":
+                    clen = v
+                elif n == b"transfer-encoding":
+                    te = True
                 continue
             if n == b"via":
+                via = True
                 parts.append(b"via: " + v + b", " + p.ctx.via + b"\r\n")
                 continue
             parts.append(n + b": " + v + b"\r\n")
-        if not any(n == b"via" for n, _ in headers):
+        if not via:
             parts.append(b"via: " + p.ctx.via + b"\r\n")
         parts.append(b"cache-status: " + self.cache_status() + b"\r\n")
         parts.append(extra)
@@ -1033,24 +986,36 @@ class StreamSink:
                 r.keep_alive = False
         parts.append(p._conn_header(r))
         parts.append(b"\r\n")
-        p._write(b"".join(parts))
-        self.started = True
+        head = b"".join(parts)
+        self.out.append(head)
+        self.out_len += len(head)
 
     def body(self, chunk: bytes) -> None:
-        p = self.proto
-        if p is None or self.no_body:
+        if self.proto is None or self.no_body:
             return
         if self.chunked_out:
-            p._write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-        else:
-            p._write(chunk)
+            chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+        self.out.append(chunk)
+        self.out_len += len(chunk)
+        if self.out_len >= _FLUSH_AT:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending (called after each upstream read, and at the end)."""
+        out = self.out
+        if out and self.proto is not None:
+            self.proto._write(out[0] if len(out) == 1 else b"".join(out))
+            self.started = True
+            out.clear()
+            self.out_len = 0
 
     def end(self) -> None:
         p = self.proto
         if p is not None:
             p.upstream = None
             if self.chunked_out:
-                p._write(b"0\r\n\r\n")
+                self.out.append(b"0\r\n\r\n")
+            self.flush()
             if self.close_delimited:
                 p._finish_connection()
             p.ctx.counters.request(self.outcome, time.time() - self.r.t0)
@@ -1059,6 +1024,7 @@ class StreamSink:
 
     def failed(self, exc: EdgeError) -> None:
         self.error = exc
+        self.out.clear()  # a head not yet written is replaced by an error response
         p = self.proto
         if p is not None:
             p.upstream = None
@@ -1106,6 +1072,7 @@ class StoreSink(StreamSink):
         self.validated = False
         self.mismatch = False
         self.why = reason
+        self.vary: tuple[bytes, ...] = ()
 
     def reset(self) -> None:
         super().reset()
@@ -1140,8 +1107,9 @@ class StoreSink(StreamSink):
         if fresh is not None and clen is not None and clen.isdigit() and int(clen) > ctx.cfg.max_object_size:
             fresh, why = None, policy.Reason.TOO_LARGE
         vary = keys.parse_vary([v for n, v in headers if n == b"vary"]) if fresh is not None else ()
-        if fresh is not None and vary is None:
+        if vary is None:
             fresh, why = None, policy.Reason.VARY_STAR
+        self.vary = vary or ()
         if fresh is None:
             self.outcome = Outcome.UNCACHEABLE
             self.detail = why.name.lower().replace("_", "-").encode() if why is not None else None
@@ -1195,20 +1163,26 @@ class StoreSink(StreamSink):
         ctx = self.ctx
         assert self.fresh is not None and self.status is not None
         stored_headers = policy.storable_headers(self.headers)
-        stored_headers = [(n, v) for n, v in stored_headers if n != b"via"] + [(b"via", ctx.via)]
+        via = ctx.via
+        validators = False
+        for i, (n, v) in enumerate(stored_headers):
+            if n == b"via":
+                stored_headers[i] = (n, v + b", " + ctx.via)
+                via = b""
+            elif n == b"etag" or n == b"last-modified":
+                validators = True
+        if via:
+            stored_headers.append((b"via", via))
         value, birth, fresh_until, flags = entry.encode(
             self.status, self.reason_phrase, stored_headers, body, self.fresh, self.request_time
         )
-        expires = fresh_until + max(
-            self.fresh.stale_while_revalidate,
-            self.fresh.stale_if_error,
-            _STALE_KEEP if _has_validator(stored_headers) else 0.0,
-        )
-        expires = max(expires, time.time() + 1.0) if _has_validator(stored_headers) else expires
-        vary = keys.parse_vary([v for n, v in self.headers if n == b"vary"])
+        f = self.fresh
+        keep = max(f.stale_while_revalidate, f.stale_if_error, _STALE_KEEP if validators else 0.0)
+        # a response with validators is kept a while past freshness, so it can be revalidated
+        expires = max(fresh_until + keep, time.time() + 1.0) if validators else fresh_until + keep
         key = self.key
-        if vary:
-            key = self._variant_key(vary, birth, expires)
+        if self.vary:
+            key = self._variant_key(self.vary, birth, expires)
         if ctx.cache.store(key, value, birth, expires, flags):
             self.stored_value = value
 
@@ -1282,11 +1256,19 @@ class StoreSink(StreamSink):
 
 
 _ERROR_STATUSES = frozenset((500, 502, 503, 504))
+_FLUSH_AT = 64 << 10  # pending response bytes that are written without waiting for the end of a read
+# response fields never relayed as received: hop-by-hop (RFC 9110 7.6.1), framing (re-done), our own
+_RESPONSE_SKIP = HOP_BY_HOP | {b"content-length", b"cache-status"}
+
+
+def _connection_listed(headers: Headers) -> frozenset[bytes]:
+    listed = [v for n, v in headers if n == b"connection"]
+    if not listed:
+        return frozenset()
+    return frozenset(t.strip().lower() for v in listed for t in v.split(b","))
+
+
 _STALE_KEEP = 600.0  # seconds a stale response with validators is kept for revalidation
-
-
-def _has_validator(headers: Headers) -> bool:
-    return any(n in (b"etag", b"last-modified") for n, _ in headers)
 
 
 def make_context(
