@@ -944,11 +944,15 @@ class StreamSink:
         p = self.proto
         if p is None:
             return
+        self._attach(p)
+        self._send_head(p, status, reason, headers)
+
+    def _attach(self, p: ClientProtocol) -> None:
+        """The upstream connection now streams to this client: flow control couples the two."""
         up = self.exchange.conn if self.exchange is not None else None
         p.upstream = up
         if p.write_paused and up is not None:
             up.pause_reading()
-        self._send_head(p, status, reason, headers)
 
     def _send_head(
         self, p: ClientProtocol, status: int, reason: bytes, headers: Headers, extra: bytes = b""
@@ -1073,6 +1077,7 @@ class StoreSink(StreamSink):
         self.mismatch = False
         self.why = reason
         self.vary: tuple[bytes, ...] = ()
+        self.deferred = False  # head not rendered yet: the response may be served from what is stored
 
     def reset(self) -> None:
         super().reset()
@@ -1123,9 +1128,17 @@ class StoreSink(StreamSink):
             self.fresh = fresh
             self.parts = []
             ctx.flights.forget_uncacheable(self.key)
-        if self.proto is None:
+            # a whole small body is stored first and then served like a hit: one rendering of the head.
+            # Not when the stored head would differ from what this client gets (qualified no-cache/private).
+            cc = b",".join(v for n, v in headers if n.endswith(b"cache-control")).lower()
+            self.deferred = clen is not None and b"no-cache=" not in cc and b"private=" not in cc
+        p = self.proto
+        if p is None:
             return
-        super().head(status, reason, headers, keep_alive)
+        if self.deferred:
+            self._attach(p)
+        else:
+            super().head(status, reason, headers, keep_alive)
 
     def cache_status(self) -> bytes:
         s = super().cache_status()
@@ -1139,6 +1152,7 @@ class StoreSink(StreamSink):
         if self.parts is not None:
             self.size += len(chunk)
             if self.size > self.ctx.cfg.max_object_size:
+                self._undefer()
                 self.parts = None  # streamed through, not cached
                 self.fresh = None
                 ctx = self.ctx
@@ -1148,7 +1162,21 @@ class StoreSink(StreamSink):
                     self.flight = None
             else:
                 self.parts.append(chunk)
-        super().body(chunk)
+        if not self.deferred:
+            super().body(chunk)
+
+    def _undefer(self) -> None:
+        """Render the head and queue the body kept so far: the response is streamed after all."""
+        if self.deferred and self.proto is not None and self.status is not None:
+            self.deferred = False
+            self._send_head(self.proto, self.status, self.reason_phrase, self.headers)
+            for chunk in self.parts or ():
+                super().body(chunk)
+
+    def flush(self) -> None:
+        if self.size >= _FLUSH_AT:
+            self._undefer()  # a large body: stream it rather than hold it (nginx buffers similarly)
+        super().flush()
 
     def end(self) -> None:
         if self.validated:
@@ -1157,6 +1185,20 @@ class StoreSink(StreamSink):
             return
         if self.parts is not None and self.fresh is not None and self.status is not None:
             self._store(b"".join(self.parts))
+        p = self.proto
+        if self.deferred and p is not None:
+            value = self.stored_value
+            if value is not None:
+                self.deferred = False
+                p.upstream = None
+                now = time.time()
+                m = entry.meta(value)
+                p._serve_stored(self.r, value, m, now, self.outcome, self.cache_status())
+                self.started = True
+                if not self._done.done():
+                    self._done.set_result(None)
+                return
+            self._undefer()  # not stored after all (refused): render and send what we have
         super().end()
 
     def _store(self, body: bytes) -> None:

@@ -185,3 +185,21 @@ def test_cache_status_names_the_reason_for_not_storing(edge, uniq):
     assert "detail=private" in r.cache_status
     r = get(edge.port, f"{uniq}/ns?cc=no-store")
     assert "detail=no-store" in r.cache_status
+
+
+def test_unsafe_method_invalidates_same_origin_location(edge, origin, uniq):
+    # RFC 9111 4.4: Location and Content-Location on the same origin are invalidated too
+    other = f"{uniq}/other?cc=max-age=60"
+    get(edge.port, other)
+    assert get(edge.port, other).cache_status.startswith("edgecore; hit")
+    loc = other.replace("&", "%26").replace("?", "%3F").replace("=", "%3D")
+    r = get(edge.port, f"{uniq}/form?hdr=Location:{loc}", method="PUT", body=b"x")
+    assert r.status == 200 and r.header("location") == other
+    assert not get(edge.port, other).cache_status.startswith("edgecore; hit")
+
+
+def test_miss_with_range_is_answered_from_the_stored_response(edge, origin, uniq):
+    t = f"{uniq}?cc=max-age=60&size=400"
+    r = get(edge.port, t, headers={"Range": "bytes=100-199"})
+    assert r.status == 206 and r.body == body_bytes(t, 400)[100:200]
+    assert origin.requests_for(uniq)[0].header("range") is None
