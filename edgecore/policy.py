@@ -756,8 +756,10 @@ def storable_headers(resp_headers: Headers, strip: frozenset[bytes] | tuple[byte
     drop: set[bytes] = set(strip)
     for name, value in resp_headers:
         if name == b"connection":
-            drop.update(e.lower() for e in split_list(value))
-        elif name == b"cache-control" or name.endswith(b"cache-control"):
+            lv = value.lower()
+            if lv != b"keep-alive" and lv != b"close":  # the usual values name only hop-by-hop fields
+                drop.update(e.lower() for e in split_list(value))
+        elif name[-13:] == b"cache-control":
             lv = value.lower()
             if b"no-cache=" in lv or b"private=" in lv:
                 d, _ = _cc([value])
