@@ -11,6 +11,7 @@ The request target's query string says how to answer, e.g. `/x?cc=max-age=60&siz
   vary=F          Vary: F (the body then names the request's F value)
   hdr=N:V         an extra response field (repeatable)    echo=1       body = JSON of the request received
   close=1         Connection: close                       noclen=1     close-delimited body (no length)
+  readgate=G      read the request body only once gate G opens
 Every request is recorded (method, target, headers, body) before it is answered.
 """
 
@@ -133,6 +134,9 @@ class Origin:
                     n, _, v = h.decode("latin-1").partition(":")
                     headers.append((n.strip(), v.strip()))
                 hd = {n.lower(): v for n, v in headers}
+                rg = parse_qs(urlsplit(target).query).get("readgate")
+                if rg:  # do not read the request body until the gate opens (flow-control tests)
+                    await self._gate(rg[0]).wait()
                 body = b""
                 if "content-length" in hd:
                     body = await reader.readexactly(int(hd["content-length"]))

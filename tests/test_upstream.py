@@ -169,3 +169,44 @@ def _stalled_progress(pid: int) -> int:
         last = rchar
         time.sleep(0.1)
     return last
+
+
+def test_upstream_that_does_not_read_stops_the_client_read(edge, origin, uniq):
+    """Flow control client -> upstream: while the origin takes none of the body, edgecore stops reading
+    the client, so the bytes the client manages to send are bounded by buffers, not by the body size."""
+    total = 64 << 20
+    gate = f"{uniq}-read"
+    c = Conn(edge.port)
+    try:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
+        c.send(
+            f"POST {uniq}?readgate={gate}&body=ok HTTP/1.1\r\nHost: a\r\n"
+            f"Content-Length: {total}\r\n\r\n".encode()
+        )
+        assert origin.wait_count(uniq, 0)
+        c.sock.setblocking(False)
+        chunk = b"x" * (1 << 16)
+        sent = 0
+        stalls = 0
+        for _ in range(20000):  # bounded: until the sends stop being accepted for a while
+            try:
+                sent += c.sock.send(chunk)
+                stalls = 0
+            except BlockingIOError:
+                stalls += 1
+                if stalls >= 50:
+                    break
+                time.sleep(0.01)
+        assert sent < total // 4, sent
+        origin.open_gate(gate)
+        c.sock.setblocking(True)
+        view = memoryview(b"x" * (1 << 20))
+        while sent < total:
+            n = min(len(view), total - sent)
+            c.sock.sendall(view[:n])
+            sent += n
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"ok"
+        assert len(origin.requests_for(uniq)[-1].body) == total
+    finally:
+        c.close()
