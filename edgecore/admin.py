@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import signal
 import socket
@@ -84,6 +85,13 @@ class Admin:
                 want = b"Bearer " + self.cfg.admin_token.encode()
                 if not hmac.compare_digest(auth, want):
                     return 401, b"text/plain", b"missing or wrong admin token\n"
+            elif not _is_loopback(self.cfg.admin[0]):
+                # reachable from other hosts and no token: changing state is not open to the world
+                return (
+                    403,
+                    b"text/plain",
+                    b"set admin_token to use POST endpoints on a non-loopback address\n",
+                )
             if path == b"/drain":
                 self.counters.set_flag(C_DRAINING, 1)
                 return 200, b"application/json", b'{"draining": true}\n'
@@ -122,6 +130,13 @@ class Admin:
         else:
             n = self.cache.purge_tenant(Cache.tag_id(val))
         return 200, b"application/json", json.dumps({"purged": n}).encode() + b"\n"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class AdminProtocol(asyncio.Protocol):
@@ -184,6 +199,7 @@ class AdminProtocol(asyncio.Protocol):
             200: b"OK",
             400: b"Bad Request",
             401: b"Unauthorized",
+            403: b"Forbidden",
             404: b"Not Found",
             405: b"Method Not Allowed",
             500: b"Internal Server Error",

@@ -83,3 +83,31 @@ def test_admin_token_and_drain(origin):
         assert get(e.port, "/still?body=served").body == b"served"  # traffic is still served
     finally:
         e.stop()
+
+
+def test_post_endpoints_need_a_token_off_loopback():
+    from edgecore.admin import Admin, _is_loopback
+    from edgecore.config import build
+
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0") and not _is_loopback("10.1.2.3")
+
+    class NoCache:
+        def stats(self):
+            return {}
+
+    from edgecore.metrics import SharedCounters
+
+    open_admin = Admin(
+        build({"upstream": ["http://127.0.0.1:1"], "admin": "0.0.0.0:0"}), NoCache(), SharedCounters(2), 1
+    )
+    status, _, body = open_admin.handle(b"POST", b"/drain", {}, b"")
+    assert status == 403 and b"admin_token" in body
+    assert open_admin.handle(b"GET", b"/healthz", {}, b"")[0] == 200  # probes still answer
+    tok = Admin(
+        build({"upstream": ["http://127.0.0.1:1"], "admin": "0.0.0.0:0", "admin_token": "t"}),
+        NoCache(),
+        SharedCounters(2),
+        1,
+    )
+    assert tok.handle(b"POST", b"/drain", {b"authorization": b"Bearer t"}, b"")[0] == 200
