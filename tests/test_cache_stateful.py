@@ -18,9 +18,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from edgecore.cache import Cache
 
-T0 = time.time()
+# Times the machine's clock cannot reach during a run: the sweep reads the real clock, so an expiry near
+# it (T0 + 10 with T0 = now) would make the cache's sweep and the model's disagree once the suite has run
+# for ten seconds.
+T0 = time.time() + 3600.0
 FAR = T0 + 1e6
-PAST = T0 - 50.0  # already expired for the sweep (which reads the real clock)
+PAST = time.time() - 50.0  # already expired for the sweep
 
 KEYS = [b"/a/%d" % i for i in range(6)] + [b"/b/%d" % i for i in range(5)] + [b"/c/" + b"k" * 300]
 PREFIXES = [b"/a/", b"/b/", b"/a/1", b"/c/", b"/zz"]
@@ -47,10 +50,17 @@ class ExactCache(RuleBasedStateMachine):
     def teardown(self) -> None:
         self.cache.close()
 
-    @rule(key=keys, value=values, expires=expiries, flags=st.integers(0, 0xFFFF),
-          tenant=st.sampled_from(TENANTS), tags=tagsets)
-    def store(self, key: bytes, value: bytes, expires: float, flags: int, tenant: int,
-              tags: tuple[int, ...]) -> None:
+    @rule(
+        key=keys,
+        value=values,
+        expires=expiries,
+        flags=st.integers(0, 0xFFFF),
+        tenant=st.sampled_from(TENANTS),
+        tags=tagsets,
+    )
+    def store(
+        self, key: bytes, value: bytes, expires: float, flags: int, tenant: int, tags: tuple[int, ...]
+    ) -> None:
         stored_at = T0 - 1.0
         got = self.cache.store(key, value, stored_at, expires, flags, tenant, tags)
         assert got == self.model.store(key, value, stored_at, expires, flags, tenant, tags)
@@ -115,8 +125,12 @@ class PressureCache(RuleBasedStateMachine):
         else:
             assert got == want
 
-    @rule(i=st.integers(0, 39), n=st.one_of(st.integers(0, 4000), st.integers(10_000, 60_000)),
-          tenant=st.sampled_from(TENANTS), tags=tagsets)
+    @rule(
+        i=st.integers(0, 39),
+        n=st.one_of(st.integers(0, 4000), st.integers(10_000, 60_000)),
+        tenant=st.sampled_from(TENANTS),
+        tags=tagsets,
+    )
     def store(self, i: int, n: int, tenant: int, tags: tuple[int, ...]) -> None:
         key = self.KEYS[i]
         value = (key + b"|") * (n // (len(key) + 1) + 1)
@@ -157,8 +171,12 @@ class PressureCache(RuleBasedStateMachine):
         assert s["metadata_bytes"] + s["data_bytes"] <= s["bytes_used"]
 
 
-common = settings(max_examples=60, stateful_step_count=40, deadline=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+common = settings(
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 TestExactCache = ExactCache.TestCase
 TestExactCache.settings = common
 TestPressureCache = PressureCache.TestCase
