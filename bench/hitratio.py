@@ -1,9 +1,10 @@
-"""Hit-ratio simulation: the slab cache against exact LRU at equal bytes.
+"""Hit-ratio simulation: the slab cache against exact LRU, plain CLOCK and SIEVE at equal bytes.
 
-Owns: synthetic request traces (Zipf 0.7/0.9/1.1 and Zipf 0.9 with periodic one-time scans) and the exact-LRU
-reference. Invariants: both caches see the same trace with the same keys and values; "equal bytes" means the
-LRU may hold key+value bytes up to the capacity while the slab cache must fit everything (index, headers,
-slab slack) into the same capacity, so the comparison is conservative for the slab cache.
+Owns: synthetic request traces (Zipf 0.7/0.9/1.1 and Zipf 0.9 with periodic one-time scans) and the reference
+models (exact LRU, plain CLOCK, SIEVE). Invariants: every cache sees the same trace with the same keys and
+values; "equal bytes" means the models may hold key+value bytes up to the capacity while the slab cache must
+fit everything (index, headers, slab slack) into the same capacity, so the comparison is conservative for the
+slab cache. The models are single whole-cache queues (no shards, no size classes).
 Must never: be collected as a test (run it as a script: `python bench/hitratio.py [--requests N]`).
 """
 
@@ -77,6 +78,98 @@ def run_lru(trace: np.ndarray, sizes: np.ndarray, capacity: int) -> float:
     return hits / len(trace)
 
 
+def run_clock(
+    trace: np.ndarray, sizes: np.ndarray, capacity: int, insert_ref: bool = False
+) -> tuple[float, float]:
+    """Plain byte-bounded CLOCK: one reference bit, second chance, a hand. New entries start with a clear bit
+    (FIFO-reinsertion, as in libCacheSim and the S3-FIFO paper) or, with `insert_ref`, with the bit set (the
+    textbook variant where the miss counts as the first reference).
+
+    The ring is kept as a FIFO whose front is the hand: a referenced entry under the hand has its bit cleared
+    and goes to the back (the hand moves past it), an unreferenced one is evicted, a new entry is placed just
+    behind the hand. A hit only sets the bit. Returns (hit ratio, mean entries the hand examined per
+    eviction).
+    """
+    ring: OrderedDict[bytes, int] = OrderedDict()  # key -> key+value bytes, front = under the hand
+    ref: set[bytes] = set()
+    used = 0
+    hits = 0
+    steps = 0
+    evictions = 0
+    for i in trace.tolist():
+        k = key_of(i)
+        if k in ring:
+            ref.add(k)
+            hits += 1
+            continue
+        sz = len(k) + int(sizes[i])
+        if sz > capacity:
+            continue
+        while used + sz > capacity:
+            k0, s0 = ring.popitem(last=False)
+            steps += 1
+            if k0 in ref:
+                ref.discard(k0)
+                ring[k0] = s0
+            else:
+                used -= s0
+                evictions += 1
+        ring[k] = sz
+        used += sz
+        if insert_ref:
+            ref.add(k)
+    return hits / len(trace), steps / max(evictions, 1)
+
+
+def run_sieve(trace: np.ndarray, sizes: np.ndarray, capacity: int) -> tuple[float, float]:
+    """Byte-bounded SIEVE (Zhang et al., NSDI '24): FIFO insertion order, a visited bit, a hand that walks
+    from the oldest entry towards the newest, clears visited bits, evicts the first unvisited entry and stays
+    there; survivors are never moved. Returns (hit ratio, mean entries the hand examined per eviction).
+    """
+    order: list[bytes | None] = []  # oldest first; evicted entries are holes (None) until compaction
+    size: dict[bytes, int] = {}
+    visited: set[bytes] = set()
+    hand = 0
+    holes = 0
+    used = 0
+    hits = 0
+    steps = 0
+    evictions = 0
+    for i in trace.tolist():
+        k = key_of(i)
+        if k in size:
+            visited.add(k)
+            hits += 1
+            continue
+        sz = len(k) + int(sizes[i])
+        if sz > capacity:
+            continue
+        while used + sz > capacity:
+            if hand >= len(order):
+                hand = 0
+            k0 = order[hand]
+            if k0 is None:
+                hand += 1
+                continue
+            steps += 1
+            if k0 in visited:
+                visited.discard(k0)
+            else:
+                order[hand] = None
+                holes += 1
+                used -= size.pop(k0)
+                evictions += 1
+            hand += 1
+        if holes > 1024 and 2 * holes > len(order):
+            hand -= order[:hand].count(None)
+            order = [x for x in order if x is not None]
+            holes = 0
+        order.append(k)
+        size[k] = sz
+        used += sz
+    return hits / len(trace), steps / max(evictions, 1)
+
+
 def run_slab(
     trace: np.ndarray, sizes: np.ndarray, capacity: int, max_object: int, avg: int
 ) -> tuple[float, dict]:
@@ -128,27 +221,37 @@ def main() -> None:
             t0 = time.perf_counter()
             lru = run_lru(tr, sizes, cap)
             t1 = time.perf_counter()
-            slab, st = run_slab(tr, sizes, cap, args.max_object, avg)
+            clock, clock_steps = run_clock(tr, sizes, cap)
+            clock1, _ = run_clock(tr, sizes, cap, insert_ref=True)
             t2 = time.perf_counter()
-            rows.append((name, cap, lru, slab, st))
+            sieve, sieve_steps = run_sieve(tr, sizes, cap)
+            t3 = time.perf_counter()
+            slab, st = run_slab(tr, sizes, cap, args.max_object, avg)
+            t4 = time.perf_counter()
+            rows.append((name, cap, lru, clock, clock1, sieve, slab, st))
             print(
-                f"{name:16s} cap={cap / 2**20:7.1f}MiB lru={lru:.4f} slab={slab:.4f} "
-                f"diff={100 * (slab - lru):+.2f}pt items={st['items']} steals={st['page_steals']} "
-                f"({t1 - t0:.1f}s/{t2 - t1:.1f}s)",
+                f"{name:16s} cap={cap / 2**20:7.1f}MiB lru={lru:.4f} clock={clock:.4f}/{clock1:.4f} "
+                f"sieve={sieve:.4f} "
+                f"slab={slab:.4f} slab-lru={100 * (slab - lru):+.2f}pt items={st['items']} "
+                f"steals={st['page_steals']} hand/evict clock={clock_steps:.2f} sieve={sieve_steps:.2f} "
+                f"({t1 - t0:.1f}s/{t2 - t1:.1f}s/{t3 - t2:.1f}s/{t4 - t3:.1f}s)",
                 flush=True,
             )
     lines = [
         f"Hit ratio, {args.requests} requests over {n} objects (log-normal values, median {args.median} B, "
-        f"keys ~50 B), max_object_size {args.max_object} B. LRU counts key+value bytes only; the slab cache "
-        "fits index, headers and slab slack into the same capacity.",
+        f"keys ~50 B), max_object_size {args.max_object} B. LRU, CLOCK and SIEVE are whole-cache models "
+        "counting key+value bytes only; the slab cache fits index, headers and slab slack into the same "
+        "capacity. CLOCK: new entries start with the bit clear; CLOCK-set: with it set. Differences are in "
+        "percentage points against exact LRU.",
         "",
-        "| trace | capacity | exact LRU | slab cache (S3-FIFO per class) | difference |",
-        "|---|---:|---:|---:|---:|",
+        "| trace | capacity | exact LRU | CLOCK | CLOCK-set | SIEVE | slab cache (S3-FIFO per class) "
+        "| CLOCK − LRU | CLOCK-set − LRU | SIEVE − LRU | slab − LRU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, cap, lru, slab, _ in rows:
-        lines.append(
-            f"| {name} | {cap / 2**20:.1f} MiB | {lru:.4f} | {slab:.4f} | {100 * (slab - lru):+.2f} pt |"
-        )
+    for name, cap, lru, clock, clock1, sieve, slab, _ in rows:
+        ratios = " | ".join(f"{x:.4f}" for x in (lru, clock, clock1, sieve, slab))
+        diffs = " | ".join(f"{100 * (x - lru):+.2f} pt" for x in (clock, clock1, sieve, slab))
+        lines.append(f"| {name} | {cap / 2**20:.1f} MiB | {ratios} | {diffs} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
