@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     sup = Supervisor(tmp / "log")
     lab = Lab(tmp, sup, sut_cpus, load_cpus, a.workers, a.cache_size, a.storm_delay)
     runs: list[dict] = []
+    failures: list[str] = []
     checks: dict[str, str] = {}
     scenarios = [runner.SCENARIOS[n] for n in names]
     started = datetime.datetime.now().astimezone()
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in runner.systems_for(scn, lab):
                 runner.warm_up(lab, s, scn, st)
         try:
-            runner.run_rounds(lab, scenarios, st, runs)
+            runner.run_rounds(lab, scenarios, st, runs, failures)
         except KeyboardInterrupt as e:
             interrupted = f"interrupted ({str(e) or 'Ctrl-C'}) after {len(runs)} runs"
             log(interrupted)
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "systems": {k: s.describe for k, s in lab.systems.items()},
         "skipped": lab.skipped,
-        "notes": notes + ([interrupted] if interrupted else []),
+        "notes": notes + ([interrupted] if interrupted else []) + [f"run failed: {f}" for f in failures],
         "caveats": _caveats(st, lab),
     }
     png = a.out / f"{stem}.png"

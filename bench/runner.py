@@ -8,6 +8,7 @@ the server's whole process tree (all workers), read from /proc.
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import subprocess
@@ -199,7 +200,10 @@ def measure_wrk(lab: Lab, sysm: System, scn: Scenario, st: Settings, rnd: int) -
         # the miss and Zipf runs in between may have evicted the object: store it again, outside the
         # measurement, so that a hit run measures hits (upstream/req then shows any later re-fetch)
         for _ in range(2):
-            http_get(sysm.port, scn.path)
+            try:
+                http_get(sysm.port, scn.path)
+            except (OSError, http.client.HTTPException) as e:
+                log(f"priming GET {scn.path} on {sysm.key} failed: {e!r}")
     with _Meter(lab, sysm) as m:
         r = run_wrk(cmd)
     rec = m.record()
@@ -266,7 +270,9 @@ def measure_storm(lab: Lab, sysm: System, scn: Scenario, st: Settings, rnd: int)
     return rec
 
 
-def run_rounds(lab: Lab, scenarios: list[Scenario], st: Settings, runs: list[dict]) -> None:
+def run_rounds(
+    lab: Lab, scenarios: list[Scenario], st: Settings, runs: list[dict], failures: list[str]
+) -> None:
     """Interleaved rounds: in every round each scenario (in a shuffled order) runs every system (shuffled),
     so slow drift of a noisy machine falls on all systems alike and a system's references run seconds away."""
     total = st.rounds * sum(len(systems_for(s, lab)) for s in scenarios)
@@ -282,7 +288,12 @@ def run_rounds(lab: Lab, scenarios: list[Scenario], st: Settings, runs: list[dic
                 tries = []
                 for attempt in range(st.retries + 1):
                     measure = measure_storm if scn.kind == "storm" else measure_wrk
-                    tries.append(measure(lab, sysm, scn, st, rnd))
+                    try:
+                        tries.append(measure(lab, sysm, scn, st, rnd))
+                    except Exception as e:  # one failed run must not end the whole bench
+                        log(f"round {rnd} {scn.name} {sysm.key}: run FAILED: {e!r}"[:2000])
+                        failures.append(f"round {rnd} {scn.name} {sysm.key}: {str(e).splitlines()[0][:200]}")
+                        break
                     other = tries[-1]["other_cpu"] or 0.0
                     if other <= stats.NOISY_OTHER_CPU or attempt == st.retries:
                         break
@@ -291,6 +302,8 @@ def run_rounds(lab: Lab, scenarios: list[Scenario], st: Settings, runs: list[dic
                         "server's cores during the run; running it again"
                     )
                     time.sleep(st.pause * 4)
+                if not tries:
+                    continue
                 # the least disturbed attempt counts; how many it took is kept in the raw data
                 rec = min(tries, key=lambda r: r["other_cpu"] or 0.0)
                 rec["attempts"] = len(tries)

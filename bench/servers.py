@@ -463,6 +463,9 @@ class Lab:
             "thread_pool_min=50",
             "-p",
             "thread_pool_max=1000",
+            # a 256 KiB object in a store full of 1 KiB ones must evict more than the default 50 objects
+            "-p",
+            "nuke_limit=1000",
         ]
         if os.geteuid() == 0:
             argv += ["-j", "none"]  # no privilege separation needed for a loopback benchmark in a temp folder
@@ -475,7 +478,7 @@ class Lab:
             proc,
             True,
             f"varnishd {varnish_version()} -s malloc,{self.cache_size >> 20}m, builtin VCL, "
-            f"thread_pools={self.workers}",
+            f"thread_pools={self.workers}, nuke_limit=1000",
             _hit_varnish,
         )
 
