@@ -59,8 +59,11 @@ def slab() -> Iterator[Cache]:
 def _ops(impl: str, slab: Cache, value: bytes) -> dict[str, tuple[Callable[..., Any], tuple[Any, ...]]]:
     if impl == "slabcache":
         slab.store(KEY, value, 0.0, FAR)
-        return {"hit": (slab.lookup, (KEY, NOW)), "miss": (slab.lookup, (MISS, NOW)),
-                "store": (slab.store, (KEY, value, 0.0, FAR))}
+        return {
+            "hit": (slab.lookup, (KEY, NOW)),
+            "miss": (slab.lookup, (MISS, NOW)),
+            "store": (slab.store, (KEY, value, 0.0, FAR)),
+        }
     if impl == "dict":
         d = {KEY: value}
         return {"hit": (d.get, (KEY,)), "miss": (d.get, (MISS,)), "store": (d.__setitem__, (KEY, value))}
@@ -96,11 +99,18 @@ def test_metadata_bytes_per_object(benchmark: Any) -> None:
                 break
         s = c.stats()
         per_object = s["metadata_bytes"] / s["items"]
-        benchmark.extra_info.update(items=s["items"], metadata_bytes=s["metadata_bytes"],
-                                    per_object=round(per_object, 1), data_bytes=s["data_bytes"],
-                                    slack_bytes=s["slack_bytes"], capacity=s["capacity_bytes"])
-        print(f"\nmetadata per 1 KiB object: {per_object:.1f} B ({s['items']} items, "
-              f"data {s['data_bytes']} B, slack {s['slack_bytes']} B of {s['capacity_bytes']} B)")
+        benchmark.extra_info.update(
+            items=s["items"],
+            metadata_bytes=s["metadata_bytes"],
+            per_object=round(per_object, 1),
+            data_bytes=s["data_bytes"],
+            slack_bytes=s["slack_bytes"],
+            capacity=s["capacity_bytes"],
+        )
+        print(
+            f"\nmetadata per 1 KiB object: {per_object:.1f} B ({s['items']} items, "
+            f"data {s['data_bytes']} B, slack {s['slack_bytes']} B of {s['capacity_bytes']} B)"
+        )
         assert per_object <= 64
         benchmark.pedantic(c.stats, rounds=3, iterations=1)
 
@@ -130,8 +140,11 @@ def markdown(json_path: str) -> str:
     for op in ["hit", "miss", "store"]:
         for size in SIZES:
             cells = [f"{med[(op, size, i)]:.3f}" if (op, size, i) in med else "-" for i in impls]
-            lines.append(f"| lookup-{op} | {size} | " + " | ".join(cells) + " |" if op != "store"
-                         else f"| store | {size} | " + " | ".join(cells) + " |")
+            lines.append(
+                f"| lookup-{op} | {size} | " + " | ".join(cells) + " |"
+                if op != "store"
+                else f"| store | {size} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -27,8 +27,16 @@ class CacheModel:
         self.max_object_size = max_object_size
         self.entries: dict[bytes, Entry] = {}
 
-    def store(self, key: bytes, value: bytes, stored_at: float, expires: float, flags: int = 0,
-              tenant: int = 0, tags: tuple[int, ...] = ()) -> bool:
+    def store(
+        self,
+        key: bytes,
+        value: bytes,
+        stored_at: float,
+        expires: float,
+        flags: int = 0,
+        tenant: int = 0,
+        tags: tuple[int, ...] = (),
+    ) -> bool:
         if len(key) + len(value) > self.max_object_size:
             self.entries.pop(key, None)  # a refused replacement leaves no stale copy behind
             return False

@@ -213,8 +213,20 @@ def test_stats_shape_and_class_fill(cache: Cache) -> None:
     cache.lookup(b"a", 1.0)
     cache.lookup(b"zz", 1.0)
     s = cache.stats()
-    for k in ["items", "bytes_used", "data_bytes", "metadata_bytes", "capacity_bytes", "hits", "misses",
-              "evictions", "expirations", "stores", "purged", "classes"]:
+    for k in [
+        "items",
+        "bytes_used",
+        "data_bytes",
+        "metadata_bytes",
+        "capacity_bytes",
+        "hits",
+        "misses",
+        "evictions",
+        "expirations",
+        "stores",
+        "purged",
+        "classes",
+    ]:
         assert k in s
     assert (s["items"], s["hits"], s["misses"], s["stores"]) == (2, 1, 1, 2)
     assert s["data_bytes"] == 1 + 100 + 1 + 5000

@@ -137,6 +137,7 @@ def test_two_processes_store_and_read_at_once(cache: Cache) -> None:
                     seen_other += 1
                     wrong += got[0] != value_for(ok)
             return {"seen_other": seen_other, "wrong": wrong}
+
         return run
 
     with children() as kids:
@@ -158,8 +159,14 @@ def test_two_processes_store_and_read_at_once(cache: Cache) -> None:
 def test_purge_by_one_process_is_seen_by_all(cache: Cache) -> None:
     def run(inbox: int, outbox: int) -> Any:
         for i in range(200):
-            cache.store(b"/p/%d" % i, b"x" * 100, 0.0, FAR, tenant=7 if i < 50 else 8,
-                        tags=(Cache.tag_id("blue"),) if i % 2 else ())
+            cache.store(
+                b"/p/%d" % i,
+                b"x" * 100,
+                0.0,
+                FAR,
+                tenant=7 if i < 50 else 8,
+                tags=(Cache.tag_id("blue"),) if i % 2 else (),
+            )
         os.write(outbox, b"s")  # stored
         wait_byte(inbox)  # parent purged tag "blue"
         blue_left = sum(cache.lookup(b"/p/%d" % i, 1.0) is not None for i in range(1, 200, 2))
