@@ -552,10 +552,16 @@ def _parse_http_date(value: bytes, now: float | None) -> float | None:
 
 
 def _parse_age(values: list[bytes]) -> float:
-    """Age (RFC 9111 5.1): one field line holding one delta-seconds; anything else is ignored (0)."""
-    if len(values) != 1:
+    """Age (RFC 9111 5.1) is a singleton holding one delta-seconds. Sent as a list (several members or
+    lines), its first member is used (RFC 9110 5.5: a recipient of a list where a singleton belongs may use
+    one member; the first is the one an upstream cache wrote). An invalid first member is ignored (0)."""
+    if not values:
         return 0.0
-    a = _delta(values[0].strip(_OWS))
+    first = values[0]
+    comma = first.find(b",")
+    if comma != -1:
+        first = first[:comma]
+    a = _delta(first.strip(_OWS))
     return a if a is not None else 0.0
 
 

@@ -210,13 +210,34 @@ FRESHNESS = [
         (("Expires", 3600), ("Expires", -3600), ("Date", 0)),
         "fresh",
     ),  # 4.2.1
-    # Age (5.1): only a single valid delta-seconds is honoured; anything else is ignored
+    # Age (5.1): one delta-seconds; an invalid value is ignored; of a list (members or lines) the first
+    # member counts (RFC 9110 5.5)
     ("age-parse-nonnumeric", (("Date", 0), (CC, "max-age=3600"), ("Age", "abc")), "fresh"),
     ("age-parse-negative", (("Date", 0), (CC, "max-age=3600"), ("Age", "-7200")), "fresh"),
     ("age-parse-float", (("Date", 0), (CC, "max-age=3600"), ("Age", "7200.0")), "fresh"),
-    ("age-parse-suffix", (("Date", 0), (CC, "max-age=3600"), ("Age", "7200,0")), "fresh"),
-    ("age-parse-suffix-twoline", (("Date", 0), (CC, "max-age=3600"), ("Age", "7200"), ("Age", "0")), "fresh"),
-    ("age-parse-prefix", (("Date", 0), (CC, "max-age=3600"), ("Age", "0,7200")), "fresh"),
+    (
+        "age-parse-large-minus-one",
+        (("Date", 0), (CC, "max-age=3600"), ("Age", "2147483647")),
+        "not_stored:stale",
+    ),
+    (
+        "age-parse-large",
+        (("Date", 0), (CC, "max-age=3600"), ("Age", "2147483648")),
+        "not_stored:stale",
+    ),  # 1.2.2
+    ("age-parse-larger", (("Date", 0), (CC, "max-age=3600"), ("Age", "2147483649")), "not_stored:stale"),
+    ("age-parse-suffix", (("Date", 0), (CC, "max-age=3600"), ("Age", "7200, 0")), "not_stored:stale"),
+    ("age-parse-suffix-nospace", (("Date", 0), (CC, "max-age=3600"), ("Age", "7200,0")), "not_stored:stale"),
+    (
+        "age-parse-suffix-twoline",
+        (("Date", 0), (CC, "max-age=3600"), ("Age", "7200"), ("Age", "0")),
+        "not_stored:stale",
+    ),
+    ("age-parse-prefix", (("Date", 0), (CC, "max-age=3600"), ("Age", "0, 7200")), "fresh"),
+    ("age-parse-prefix-twoline", (("Date", 0), (CC, "max-age=3600"), ("Age", "0"), ("Age", "7200")), "fresh"),
+    ("age-parse-dup-0", (("Date", 0), (CC, "max-age=3600"), ("Age", "0, 0")), "fresh"),
+    ("age-parse-dup-old", (("Date", 0), (CC, "max-age=10000"), ("Age", "3600"), ("Age", "3600")), "fresh"),
+    ("age-parse-first-invalid", (("Date", 0), (CC, "max-age=3600"), ("Age", "abc, 7200")), "fresh"),
     ("age-honoured", (("Date", 0), (CC, "max-age=3600"), ("Age", "3599")), "validate:stale"),  # 4.2.3
     ("age-apparent", (("Date", -3599), (CC, "max-age=3600")), "validate:stale"),  # 4.2.3 apparent_age
     # Pragma in a response is not a cache directive (5.4)
