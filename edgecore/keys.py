@@ -28,6 +28,7 @@ __all__ = [
     "primary_key",
     "parse_vary",
     "normalise_field_value",
+    "normalise_weighted",
     "secondary_key",
     "split_list",
     "upstream_request_headers",
@@ -311,6 +312,51 @@ def normalise_field_value(lines: list[bytes]) -> bytes:
     return b", ".join(_collapse_ws(e) for e in split_list(b",".join(lines)))
 
 
+# Selecting fields whose members are case-insensitive names with an optional weight, where equally weighted
+# members carry no order of preference (RFC 9110 12.4.2): Accept-Encoding (12.5.3, content codings are
+# case-insensitive, 8.4.1) and Accept-Language (12.5.4, language ranges are case-insensitive, RFC 4647 2).
+_WEIGHTED = frozenset((b"accept-encoding", b"accept-language"))
+_QDIGITS = frozenset(b"0123456789")
+
+
+def _qvalue(v: bytes) -> bytes | None:
+    """A weight (RFC 9110 12.4.2: "0" ["." 0*3DIGIT] / "1" ["." 0*3("0")]) in canonical form, else None."""
+    whole, dot, frac = v.partition(b".")
+    if (
+        whole not in (b"0", b"1")
+        or len(frac) > 3
+        or any(c not in _QDIGITS for c in frac)
+        or (dot and not frac)
+    ):
+        return None
+    frac = frac.rstrip(b"0")
+    if whole == b"1":
+        return None if frac else b"1"
+    return b"0." + frac if frac else b"0"
+
+
+def normalise_weighted(lines: list[bytes]) -> bytes | None:
+    """Accept-Language / Accept-Encoding for Vary matching (RFC 9111 4.1 allows normalising selecting values
+    "in a way that is known to have identical semantics"): members lower-cased, weights canonical, sorted by
+    weight (highest first) then name. None when a member has parameters other than a valid q."""
+    members: list[tuple[bytes, bytes]] = []
+    for e in split_list(b",".join(lines)):
+        name, semi, params = e.partition(b";")
+        name = name.strip(_OWS).lower()
+        q = b"1"
+        if semi:
+            p = params.strip(_OWS).lower()
+            if p[:2] != b"q=" or b";" in p:
+                return None
+            canon = _qvalue(p[2:].strip(_OWS))
+            if canon is None:
+                return None
+            q = canon
+        members.append((q, name))
+    members.sort(key=lambda m: (-float(m[0]), m[1]))
+    return b", ".join(n if q == b"1" else n + b";q=" + q for q, n in members)
+
+
 def secondary_key(primary: bytes, vary: tuple[bytes, ...], req_headers: Headers) -> bytes:
     """The variant key (RFC 9111 4.1): the primary key plus each Vary-named request field, normalised.
 
@@ -333,7 +379,8 @@ def secondary_key(primary: bytes, vary: tuple[bytes, ...], req_headers: Headers)
         if lines is None:
             parts.append(b"%d:%s-" % (len(name), name))
         else:
-            v = normalise_field_value(lines)
+            w = normalise_weighted(lines) if name in _WEIGHTED else None
+            v = w if w is not None else normalise_field_value(lines)
             parts.append(b"%d:%s=%d:%s" % (len(name), name, len(v), v))
     return b"".join(parts)
 

@@ -88,6 +88,18 @@ def test_vary_keeps_one_variant_per_request_value(edge, origin, uniq):
     assert origin.count(uniq) == 2
 
 
+def test_vary_accept_language_is_normalised(edge, origin, uniq):
+    # RFC 9111 4.1 (normalisation with identical semantics), RFC 9110 12.4.2 / 12.5.4: case and the order of
+    # equally weighted ranges do not select another variant; a different weight does
+    t = f"{uniq}?cc=max-age=60&vary=Accept-Language"
+    get(edge.port, t, headers={"Accept-Language": "en, de"})
+    assert get(edge.port, t, headers={"Accept-Language": "DE,en"}).cache_status.startswith("edgecore; hit")
+    assert not get(edge.port, t, headers={"Accept-Language": "de;q=0.5, en"}).cache_status.startswith(
+        "edgecore; hit"
+    )
+    assert origin.count(uniq) == 2
+
+
 def test_vary_star_is_never_stored(edge, origin, uniq):
     t = f"{uniq}?cc=max-age=60&vary=*"
     get(edge.port, t)

@@ -11,6 +11,7 @@ from edgecore.keys import (
     KeyOptions,
     normalise_field_value,
     normalise_host,
+    normalise_weighted,
     parse_vary,
     primary_key,
     secondary_key,
@@ -155,6 +156,8 @@ def test_parse_vary(values: list[bytes], expected: tuple[bytes, ...] | None) -> 
 P = primary_key(b"GET", b"example.com", b"/r")
 FOO = (b"foo",)
 FOO_BAR_BAZ = (b"bar", b"baz", b"foo")
+AL = (b"accept-language",)
+AE = (b"accept-encoding",)
 
 SECONDARY = [
     # (vary, stored request headers, new request headers, same variant?)
@@ -190,6 +193,31 @@ SECONDARY = [
     (FOO, [(b"foo", b'"1,2"')], [(b"foo", b'"1, 2"')], False),
     (FOO, [(b"foo", b"A")], [(b"foo", b"a")], False),  # values are case-sensitive
     (FOO, [(b"foo", b"1, 2")], [(b"foo", b"2, 1")], False),  # member order is kept
+    # Accept-Language: case-insensitive ranges, equal weights unordered (RFC 9110 12.4.2, 12.5.4)
+    (
+        AL,
+        [(b"accept-language", b"en, de")],
+        [(b"accept-language", b"de, en")],
+        True,
+    ),  # (vary-normalise-lang-order)
+    (
+        AL,
+        [(b"accept-language", b"en, de")],
+        [(b"accept-language", b"eN, De")],
+        True,
+    ),  # (vary-normalise-lang-case)
+    (AL, [(b"accept-language", b"en, de")], [(b"accept-language", b" en ,   de")], True),  # (lang-space)
+    (AL, [(b"accept-language", b"en;q=0.5, de")], [(b"accept-language", b"de;q=1.0, EN;Q=0.50")], True),
+    (AL, [(b"accept-language", b"en;q=0.5, de")], [(b"accept-language", b"en, de;q=0.5")], False),  # weights
+    (AL, [(b"accept-language", b"en, de")], [(b"accept-language", b"en")], False),
+    (AL, [(b"accept-language", b"en")], [], False),  # absent is still distinct
+    (
+        AL,
+        [(b"accept-language", b"en;q=2, de")],
+        [(b"accept-language", b"de, en;q=2")],
+        False,
+    ),  # invalid q: as is
+    (AE, [(b"accept-encoding", b"gzip, br")], [(b"accept-encoding", b"BR,gzip")], True),  # 12.5.3, 8.4.1
 ]
 
 
@@ -268,3 +296,17 @@ def test_upstream_request_headers(headers: list, expected: list) -> None:
 def test_upstream_request_headers_keeps_a_keyed_field() -> None:
     hdrs = [(b"x-forwarded-proto", b"https")]
     assert upstream_request_headers(hdrs, keep=frozenset({b"x-forwarded-proto"})) == hdrs
+
+
+WEIGHTED = [
+    ([b"en, de"], b"de, en"),  # RFC 9110 12.4.2: equal weights, no order of preference
+    ([b"EN-gb;q=0.8, fr;Q=1.000, *;q=0"], b"fr, en-gb;q=0.8, *;q=0"),
+    ([b"en", b"de;q=0.5"], b"en, de;q=0.5"),  # lines combined (RFC 9110 5.3)
+    ([b"en;q=1.5"], None),  # invalid weight: not normalised
+    ([b"en;level=1"], None),  # other parameters: not normalised
+]
+
+
+@pytest.mark.parametrize(("lines", "expected"), WEIGHTED)
+def test_normalise_weighted(lines: list[bytes], expected: bytes | None) -> None:
+    assert normalise_weighted(lines) == expected
