@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from urllib.parse import urljoin, urlsplit
 
-from .keys import HOP_BY_HOP, Headers, normalise_host, parse_vary, split_list
+from .keys import HOP_BY_HOP, Headers, normalise_host, parse_vary, primary_key, split_list
 
 __all__ = [
     "Reason",
@@ -51,6 +51,7 @@ __all__ = [
     "origin_preconditions",
     "not_modified_headers",
     "invalidation_targets",
+    "content_location_is_target",
     "parse_range",
     "range_not_satisfiable",
     "if_range_matches",
@@ -598,6 +599,7 @@ def decide_store(
     response_time: float,
     opts: Options = DEFAULT_OPTIONS,
     body_length: int | None = None,
+    post_target: tuple[bytes, bytes] | None = None,
 ) -> tuple[Freshness | None, Reason | None]:
     """May this response be stored (RFC 9111 3), and with what freshness (4.2)?
 
@@ -605,8 +607,15 @@ def decide_store(
     updates a stored GET response through head_update (4.3.5). After merge_304 or head_update, call this again
     with the merged headers (and the stored status) to get the refreshed Freshness.
     `body_length`, when known, is checked against Content-Length (INCOMPLETE) and opts.max_object_size.
+    A POST response (method b"POST", `post_target` = (host, target) of the request) is stored for later GETs
+    only with explicit freshness and a Content-Location that is its own target URI (RFC 9110 9.3.3).
     """
-    if method != b"GET":
+    post = False
+    if method == b"POST":
+        if post_target is None or not content_location_is_target(resp_headers, *post_target):
+            return None, Reason.METHOD
+        post = True
+    elif method != b"GET":
         return None, Reason.METHOD
     if status < 200 or status == 304 or status > 999:  # 3: final status; a 304 only updates (4.3.4)
         return None, Reason.STATUS
@@ -710,6 +719,8 @@ def decide_store(
     elif expires is not None and not from_targeted:
         exp = parse_http_date(expires, response_time)
         lifetime = max(0.0, exp - date_value) if exp is not None else 0.0  # 5.3: invalid = in the past
+    elif post:  # RFC 9110 9.3.3: explicit freshness only
+        return None, Reason.METHOD
     elif status in HEURISTIC_STATUSES or public:  # 4.2.2: heuristic freshness
         explicit = False
         lifetime = 0.0
@@ -1066,6 +1077,18 @@ def _same_origin_target(base_host: bytes, base_target: bytes, ref: bytes) -> byt
         return None
     t = (url.path or "/") + ("?" + url.query if url.query else "")
     return t.encode("latin-1")
+
+
+def content_location_is_target(resp_headers: Headers, host: bytes, target: bytes) -> bool:
+    """Does the response's Content-Location identify the request's own target URI (RFC 9110 8.7, 9.3.3)?
+    Compared after resolving it against the target and normalising both (RFC 9110 4.2.3)."""
+    ref = _first(resp_headers, b"content-location")
+    if ref is None:
+        return False
+    t = _same_origin_target(host, target, ref)
+    if t is None:
+        return False
+    return primary_key(b"GET", host, t) == primary_key(b"GET", host, target)
 
 
 def invalidation_targets(

@@ -613,7 +613,7 @@ class ClientProtocol(asyncio.Protocol):
         status_line = value[mo : mo + m.statusline_len]
         rest_head = value[mo + m.statusline_len : head_end]
         dyn = b"age: %d\r\ncache-status: %s\r\n%s" % (age, cache_status, conn)
-        if r.slow and m.status == 200:
+        if r.slow and m.status == 200 and r.method in _CACHEABLE_METHODS:
             stored = entry.headers(value, m)
             if policy.client_not_modified(r.headers, stored):
                 self._write(self._head_304(stored, dyn))
@@ -770,10 +770,18 @@ class ClientProtocol(asyncio.Protocol):
     async def _pass(self, r: Request, outcome: Outcome, fwd: bytes, detail: bytes | None = None) -> None:
         """Forward upstream and stream the response back; nothing is stored. Unsafe methods invalidate
         (RFC 9111 4.4)."""
-        sink = StreamSink(self.ctx, self, r, outcome, fwd=fwd, detail=detail)
+        sink: StreamSink
+        if r.method == b"POST":
+            # RFC 9110 9.3.3: a POST response naming its own target in Content-Location, with explicit
+            # freshness, may answer later GETs; StoreSink invalidates first, then stores it
+            key = keys.primary_key(b"GET", r.host, r.target, self.ctx.key_opts)
+            sink = StoreSink(self.ctx, self, r, key, fwd=fwd, flight=None)
+            sink.outcome = outcome
+        else:
+            sink = StreamSink(self.ctx, self, r, outcome, fwd=fwd, detail=detail)
         await self._exchange(r, sink)
         await sink.finished()
-        if r.method not in _UNSAFE_KEEP and sink.status is not None:
+        if r.method not in _UNSAFE_KEEP and r.method != b"POST" and sink.status is not None:
             self._invalidate(r, sink.status, sink.headers)
 
     def _invalidate(self, r: Request, status: int, headers: Headers) -> None:
@@ -1099,14 +1107,18 @@ class StoreSink(StreamSink):
             if policy.may_serve_stale_on_error(f, self.rc, now):  # RFC 5861 4, RFC 9111 4.2.4
                 self.stale_on_error = self.validated = True
                 return
+        post = self.r.method == b"POST"
+        if post and self.proto is not None:
+            self.proto._invalidate(self.r, status, headers)  # RFC 9111 4.4, before a store replaces it
         fresh, why = policy.decide_store(
-            b"GET",
+            b"POST" if post else b"GET",
             status,
             self.r.headers,
             headers,
             request_time=self.request_time,
             response_time=now,
             opts=ctx.policy_opts,
+            post_target=(self.r.host, self.r.target) if post else None,
         )
         clen = _header(headers, b"content-length")
         if fresh is not None and clen is not None and clen.isdigit() and int(clen) > ctx.cfg.max_object_size:
@@ -1116,7 +1128,8 @@ class StoreSink(StreamSink):
             fresh, why = None, policy.Reason.VARY_STAR
         self.vary = vary or ()
         if fresh is None:
-            self.outcome = Outcome.UNCACHEABLE
+            if not post:
+                self.outcome = Outcome.UNCACHEABLE
             self.detail = why.name.lower().replace("_", "-").encode() if why is not None else None
             if self.stored is not None:
                 ctx.cache.delete(self.key)

@@ -215,3 +215,27 @@ def test_miss_with_range_is_answered_from_the_stored_response(edge, origin, uniq
     r = get(edge.port, t, headers={"Range": "bytes=100-199"})
     assert r.status == 206 and r.body == body_bytes(t, 400)[100:200]
     assert origin.requests_for(uniq)[0].header("range") is None
+
+
+def test_post_response_with_its_own_content_location_answers_a_later_get(edge, origin, uniq):
+    # RFC 9110 9.3.3: explicit freshness and Content-Location equal to the target URI make a POST response
+    # reusable for GET; RFC 9111 4.4: the POST first invalidates what was stored for the target
+    path = f"{uniq}/p"
+    origin.override(path, cc="max-age=60", body="old")
+    get(edge.port, path)
+    origin.override(path, cc="max-age=60", hdr=f"Content-Location:{path}", body="posted")
+    r = get(edge.port, path, method="POST", body=b"x")
+    assert r.status == 200 and r.body == b"posted"
+    r = get(edge.port, path)
+    assert r.cache_status.startswith("edgecore; hit") and r.body == b"posted"
+    assert origin.count(path) == 2
+
+
+def test_post_response_without_its_own_content_location_is_not_stored(edge, origin, uniq):
+    path = f"{uniq}/q"
+    origin.override(path, cc="max-age=60", hdr="Content-Location:/elsewhere", body="posted")
+    r = get(edge.port, path, method="POST", body=b"x")
+    assert r.status == 200 and "detail=method" in r.cache_status
+    origin.override(path, cc="max-age=60", body="got")
+    assert get(edge.port, path).body == b"got"
+    assert origin.count(path) == 2

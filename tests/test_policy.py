@@ -1489,3 +1489,34 @@ def test_memoised_parses_are_not_shared_with_callers() -> None:
     d[b"no-store"] = None
     assert b"no-store" not in parse_cache_control([b"public, max-age=3600"])[0]
     assert outcome(((CC, "public, max-age=3600"),)) == "fresh"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# POST responses (RFC 9110 9.3.3): stored for later GETs only with explicit freshness and a Content-Location
+# that is the request's own target URI
+# ---------------------------------------------------------------------------------------------------------
+
+POST_STORE = [
+    # (response fields, stored?)
+    (((CC, "max-age=60"), ("Content-Location", "/a?b=1")), True),
+    (((CC, "max-age=60"), ("Content-Location", "http://h/a?b=1")), True),  # absolute, same origin
+    (((CC, "max-age=60"), ("Content-Location", "http://H:80/%61?b=1")), True),  # RFC 9110 4.2.3 equivalent
+    (((CC, "max-age=60"), ("Content-Location", "/a?b=2")), False),  # another resource
+    (((CC, "max-age=60"), ("Content-Location", "http://other/a?b=1")), False),  # another origin
+    (((CC, "max-age=60"),), False),  # no Content-Location
+    (
+        (("Content-Location", "/a?b=1"), ("Last-Modified", "Mon, 01 Jan 2001 00:00:00 GMT")),
+        False,
+    ),  # heuristic
+    ((("Content-Location", "/a?b=1"), ("Expires", "Mon, 01 Jan 2100 00:00:00 GMT")), True),  # Expires
+]
+
+
+@pytest.mark.parametrize(("resp", "stored"), POST_STORE)
+def test_post_response_store(resp: tuple, stored: bool) -> None:
+    headers = [(n.lower().encode(), v.encode()) for n, v in resp]
+    fresh, why = decide_store(
+        b"POST", 200, [], headers, request_time=T, response_time=T, post_target=(b"h", b"/a?b=1")
+    )
+    assert (fresh is not None) is stored
+    assert stored or why is Reason.METHOD
