@@ -938,8 +938,11 @@ cdef class SlabCache:
         Py_XDECREF(val)
         return (value, stored_at, expires, flags)
 
-    def store(self, key, value, double stored_at, double expires, flags=0, tenant=0, tags=()):
-        """Store (replacing any entry for key). False when refused: too large or no room could be made."""
+    def store(self, key, value, double stored_at, double expires, flags=0, tenant=0, tags=(),
+              bint only_if_absent=False):
+        """Store (replacing any entry for key). False when refused: too large or no room could be made.
+        With only_if_absent, also False when a live entry (expires > stored_at) holds the key: an atomic
+        test-and-set across processes (the proxy's cross-worker miss lock)."""
         cdef header_t *h = self._hdr()
         cdef sctx c
         cdef const char *kp
@@ -1017,6 +1020,9 @@ cdef class SlabCache:
             raise CacheError("shard lock unrecoverable")
         s = idx_find(&c, hv, kp, kl, &pos)
         if s != NULL:
+            if only_if_absent and s.expires > stored_at:
+                shard_unlock(&c)
+                return False
             slot_kill(&c, s, KILL_REPLACE, pos)
         if c.sh.items >= c.sh.max_items:
             if not evict_in_class(&c, cls):

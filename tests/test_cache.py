@@ -296,3 +296,16 @@ def test_lock_errors_are_edge_errors() -> None:
     from edgecore.errors import CacheError
 
     assert issubclass(CacheError, EdgeError)
+
+
+def test_store_only_if_absent_is_a_test_and_set():
+    with Cache(2 << 20, 64 << 10) as c:
+        now = 1_000_000.0
+        assert c.store(b"lock", b"a", now, now + 5, only_if_absent=True)
+        assert not c.store(b"lock", b"b", now + 1, now + 6, only_if_absent=True)  # held
+        assert c.lookup(b"lock", now + 1)[0] == b"a"
+        assert c.store(b"lock", b"c", now + 5, now + 9, only_if_absent=True)  # expired: taken over
+        assert c.lookup(b"lock", now + 6)[0] == b"c"
+        assert c.delete(b"lock")
+        assert c.store(b"lock", b"d", now + 6, now + 9, only_if_absent=True)  # released: free again
+        assert c.store(b"lock", b"e", now + 6, now + 9)  # plain store replaces
