@@ -11,7 +11,8 @@ other than MemoryError, ValueError or an edgecore.errors type escape.
 The extension's methods, as the proxy calls them:
     lookup(key: bytes, now: float) -> tuple[bytes, float, float, int] | None  # value,stored_at,expires,flags
     store(key: bytes, value: bytes, stored_at: float, expires: float, flags: int = 0, tenant: int = 0,
-          tags: tuple[int, ...] = ()) -> bool                                # False when refused
+          tags: tuple[int, ...] = (), only_if_absent: bool = False) -> bool   # False when refused
+                                        # (only_if_absent: or when a live entry holds key: test-and-set)
     delete(key: bytes) -> bool
     purge_tag(tag: int) -> int;  purge_tenant(tenant: int) -> int;  purge_prefix(prefix: bytes) -> int
     sweep(budget: int = 1024) -> int
