@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -360,24 +362,68 @@ class Pool:
 
 class Flight:
     """A miss in progress for one key. Waiters await `done` (made when the first one joins); its result
-    tells them what to do."""
+    tells them what to do. `locked`: the leader holds the cross-worker lock in the shared cache."""
 
-    __slots__ = ("done", "waiters")
+    __slots__ = ("done", "waiters", "locked")
 
     def __init__(self) -> None:
         self.done: asyncio.Future[Any] | None = None
         self.waiters = 0
+        self.locked = False
+
+
+LOCK_PREFIX = b"\x00lock:"  # lock entries: never the start of a primary ("0:...") or secondary ("V...") key
+LOCK_FLAG = 8  # never served: the hit path serves FLAG_PLAIN entries only
 
 
 class Flights:
     """Single-flight of misses per key (Varnish's busy object + waiting list), plus hit-for-miss memory:
     keys recently found uncacheable skip coalescing so their requests never queue behind each other."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, hit_for_miss_ttl: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        hit_for_miss_ttl: float,
+        cache: Any = None,
+        lock_ttl: float = 30.0,
+    ) -> None:
         self.loop = loop
         self.hfm_ttl = hit_for_miss_ttl
+        self.cache = cache
+        self.lock_ttl = lock_ttl
         self._flights: dict[bytes, Flight] = {}
         self._uncacheable: dict[bytes, float] = {}
+        self._pid = b"%d" % os.getpid()
+
+    # Across worker processes the leader of a key also takes a lock entry in the shared cache (an atomic
+    # test-and-set); a leader in another worker that finds it taken waits for it to go (polling the shared
+    # cache, like nginx's proxy_cache_lock) and then looks in the cache again. A lock left by a killed
+    # worker expires after lock_ttl (the upstream response timeout).
+    def lock(self, flight: Flight, key: bytes) -> bool:
+        if self.cache is None:
+            return True
+        now = time.time()
+        flight.locked = self.cache.store(
+            LOCK_PREFIX + key, self._pid, now, now + self.lock_ttl, LOCK_FLAG, only_if_absent=True
+        )
+        return flight.locked
+
+    def _unlock(self, flight: Flight, key: bytes) -> None:
+        if flight.locked:
+            flight.locked = False
+            self.cache.delete(LOCK_PREFIX + key)
+
+    async def wait_unlocked(self, key: bytes, timeout: float) -> bool:
+        """Wait (polling 2 ms, doubling to 25 ms) until no worker holds key's lock. False on timeout."""
+        deadline = self.loop.time() + timeout
+        delay = 0.002
+        lock_key = LOCK_PREFIX + key
+        while self.cache.lookup(lock_key, time.time()) is not None:
+            if self.loop.time() >= deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.025)
+        return True
 
     def join(self, key: bytes) -> tuple[Flight, bool]:
         """(flight, leader?) for key."""
@@ -394,6 +440,7 @@ class Flights:
         """Leader: publish the outcome (an object the waiters understand; None = go upstream yourselves)."""
         if self._flights.get(key) is flight:
             del self._flights[key]
+        self._unlock(flight, key)
         if flight.done is not None and not flight.done.done():
             flight.done.set_result(result)
 
