@@ -34,6 +34,7 @@ TICK = 0.1  # seconds between timeout checks of the exchanges in flight
 class Sink(Protocol):
     """What receives an upstream response (the client-side request handler)."""
 
+    def interim(self, status: int, reason: bytes, headers: Headers) -> None: ...
     def head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None: ...
     def body(self, chunk: bytes) -> None: ...
     def flush(self) -> None: ...
@@ -141,13 +142,20 @@ class UpstreamConnection(asyncio.Protocol):
             return
         status = self.parser.get_status_code()
         if 100 <= status < 200:
-            # interim response (RFC 9110 15.2): drop it, the final one follows
+            # interim response (RFC 9110 15.2): relayed by the sink, then the final one follows
+            ex.sink.interim(status, ex.reason, ex.headers)
             ex.headers = []
             ex.reason = b""
             return
-        ex.close_delimited = not any(
-            n == b"content-length" or n == b"transfer-encoding" for n, _ in ex.headers
-        ) and status not in (204, 304)
+        # RFC 9112 6.3: without Content-Length, and without chunked as the final transfer coding, the
+        # body ends when the connection closes
+        clen = te_chunked = False
+        for n, v in ex.headers:
+            if n == b"content-length":
+                clen = True
+            elif n == b"transfer-encoding":
+                te_chunked = v.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        ex.close_delimited = not clen and not te_chunked and status not in (204, 304)
         ex.got_head(status, self.parser.should_keep_alive())
         if ex.method == b"HEAD":
             # httptools cannot be told the request was HEAD: the exchange ends here and the parser is

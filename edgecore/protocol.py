@@ -116,7 +116,7 @@ class Context:
         self.counters = counters
         self.loop = loop
         self.pool = pool or Pool(cfg, loop, on_request=counters_upstream(counters))
-        self.flights = Flights(loop, cfg.hit_for_miss_ttl)
+        self.flights = Flights(loop, cfg.hit_for_miss_ttl, cache, lock_ttl=cfg.response_timeout)
         self.key_opts = keys.KeyOptions()
         self.policy_opts = policy.Options(targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control))
         self.connections: set[ClientProtocol] = set()
@@ -555,14 +555,7 @@ class ClientProtocol(asyncio.Protocol):
         ctx = self.ctx
         now = time.time()
         rc = policy.parse_request(r.headers)
-        key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts)
-        found = ctx.cache.lookup(key, now)
-        fwd = b"uri-miss"
-        if found is not None and found[3] == entry.FLAG_VARY:
-            gen, names = entry.decode_vary(found[0])
-            key = keys.secondary_key(key + b"#" + gen, names, r.headers)  # RFC 9111 4.1
-            found = ctx.cache.lookup(key, now)
-            fwd = b"vary-miss"
+        key, found, fwd = self._lookup(r, now)
         if rc.no_store:
             await self._pass(r, Outcome.BYPASS, fwd=b"request", detail=b"request-no-store")
             return
@@ -600,6 +593,34 @@ class ClientProtocol(asyncio.Protocol):
             await self._pass(r, Outcome.UNCACHEABLE, fwd=fwd, detail=b"hit-for-miss")
             return
         await self._miss(r, key, fwd)
+
+    def _lookup(self, r: Request, now: float) -> tuple[bytes, Any, bytes]:
+        """-> (the request's cache key, what the cache holds there or None, the fwd reason of a miss)."""
+        ctx = self.ctx
+        key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts)
+        found = ctx.cache.lookup(key, now)
+        if found is not None and found[3] == entry.FLAG_VARY:
+            gen, names = entry.decode_vary(found[0])
+            key = keys.secondary_key(key + b"#" + gen, names, r.headers)  # RFC 9111 4.1
+            return key, ctx.cache.lookup(key, now), b"vary-miss"
+        return key, found, b"uri-miss"
+
+    def _serve_collapsed(self, r: Request) -> bool:
+        """After waiting on another request's fetch: serve what it stored, if it stored something fresh
+        for this request (its own variant: the lookup is this request's)."""
+        now = time.time()
+        _, found, _ = self._lookup(r, now)
+        if found is None or found[3] & entry.FLAG_VARY:
+            return False
+        value = found[0]
+        m = entry.meta(value)
+        if now >= m.fresh_until or m.eflags & entry.E_NO_CACHE:
+            return False
+        ttl = max(0, int(m.fresh_until - now))
+        self._serve_stored(
+            r, value, m, now, Outcome.COLLAPSED, b"edgecore; fwd=miss; collapsed; ttl=%d" % ttl
+        )
+        return True
 
     def _serve_stored(
         self, r: Request, value: bytes, m: entry.Meta, now: float, outcome: Outcome, cache_status: bytes
@@ -807,28 +828,29 @@ class ClientProtocol(asyncio.Protocol):
                 self._error_response(r, e)
                 return
             ctx.counters.inc(F_WAITING, -1)
-            if result is not None:
-                value = result
-                m = entry.meta(value)
-                now = time.time()
-                if now < m.fresh_until or m.eflags & entry.E_NO_CACHE == 0:
-                    self._serve_stored(
-                        r,
-                        value,
-                        m,
-                        now,
-                        Outcome.COLLAPSED,
-                        b"edgecore; fwd=miss; collapsed; ttl=%d" % max(0, int(m.fresh_until - now)),
-                    )
-                    return
+            if result is not None and self._serve_collapsed(r):
+                return
             await self._pass(r, Outcome.UNCACHEABLE, fwd=fwd, detail=b"collapsed-uncacheable")
             return
+        if not ctx.flights.lock(flight, key):
+            # another worker process is fetching this key: wait for it (nginx's proxy_cache_lock), then
+            # serve what it stored; if it stored nothing usable, fetch (and take the lock if still free)
+            ctx.counters.inc(F_WAITING)
+            try:
+                await ctx.flights.wait_unlocked(key, ctx.cfg.response_timeout)
+            finally:
+                ctx.counters.inc(F_WAITING, -1)
+            if self._serve_collapsed(r):
+                ctx.flights.finish(key, flight, True)
+                return
+            ctx.flights.lock(flight, key)
         sink = StoreSink(self.ctx, self, r, key, fwd=fwd, flight=flight)
         try:
             await self._exchange(r, sink, method=b"GET", drop=_CACHE_FETCH_DROP)
             await sink.finished()
         finally:
-            ctx.flights.finish(key, flight, sink.stored_value)
+            # waiters look in the cache for their own variant; None sends them upstream on their own
+            ctx.flights.finish(key, flight, True if sink.stored_value is not None else None)
 
     async def _revalidate(
         self,
@@ -945,6 +967,18 @@ class StreamSink:
         if self.detail:
             s += b"; detail=" + self.detail
         return s
+
+    def interim(self, status: int, reason: bytes, headers: Headers) -> None:
+        """Relay a 1xx (RFC 9110 15.2) to an HTTP/1.1 client before the final response; never stored.
+        100 is edgecore's own business (it answers Expect itself) and 101 is never asked for."""
+        p = self.proto
+        if p is None or self.r.version != b"1.1" or status in (100, 101) or self.started or self.out:
+            return
+        listed = _connection_listed(headers)
+        fields = b"".join(
+            n + b": " + v + b"\r\n" for n, v in headers if n not in HOP_BY_HOP and n not in listed
+        )
+        p._write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, fields))
 
     def head(self, status: int, reason: bytes, headers: Headers, keep_alive: bool) -> None:
         self.status = status

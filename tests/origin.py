@@ -12,6 +12,8 @@ The request target's query string says how to answer, e.g. `/x?cc=max-age=60&siz
   hdr=N:V         an extra response field (repeatable)    echo=1       body = JSON of the request received
   close=1         Connection: close                       noclen=1     close-delimited body (no length)
   readgate=G      read the request body only once gate G opens
+  te=CODING       Transfer-Encoding: CODING (not chunked), body delimited by closing the connection
+  hints=LINK      send a 103 Early Hints with Link: LINK before the response
 Every request is recorded (method, target, headers, body) before it is answered.
 """
 
@@ -208,10 +210,13 @@ class Origin:
             send_body = b""
         else:
             send_body = body
-        close = one("close") == "1" or one("noclen") == "1"
+        te = one("te")
+        close = one("close") == "1" or one("noclen") == "1" or te is not None
         chunked = one("chunked") == "1"
         if status == 304:
             pass
+        elif te is not None:  # a transfer coding other than chunked: the body ends at close
+            fields.append(("Transfer-Encoding", te))
         elif chunked:
             fields.append(("Transfer-Encoding", "chunked"))
         elif one("noclen") != "1":
@@ -220,6 +225,8 @@ class Origin:
             fields.append(("Connection", "close"))
         reason = {200: "OK", 304: "Not Modified", 404: "Not Found"}.get(status, "Status")
         head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n"
+        if one("hints"):  # an interim 103 first (RFC 8297)
+            head = f"HTTP/1.1 103 Early Hints\r\nLink: {one('hints')}\r\n\r\n" + head
         w.write(head.encode("latin-1"))
         await w.drain()
         if one("bodygate"):

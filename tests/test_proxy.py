@@ -247,3 +247,33 @@ def test_authorization_request_is_not_stored_without_explicit_permission(edge, o
     r = get(edge.port, t)
     assert not r.cache_status.startswith("edgecore; hit")
     assert origin.count(uniq) == 2
+
+
+def test_interim_responses_are_relayed_and_never_stored(edge, origin, uniq):
+    # RFC 9110 15.2: a proxy forwards 1xx responses; RFC 9111 3: only final responses are stored
+    t = f"{uniq}?cc=max-age=60&hints=%3C/s.css%3E;%20rel=preload&body=final"
+    c = Conn(edge.port)
+    try:
+        c.request("GET", t)
+        assert c._line() == b"HTTP/1.1 103 Early Hints"
+        hint = c._line()
+        assert hint.lower() == b"link: </s.css>; rel=preload"
+        assert c._line() == b""
+        r = c.read_response()
+        assert r.status == 200 and r.body == b"final"
+        c.request("GET", t)
+        r2 = c.read_response()  # from cache: the final response alone, no 103 in front
+        assert r2.status == 200 and r2.cache_status.startswith("edgecore; hit") and r2.body == b"final"
+    finally:
+        c.close()
+
+
+def test_non_chunked_transfer_coding_ends_at_close_and_is_stored(edge, origin, uniq):
+    # RFC 9112 6.3: a final transfer coding other than chunked means the body runs to the close
+    t = f"{uniq}?cc=max-age=60&te=identity-ish&size=3000"
+    r = get(edge.port, t)
+    assert r.status == 200 and r.complete and r.body == body_bytes(t, 3000)
+    assert r.header("transfer-encoding") in (None, "chunked")
+    r2 = get(edge.port, t)
+    assert r2.cache_status.startswith("edgecore; hit") and r2.body == r.body
+    assert origin.count(uniq) == 1

@@ -62,3 +62,30 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(origin, uniq):
     th.join(10)
     assert out["r"].status == 200 and out["r"].body == b"finished"
     assert e.stop() == 0
+
+
+def test_concurrent_misses_across_workers_send_one_upstream_request(two, origin, uniq):
+    """The miss lock lives in the shared cache, so coalescing holds across worker processes too."""
+    n = 16
+    gate = f"{uniq}-g"
+    t = f"{uniq}?cc=max-age=60&size=800&gate={gate}"
+    out: list = [None] * n
+
+    def one(i: int) -> None:
+        out[i] = get(two.port, t)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    assert origin.wait_count(uniq, 1)
+    s = two.wait_stat(lambda s: s["coalescing"]["waiting"] >= n - 1)
+    assert s["coalescing"]["waiting"] == n - 1
+    served = s["workers"]["requests"]
+    origin.open_gate(gate)
+    for th in threads:
+        th.join(10)
+    assert all(r is not None and r.status == 200 for r in out)
+    assert origin.count(uniq) == 1
+    assert sum("collapsed" in r.cache_status for r in out) == n - 1
+    after = two.stats()["workers"]["requests"]
+    assert all(a > b for a, b in zip(after, served, strict=True)), (served, after)  # both workers took part
