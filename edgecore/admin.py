@@ -39,6 +39,7 @@ class Admin:
         self.counters = counters
         self.workers = workers
         self.health = Health(cfg)
+        self.key_opts = keys.options_for(cfg)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(EdgeCollector(counters, cache.stats))
 
@@ -118,7 +119,7 @@ class Admin:
                 return 400, b"text/plain", f"{kind} must be an absolute http:// URL\n".encode()
             host = u.netloc.encode()
             target = (u.path or "/").encode() + (b"?" + u.query.encode() if u.query else b"")
-            primary = keys.primary_key(b"GET", host, target)
+            primary = keys.primary_key(b"GET", host, target, self.key_opts)
             if kind == "url":
                 # the URL's entry (or Vary marker: its variants become unreachable with it)
                 n = int(self.cache.delete(primary))

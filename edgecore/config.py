@@ -126,6 +126,15 @@ def _parse_bool(v: Any) -> bool:
     raise ValueError(f"{v!r} is not a boolean")
 
 
+def _parse_params(v: Any) -> tuple[str, ...]:
+    items = v if isinstance(v, list | tuple) else str(v).split(",")
+    out = tuple(str(x).strip() for x in items if str(x).strip())
+    for x in out:
+        if any(c in x for c in "&=?# "):
+            raise ValueError(f"{x!r} is not a query parameter name")
+    return out
+
+
 def _parse_upstreams(v: Any) -> tuple[Upstream, ...]:
     items = v if isinstance(v, list | tuple) else [x for x in str(v).split(",") if x.strip()]
     return tuple(parse_upstream(x) for x in items)
@@ -155,6 +164,8 @@ class Config:
     hit_for_miss_ttl: float = 10.0  # how long an uncacheable key skips coalescing
     admin_token: str = ""  # Bearer token for POST admin endpoints ("" = none)
     cdn_cache_control: tuple[str, ...] = ("edgecore-cache-control", "cdn-cache-control")
+    key_sort_query: bool = False  # cache key: query parameters sorted by name
+    key_drop_params: tuple[str, ...] = ()  # cache key: query parameters left out (e.g. utm_source)
     log_level: str = "info"
     access_log: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -179,6 +190,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "hit_for_miss_ttl": _parse_seconds,
     "admin_token": _parse_str,
     "cdn_cache_control": _parse_names,
+    "key_sort_query": _parse_bool,
+    "key_drop_params": _parse_params,
     "log_level": lambda v: _choice(v, ("debug", "info", "warning", "error")),
     "access_log": _parse_bool,
 }

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Config
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -45,6 +49,14 @@ class KeyOptions:
 
 
 _DEFAULT_OPTS = KeyOptions()
+
+
+def options_for(cfg: Config) -> KeyOptions:
+    """The key options a configuration asks for (key_sort_query, key_drop_params)."""
+    return KeyOptions(
+        sort_query=cfg.key_sort_query, drop_params=tuple(p.encode() for p in cfg.key_drop_params)
+    )
+
 
 # RFC 9110 7.6.1 (and the classic Keep-Alive / Proxy-Connection): meaningful for one connection only.
 HOP_BY_HOP = frozenset(

@@ -117,7 +117,7 @@ class Context:
         self.loop = loop
         self.pool = pool or Pool(cfg, loop, on_request=counters_upstream(counters))
         self.flights = Flights(loop, cfg.hit_for_miss_ttl, cache, lock_ttl=cfg.response_timeout)
-        self.key_opts = keys.KeyOptions()
+        self.key_opts = keys.options_for(cfg)
         self.policy_opts = policy.Options(targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control))
         self.connections: set[ClientProtocol] = set()
         self._draining = False

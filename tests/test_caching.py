@@ -239,3 +239,20 @@ def test_post_response_without_its_own_content_location_is_not_stored(edge, orig
     origin.override(path, cc="max-age=60", body="got")
     assert get(edge.port, path).body == b"got"
     assert origin.count(path) == 2
+
+
+def test_key_options_sort_and_drop_query_parameters(origin, uniq):
+    # issue 4 "Keys": an option to sort or drop listed query parameters
+    from client import Edge
+
+    e = Edge(
+        origin.url, env={"EDGECORE_KEY_SORT_QUERY": "1", "EDGECORE_KEY_DROP_PARAMS": "utm_source,utm_medium"}
+    )
+    try:
+        get(e.port, f"{uniq}?cc=max-age=60&b=2&a=1&utm_source=x")
+        for variant in (f"{uniq}?a=1&cc=max-age=60&b=2", f"{uniq}?utm_medium=y&b=2&a=1&cc=max-age=60"):
+            assert get(e.port, variant).cache_status.startswith("edgecore; hit"), variant
+        assert not get(e.port, f"{uniq}?cc=max-age=60&b=3&a=1").cache_status.startswith("edgecore; hit")
+        assert origin.count(uniq) == 2
+    finally:
+        e.stop()
