@@ -582,7 +582,10 @@ class ClientProtocol(asyncio.Protocol):
                 self._background_refresh(r, key, value, m)
                 return
             if use is policy.Use.VALIDATE and not rc.only_if_cached:
-                await self._revalidate(r, key, value, m, rc, why)
+                if r.method == b"HEAD":
+                    await self._head_refresh(r, key, value, m)
+                else:
+                    await self._revalidate(r, key, value, m, rc, why)
                 return
         if rc.only_if_cached:
             e = UpstreamError("only-if-cached and nothing stored fits")  # RFC 9111 5.2.1.7
@@ -889,6 +892,37 @@ class ClientProtocol(asyncio.Protocol):
                 )
                 return
             raise e
+
+    async def _head_refresh(self, r: Request, key: bytes, value: bytes, m: entry.Meta) -> None:
+        """A HEAD for a stored response that must be validated goes upstream as a HEAD; a 200 whose
+        validators and length match updates the stored GET response (RFC 9111 4.3.5), anything else
+        leaves it stale for the next GET."""
+        sink = StreamSink(self.ctx, self, r, Outcome.MISS, fwd=b"stale")
+        await self._exchange(r, sink)
+        await sink.finished()
+        if sink.status is None:
+            return
+        body = bytes(entry.body(value, m))
+        stored = entry.headers(value, m) + [(b"content-length", b"%d" % len(body))]
+        merged = policy.head_update(sink.status, stored, sink.headers)
+        if merged is None:
+            return
+        store = StoreSink(self.ctx, None, r, key, fwd=b"stale", flight=None)
+        now = time.time()
+        fresh, _ = policy.decide_store(
+            b"GET",
+            m.status,
+            r.headers,
+            merged,
+            request_time=store.request_time,
+            response_time=now,
+            opts=self.ctx.policy_opts,
+        )
+        if fresh is not None:
+            store.fresh, store.status, store.headers = fresh, m.status, merged
+            store.reason_phrase = entry.reason(value, m)
+            store.vary = keys.parse_vary([v for n, v in merged if n == b"vary"]) or ()
+            store._store(body)
 
     def _background_refresh(self, r: Request, key: bytes, value: bytes, m: entry.Meta) -> None:
         """stale-while-revalidate (RFC 5861 3): one refresh per key, off the client's path."""

@@ -256,3 +256,18 @@ def test_key_options_sort_and_drop_query_parameters(origin, uniq):
         assert origin.count(uniq) == 2
     finally:
         e.stop()
+
+
+def test_head_response_updates_the_stored_get(edge, origin, uniq):
+    # RFC 9111 4.3.5: a stale entry, a HEAD sent upstream, its 200 with matching validators updates it
+    path = f"{uniq}/h"
+    origin.override(path, cc="max-age=0", etag='"h"', hdr="X-Version:1", body="payload")
+    get(edge.port, path)
+    origin.override(path, cc="max-age=60", etag='"h"', hdr="X-Version:2", body="payload")
+    h = get(edge.port, path, method="HEAD")
+    assert h.status == 200 and h.header("x-version") == "2"
+    assert [s.method for s in origin.requests_for(path)] == ["GET", "HEAD"]
+    r = get(edge.port, path)  # now fresh, with the updated fields, from cache
+    assert r.cache_status.startswith("edgecore; hit") and r.header("x-version") == "2"
+    assert r.body == b"payload"
+    assert origin.count(path) == 2
