@@ -42,6 +42,16 @@ class Sink(Protocol):
     def failed(self, exc: EdgeError) -> None: ...
 
 
+def set_nodelay(transport: asyncio.BaseTransport) -> None:
+    """Small responses and request heads go out at once (no Nagle delay)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream; carries one Exchange at a time."""
 
@@ -60,12 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
 import time
 from typing import Any
 
@@ -29,7 +28,7 @@ from ._hitpath import HitPath
 from .cache import Cache
 from .config import Config
 from .errors import BadRequest, EdgeError, HeaderTooLarge, UpstreamError, UpstreamIncomplete
-from .fetch import Exchange, Flights, Pool, UpstreamConnection
+from .fetch import Exchange, Flights, Pool, UpstreamConnection, set_nodelay
 from .metrics import (
     DURATION_BUCKETS,
     F_BAD_REQUESTS,
@@ -46,19 +45,7 @@ from .metrics import (
 Headers = list[tuple[bytes, bytes]]
 
 # RFC 9110 7.6.1: hop-by-hop fields, never forwarded either way (plus those listed in Connection)
-HOP_BY_HOP = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    )
-)
+HOP_BY_HOP = keys.HOP_BY_HOP | {b"proxy-authenticate", b"proxy-authorization"}
 # request fields that send a GET/HEAD off the fast hit path
 _SLOW_REQUEST_FIELDS = frozenset(
     (
@@ -254,12 +241,7 @@ class ClientProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        set_nodelay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
