@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from typing import Any
 
@@ -43,6 +44,7 @@ from .metrics import (
 )
 
 Headers = list[tuple[bytes, bytes]]
+log = logging.getLogger("edgecore.protocol")
 
 # RFC 9110 7.6.1: hop-by-hop fields, never forwarded either way (plus those listed in Connection)
 HOP_BY_HOP = keys.HOP_BY_HOP | {b"proxy-authenticate", b"proxy-authorization"}
@@ -454,7 +456,8 @@ class ClientProtocol(asyncio.Protocol):
             except EdgeError as e:
                 self._error_response(r, e)
             except Exception as e:  # a worker never dies of one request
-                self._error_response(r, EdgeError(f"internal error: {type(e).__name__}: {e}"))
+                log.exception("internal error answering %s %s", r.method, r.target[:200])
+                self._error_response(r, EdgeError(f"internal error: {type(e).__name__}"))
             if self.closing or not r.keep_alive or self.ctx.draining:
                 self._finish_connection()
                 self.active = None
@@ -505,7 +508,12 @@ class ClientProtocol(asyncio.Protocol):
         if self.closing:
             return
         status = e.status
-        body = (f"{status} {e.reason}: {e}\n").encode()
+        if status >= 500:
+            # the details (upstream addresses, internals) go to the log, not to the client
+            log.info("%d for %s %s: %s", status, r.method, r.target[:200], e)
+            body = f"{status} {e.reason}\n".encode()
+        else:
+            body = f"{status} {e.reason}: {e}\n".encode()
         if status < 500 or status == 505:
             r.keep_alive = False
         cs = cache_status or policy.cache_status(
