@@ -240,9 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if a.from_raw:
         raw = json.loads(a.from_raw.read_text())
-        md_path = a.from_raw.with_name(a.from_raw.name.replace(".raw.json", ".md"))
-        md_path.write_text(report.render_markdown(raw["runs"], raw["meta"], raw.get("checks")))
-        print(md_path.read_text())
+        md_path = a.from_raw.resolve().with_name(a.from_raw.name.replace(".raw.json", ".md"))
+        png = md_path.with_suffix(".png")
+        try:
+            report.render_chart(raw["runs"], raw["meta"], png)
+        except ImportError:
+            png = None
+        md = report.render_markdown(raw["runs"], raw["meta"], raw.get("checks"))
+        md_path.write_text(md)
+        if not a.no_readme and md_path.resolve().parent == RESULTS.resolve():
+            report.update_readme(BENCH_DIR / "README.md", md_path, png, md, raw["meta"])
+        print(md)
         return 0
 
     names = a.scenarios.split(",") if a.scenarios else (runner.QUICK if a.quick else runner.FULL)

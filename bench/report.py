@@ -116,12 +116,18 @@ def summarise(runs: list[dict], checks: dict[str, str] | None = None) -> dict[st
     return out
 
 
+def _ordered(rows: dict[str, list[Row]], meta: dict) -> dict[str, list[Row]]:
+    """Scenarios in the order the run listed them (not the shuffled order of its first round)."""
+    order = list(meta.get("scenarios", {})) + list(rows)
+    return {k: rows[k] for k in sorted(rows, key=order.index)}
+
+
 def _f(x: float | None, spec: str, none: str = "n/a") -> str:
     return none if x is None else format(x, spec)
 
 
 def render_markdown(runs: list[dict], meta: dict, checks: dict[str, str] | None = None) -> str:
-    rows = summarise(runs, checks)
+    rows = _ordered(summarise(runs, checks), meta)
     scen = meta.get("scenarios", {})
     L = [f"# edgecore bench: {meta.get('date', '?')}, commit {meta.get('commit', '?')}", ""]
     L.append(f"- machine: {meta.get('machine', '?')}")
@@ -145,7 +151,7 @@ def render_markdown(runs: list[dict], meta: dict, checks: dict[str, str] | None 
         )
     L.append("")
     L.append(
-        "`CPU µs/req` is the CPU time (user+sys, from /proc) of all the server's processes divided by the "
+        "`CPU µs/req` is the CPU time (from /proc) of all the server's processes and threads divided by the "
         "requests it answered: the per-core cost, valid even when the load generator is the limit. Ratios "
         "are medians of per-round ratios; `÷ nginx` below 1 means cheaper per request / slower than nginx. "
         "`upstream/req` is the origin's own request count over client requests."
@@ -212,7 +218,7 @@ def render_chart(runs: list[dict], meta: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = summarise(runs)
+    rows = _ordered(summarise(runs), meta)
     n = len(rows)
     fig, axes = plt.subplots(n, 2, figsize=(12, 2.6 * n + 0.8), squeeze=False)
     colors = {"edgecore": "#d1495b", "nginx": "#00798c", "varnish": "#edae49", "ceiling": "#66a182"}
@@ -260,8 +266,8 @@ def render_chart(runs: list[dict], meta: dict, path: Path) -> None:
         f"edgecore bench {meta.get('date', '')} {meta.get('commit', '')}: {meta.get('machine_short', '')}",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
