@@ -44,6 +44,7 @@ DEF OFF_FRESH_UNTIL = 10
 DEF OFF_BIRTH = 18
 
 DEF MAX_HOST = 255
+DEF BIG = 32768  # bodies above this are written as views, not copied into one response buffer
 DEF NBUCKETS = 16
 
 # request fields that send a request to the Python path (lower-case), see protocol._SLOW_REQUEST_FIELDS
@@ -308,13 +309,20 @@ cdef class HitPath:
         dlen = snprintf(dyn, sizeof(dyn), b"age: %lld\r\ncache-status: edgecore; hit; ttl=%lld\r\n%s",
                         <long long>(t0 - birth), <long long>(fresh_until - t0), PyBytes_AS_STRING(conn))
         rest = (head_len if head_only else vlen - self._meta) - sl
-        total = sl + dlen + rest
-        out = PyBytes_FromStringAndSize(NULL, total)
-        o = PyBytes_AS_STRING(out)
-        memcpy(o, v + self._meta, sl)
-        memcpy(o + sl, dyn, dlen)
-        memcpy(o + sl + dlen, v + self._meta + sl, rest)
-        transport.write(out)
+        if rest > BIG:
+            # a large body is not copied again: the transport takes views of the lookup's private copy
+            # (nothing else holds or reuses that bytes object)
+            mv = memoryview(value)
+            transport.writelines((mv[self._meta:self._meta + sl], PyBytes_FromStringAndSize(dyn, dlen),
+                                  mv[self._meta + sl:self._meta + sl + rest]))
+        else:
+            total = sl + dlen + rest
+            out = PyBytes_FromStringAndSize(NULL, total)
+            o = PyBytes_AS_STRING(out)
+            memcpy(o, v + self._meta, sl)
+            memcpy(o + sl, dyn, dlen)
+            memcpy(o + sl + dlen, v + self._meta + sl, rest)
+            transport.write(out)
         dur = _now() - t0
         self._w[self._hit_idx] += 1
         self._w[self._served_idx] += 1

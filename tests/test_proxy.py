@@ -277,3 +277,20 @@ def test_non_chunked_transfer_coding_ends_at_close_and_is_stored(edge, origin, u
     r2 = get(edge.port, t)
     assert r2.cache_status.startswith("edgecore; hit") and r2.body == r.body
     assert origin.count(uniq) == 1
+
+
+def test_large_cached_object_is_served_whole_from_the_c_hit_path(edge, origin, uniq):
+    # bodies over 32 KiB leave the C hit path as views of the looked-up copy (writelines), not one buffer
+    t = f"{uniq}?cc=max-age=60&size={300 << 10}"
+    first = get(edge.port, t)
+    c = Conn(edge.port)
+    try:
+        for method in ("GET", "HEAD", "GET"):
+            c.request(method, t)
+            r = c.read_response(head_only=method == "HEAD")
+            assert r.cache_status.startswith("edgecore; hit")
+            assert r.header("content-length") == str(300 << 10)
+            assert r.body == (b"" if method == "HEAD" else first.body)
+    finally:
+        c.close()
+    assert first.body == body_bytes(t, 300 << 10) and origin.count(uniq) == 1
