@@ -666,6 +666,9 @@ class ClientProtocol(asyncio.Protocol):
                     return
         if r.method == b"HEAD":
             self._write(b"".join((status_line, dyn, rest_head)))
+        elif len(value) > _BIG:  # no second copy of a large body: views of the private lookup copy
+            if self.transport is not None and not self.closing:
+                self.transport.writelines((status_line, dyn, memoryview(value)[mo + m.statusline_len :]))
         else:
             self._write(b"".join((status_line, dyn, value[mo + m.statusline_len :])))
         self._count(r, outcome)
@@ -1369,6 +1372,7 @@ class StoreSink(StreamSink):
 
 
 _ERROR_STATUSES = frozenset((500, 502, 503, 504))
+_BIG = 32 << 10  # stored responses above this are written as views, not joined into one buffer
 _FLUSH_AT = 64 << 10  # pending response bytes that are written without waiting for the end of a read
 # response fields never relayed as received: hop-by-hop (RFC 9110 7.6.1), framing (re-done), our own
 _RESPONSE_SKIP = HOP_BY_HOP | {b"content-length", b"cache-status"}
