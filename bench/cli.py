@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--install", action="store_true", help="apt-get install missing wrk/nginx/varnish (root)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
-    ap.add_argument("--no-readme", action="store_true", help="do not update bench/README.md")
+    ap.add_argument("--no-readme", action="store_true", help="do not update README.md and bench/README.md")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temporary folder (configs, logs)")
     ap.add_argument("--from-raw", type=Path, help="only re-render the table/chart from a .raw.json of a run")
     return ap
@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         md = report.render_markdown(raw["runs"], raw["meta"], raw.get("checks"))
         md_path.write_text(md)
         if not a.no_readme and md_path.resolve().parent == RESULTS.resolve():
-            report.update_readme(BENCH_DIR / "README.md", md_path, png, md, raw["meta"])
+            for readme in (BENCH_DIR / "README.md", BENCH_DIR.parent / "README.md"):
+                report.update_readme(readme, md_path, png, md, raw["meta"])
         print(md)
         return 0
 
@@ -385,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"meta": meta, "checks": checks, "runs": runs}, indent=1)
     )
     if not a.no_readme and not interrupted and a.out.resolve() == RESULTS.resolve():
-        report.update_readme(BENCH_DIR / "README.md", md_path, png, md, meta)
+        for readme in (BENCH_DIR / "README.md", BENCH_DIR.parent / "README.md"):
+            report.update_readme(readme, md_path, png, md, meta)
     print(md)
     log(f"wrote {md_path}" + (f", {png}" if png else "") + (f", {flame}" if flame else ""))
     return 130 if interrupted else 0

@@ -8,6 +8,7 @@ Exit codes: 0 ok, 2 configuration or usage error, 1 runtime failure.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -125,6 +126,22 @@ def cmd_purge(a: argparse.Namespace) -> int:
         return 1
 
 
+def cmd_bench(args: list[str]) -> int:
+    """`edgecore bench ...` is `python -m bench ...`: the harness lives in the repository, not the package."""
+    sys.path.insert(0, os.getcwd())
+    try:
+        bench_cli = importlib.import_module("bench.cli")
+    except ImportError:
+        print(
+            "edgecore bench: run it from the edgecore repository root (the bench/ folder is not installed);"
+            " see bench/README.md",
+            file=sys.stderr,
+        )
+        return 2
+    rc: int = bench_cli.main(args)
+    return rc
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edgecore", description="HTTP edge cache")
     p.add_argument("--version", action="version", version=f"edgecore {__version__}")
@@ -145,10 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
     for k in ("url", "prefix", "tag", "tenant"):
         g.add_argument(f"--{k}")
     g.set_defaults(func=cmd_purge)
+    sub.add_parser("bench", help="load benchmarks beside nginx and the Python ceiling (= python -m bench)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])
     a = build_parser().parse_args(argv)
     rc: int = a.func(a)
     return rc
