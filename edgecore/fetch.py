@@ -8,7 +8,8 @@ Invariants:
   that allows keep-alive; anything else closes it;
 - a response body that ends early or errors reaches the sink as `failed`, never as `end`;
 - connect, response-head and idle-body timeouts map to UpstreamError (502) / UpstreamTimeout (504);
-- a Flight's waiters are released at once when the leader learns the response is not storable.
+- a Flight's waiters are released at once when the leader learns the response is not storable;
+- across worker processes, one leader per key holds a lock entry in the shared cache while it fetches.
 Never: touch a client transport; decide cacheability (policy's job).
 """
 
