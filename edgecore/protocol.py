@@ -619,7 +619,9 @@ class ClientProtocol(asyncio.Protocol):
         self, r: Request, value: bytes, m: entry.Meta, now: float, outcome: Outcome, cache_status: bytes
     ) -> None:
         """A stored response to the client, with conditional (RFC 9110 13) and range (RFC 9110 14)
-        handling when the request asks for them."""
+        handling when the request asks for them. Counted before it is written: whoever has the response
+        can already see it in the metrics."""
+        self.ctx.counters.request(outcome, time.time() - r.t0)
         age = max(0, int(now - m.birth))
         conn = self._conn_header(r)
         mo = entry.M
@@ -631,7 +633,7 @@ class ClientProtocol(asyncio.Protocol):
             stored = entry.headers(value, m)
             if policy.client_not_modified(r.headers, stored):
                 self._write(self._head_304(stored, dyn))
-                self._count(r, outcome)
+                self._close_unless_keep_alive(r)
                 return
             rng = _header(r.headers, b"range")
             ir = _header(r.headers, b"if-range")
@@ -644,7 +646,7 @@ class ClientProtocol(asyncio.Protocol):
                             b"HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */%d\r\n"
                             b"content-length: 0\r\n%s\r\n" % (total, dyn)
                         )
-                        self._count(r, outcome)
+                        self._close_unless_keep_alive(r)
                         return
                 else:
                     first, last = span
@@ -662,7 +664,7 @@ class ClientProtocol(asyncio.Protocol):
                             )
                         )
                     )
-                    self._count(r, outcome)
+                    self._close_unless_keep_alive(r)
                     return
         if r.method == b"HEAD":
             self._write(b"".join((status_line, dyn, rest_head)))
@@ -671,15 +673,14 @@ class ClientProtocol(asyncio.Protocol):
                 self.transport.writelines((status_line, dyn, memoryview(value)[mo + m.statusline_len :]))
         else:
             self._write(b"".join((status_line, dyn, value[mo + m.statusline_len :])))
-        self._count(r, outcome)
+        self._close_unless_keep_alive(r)
 
     @staticmethod
     def _head_304(stored: Headers, dyn: bytes) -> bytes:
         fields = b"".join(n + b": " + v + b"\r\n" for n, v in policy.not_modified_headers(stored))
         return b"HTTP/1.1 304 Not Modified\r\n" + fields + dyn + b"\r\n"
 
-    def _count(self, r: Request, outcome: Outcome) -> None:
-        self.ctx.counters.request(outcome, time.time() - r.t0)
+    def _close_unless_keep_alive(self, r: Request) -> None:
         if not r.keep_alive:
             self._finish_connection()
 
@@ -1086,12 +1087,12 @@ class StreamSink:
         p = self.proto
         if p is not None:
             p.upstream = None
+            p.ctx.counters.request(self.outcome, time.time() - self.r.t0)  # before the last write
             if self.chunked_out:
                 self.out.append(b"0\r\n\r\n")
             self.flush()
             if self.close_delimited:
                 p._finish_connection()
-            p.ctx.counters.request(self.outcome, time.time() - self.r.t0)
         if not self._done.done():
             self._done.set_result(None)
 

@@ -309,6 +309,16 @@ cdef class HitPath:
         dlen = snprintf(dyn, sizeof(dyn), b"age: %lld\r\ncache-status: edgecore; hit; ttl=%lld\r\n%s",
                         <long long>(t0 - birth), <long long>(fresh_until - t0), PyBytes_AS_STRING(conn))
         rest = (head_len if head_only else vlen - self._meta) - sl
+        # counted before the write: whoever has the response can already see it in the metrics
+        dur = _now() - t0
+        self._w[self._hit_idx] += 1
+        self._w[self._served_idx] += 1
+        self._w[self._sum_idx] += <int64_t>(dur * 1e9)
+        k = 0
+        while k < NBUCKETS and dur > self._bounds[k]:
+            k += 1
+        self._w[self._bucket_idx + k] += 1
+        self.hits += 1
         if rest > BIG:
             # a large body is not copied again: the transport takes views of the lookup's private copy
             # (nothing else holds or reuses that bytes object)
@@ -323,13 +333,4 @@ cdef class HitPath:
             memcpy(o + sl, dyn, dlen)
             memcpy(o + sl + dlen, v + self._meta + sl, rest)
             transport.write(out)
-        dur = _now() - t0
-        self._w[self._hit_idx] += 1
-        self._w[self._served_idx] += 1
-        self._w[self._sum_idx] += <int64_t>(dur * 1e9)
-        k = 0
-        while k < NBUCKETS and dur > self._bounds[k]:
-            k += 1
-        self._w[self._bucket_idx + k] += 1
-        self.hits += 1
         return True
