@@ -77,3 +77,25 @@ def test_slow_client_does_not_stall_others(edge, uniq):
             assert get(edge.port, f"{uniq}/{i}?body=fine").body == b"fine"
     finally:
         slow.close()
+
+
+def test_silent_clients_are_closed_after_client_timeout(origin):
+    """Slow-loris: a client that stops inside its request head, or idles on keep-alive, is closed once
+    client_timeout passes (checked once a second), while answering clients are not."""
+    import time
+
+    from client import Edge
+
+    e = Edge(origin.url, env={"EDGECORE_CLIENT_TIMEOUT": "1"})
+    try:
+        stuck, idle = Conn(e.port), Conn(e.port)
+        t0 = time.monotonic()
+        stuck.send(b"GET /x HTTP/1.1\r\nHost: a\r\nX-A: ")
+        idle.request("GET", "/ok?body=fine")
+        assert idle.read_response().body == b"fine"
+        assert stuck.closed_by_peer(timeout=5) and idle.closed_by_peer(timeout=5)
+        assert 0.9 < time.monotonic() - t0 < 4.5
+        stuck.close()
+        idle.close()
+    finally:
+        e.stop()
