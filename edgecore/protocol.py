@@ -26,7 +26,7 @@ import httptools
 
 from . import entry, keys, policy
 from ._hitpath import HitPath
-from .cache import Cache
+from .cache import MAX_TAGS, Cache
 from .config import Config
 from .errors import BadRequest, EdgeError, HeaderTooLarge, UpstreamError, UpstreamIncomplete
 from .fetch import Exchange, Flights, Pool, UpstreamConnection, set_nodelay
@@ -1300,7 +1300,7 @@ class StoreSink(StreamSink):
         key = self.key
         if self.vary:
             key = self._variant_key(self.vary, birth, expires)
-        if ctx.cache.store(key, value, birth, expires, flags):
+        if ctx.cache.store(key, value, birth, expires, flags, tags=_tags(self.headers)):
             self.stored_value = value
 
     def _variant_key(self, vary: tuple[bytes, ...], birth: float, expires: float) -> bytes:
@@ -1377,6 +1377,20 @@ _BIG = 32 << 10  # stored responses above this are written as views, not joined 
 _FLUSH_AT = 64 << 10  # pending response bytes that are written without waiting for the end of a read
 # response fields never relayed as received: hop-by-hop (RFC 9110 7.6.1), framing (re-done), our own
 _RESPONSE_SKIP = HOP_BY_HOP | {b"content-length", b"cache-status"}
+
+
+def _tags(headers: Headers) -> tuple[int, ...]:
+    """Purge tags of a response: Surrogate-Key (space-separated) and Cache-Tag (comma-separated), at most
+    MAX_TAGS, as the cache's 63-bit ids (POST /purge {"tag": ...} hashes the same way)."""
+    names: list[bytes] = []
+    for n, v in headers:
+        if n == b"surrogate-key":
+            names.extend(v.split())
+        elif n == b"cache-tag":
+            names.extend(t.strip() for t in v.split(b","))
+    if not names:
+        return ()
+    return tuple(dict.fromkeys(Cache.tag_id(t) for t in names if t))[:MAX_TAGS]
 
 
 def _connection_listed(headers: Headers) -> frozenset[bytes]:

@@ -111,3 +111,41 @@ def test_post_endpoints_need_a_token_off_loopback():
         1,
     )
     assert tok.handle(b"POST", b"/drain", {b"authorization": b"Bearer t"}, b"")[0] == 200
+
+
+def test_purge_by_tag_from_surrogate_key_and_cache_tag(edge, origin, uniq):
+    a = f"{uniq}/a?cc=max-age=60&hdr=Surrogate-Key:{uniq[1:]}-x%20shared"
+    b = f"{uniq}/b?cc=max-age=60&hdr=Cache-Tag:other,%20{uniq[1:]}-x"
+    c = f"{uniq}/c?cc=max-age=60&hdr=Cache-Tag:{uniq[1:]}-y"
+    for t in (a, b, c):
+        get(edge.port, t)
+        assert get(edge.port, t).cache_status.startswith("edgecore; hit")
+    r = edge.admin("/purge", "POST", json.dumps({"tag": f"{uniq[1:]}-x"}).encode())
+    assert r.status == 200 and json.loads(r.body) == {"purged": 2}
+    assert not get(edge.port, a).cache_status.startswith("edgecore; hit")
+    assert not get(edge.port, b).cache_status.startswith("edgecore; hit")
+    assert get(edge.port, c).cache_status.startswith("edgecore; hit")
+
+
+def test_purge_by_prefix(edge, origin, uniq):
+    for i in range(3):
+        get(edge.port, f"{uniq}/p/{i}?cc=max-age=60")
+    get(edge.port, f"{uniq}/q?cc=max-age=60")
+    r = edge.admin("/purge", "POST", json.dumps({"prefix": f"http://test.local{uniq}/p/"}).encode())
+    assert r.status == 200 and json.loads(r.body) == {"purged": 3}
+    assert not get(edge.port, f"{uniq}/p/1?cc=max-age=60").cache_status.startswith("edgecore; hit")
+    assert get(edge.port, f"{uniq}/q?cc=max-age=60").cache_status.startswith("edgecore; hit")
+
+
+def test_purge_command_calls_the_admin_endpoint(edge, origin, uniq):
+    import subprocess
+    import sys
+
+    t = f"{uniq}?cc=max-age=60"
+    get(edge.port, t)
+    cmd = [sys.executable, "-m", "edgecore", "purge", "--admin", f"127.0.0.1:{edge.admin_port}"]
+    r = subprocess.run([*cmd, "--url", f"http://test.local{t}"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"purged": 1}
+    assert not get(edge.port, t).cache_status.startswith("edgecore; hit")
+    bad = subprocess.run([*cmd, "--url", "x", "--tag", "y"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2
