@@ -259,4 +259,11 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
 
 
 def serve(cfg: Config) -> int:
-    return Supervisor(cfg).run()
+    try:
+        sup = Supervisor(cfg)
+    except OSError as e:
+        # the usual cause: the port is taken (by another edgecore without SO_REUSEPORT, or anything else)
+        (h, p), (ah, ap) = cfg.listen, cfg.admin
+        print(f"edgecore: cannot listen on {h}:{p} / admin {ah}:{ap}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return sup.run()

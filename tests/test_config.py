@@ -112,3 +112,34 @@ def test_serve_refuses_bad_config_with_exit_2():
     )
     assert r.returncode == 2
     assert "cache_size" in r.stderr and "upstream" in r.stderr
+
+
+def test_serve_on_a_taken_port_says_so_and_exits_1():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    try:
+        port = s.getsockname()[1]
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edgecore",
+                "serve",
+                "--upstream",
+                "http://127.0.0.1:1",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        s.close()
+    assert r.returncode == 1
+    assert "cannot listen" in r.stderr and "Address already in use" in r.stderr
