@@ -173,3 +173,33 @@ def test_hit_16k(benchmark, edge):
 def test_hit_1k_pipelined_x16(benchmark, edge):
     """16 pipelined GETs in one read: per-request cost without the per-read overhead."""
     _bench_hits(benchmark, edge, "1k", pipelined=16)
+
+
+def test_miss_1k(benchmark, edge):
+    """One GET for a key never seen -> a miss: the real upstream pool fetches from the tiny origin on
+    127.0.0.1 (same process, so its few µs are included), stores, answers. Each round runs the loop until the
+    response is written: the figure is the miss path's Python cost plus two loopback round trips."""
+    loop, _, proto, tr = edge
+    tr.keep = False
+    n = [0]
+
+    async def until(target: int) -> None:
+        for _ in range(100_000):
+            if tr.written >= target:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("miss not answered")
+
+    def one() -> None:
+        n[0] += 1
+        start = tr.written
+        proto.data_received(
+            f"GET /1k.bin?miss={n[0]} HTTP/1.1\r\nHost: bench.example\r\nUser-Agent: wrk\r\n\r\n".encode()
+        )
+        loop.run_until_complete(until(start + 1024))
+
+    try:
+        benchmark(one)
+    finally:
+        tr.keep = True
+    assert proto.ctx.cache.stats()["stores"] >= n[0]
