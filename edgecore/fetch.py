@@ -458,6 +458,10 @@ class Flights:
         if flight.done is not None and not flight.done.done():
             flight.done.set_result(result)
 
+    def busy(self, key: bytes) -> bool:
+        """A fetch for key is in flight in this worker."""
+        return key in self._flights
+
     def uncacheable(self, key: bytes) -> bool:
         until = self._uncacheable.get(key)
         if until is None:

@@ -985,8 +985,14 @@ class StreamSink:
         self.error: EdgeError | None = None
 
     def reset(self) -> None:
+        """Start over for a retried exchange: nothing of the failed attempt may end the new one."""
         self.status = None
         self.headers = []
+        self.error = None
+        self.out.clear()
+        self.out_len = 0
+        if self._done.done():
+            self._done = asyncio.get_running_loop().create_future()
 
     def cache_status(self) -> bytes:
         s = b"edgecore; fwd=" + self.fwd

@@ -1,5 +1,5 @@
-"""The common miss (plain GET, idle pooled upstream connection) is driven by callbacks rather than a task:
-in process, through the real client protocol and upstream pool, against a scripted origin on 127.0.0.1.
+"""The miss path in process, through the real client protocol and upstream pool, against a scripted origin
+on 127.0.0.1.
 
 Checks what the task path guarantees too: responses in request order, one retry on a fresh connection when
 a reused one closes before answering, errors mapped to responses, coalescing of concurrent misses.
@@ -51,7 +51,8 @@ class Transport(asyncio.Transport):
 
 class Origin(asyncio.Protocol):
     """GET /<path> -> body = path, cacheable. `script` pops one action per request: "ok", "drop" (close
-    without answering), "truncate" (announce 100 bytes, send 10, close)."""
+    without answering), "truncate" (announce 100 bytes, send 10, close), "split" (head and body in two
+    reads)."""
 
     seen: list[bytes] = []
     script: list[str] = []
@@ -82,7 +83,11 @@ class Origin(asyncio.Protocol):
                 b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: %d\r\n\r\n" % len(path)
                 + path
             )
-            if Origin.gate is not None:
+            if action == "split":  # the head now, the body in a later read
+                head, _, body = resp.partition(b"\r\n\r\n")
+                self.transport.write(head + b"\r\n\r\n")
+                asyncio.get_running_loop().call_later(0.05, self.transport.write, body)
+            elif Origin.gate is not None:
                 asyncio.get_running_loop().create_task(self._later(resp))
             else:
                 self.transport.write(resp)
@@ -221,3 +226,17 @@ def test_concurrent_misses_for_one_key_send_one_upstream_request(edge):
         assert _responses(t.data) == [(b"HTTP/1.1 200 OK", b"/same")]
     assert Origin.seen.count(b"/same") == 1
     assert b"collapsed" in bytes(clients[1][1].data)
+
+
+def test_retried_response_in_two_reads_is_served_whole_before_the_next(edge):
+    """After a retry, the sink starts over: the first attempt's failure must not end the retried response
+    early (which answered 502 and let the next pipelined request run while the real response was pending)."""
+    loop, ctx, client = edge
+    p, t = client()
+    p.data_received(_get("/warm"))  # a pooled connection to reuse
+    _run_until(loop, lambda: len(_responses(t.data)) == 1)
+    Origin.script = ["drop", "split"]
+    p.data_received(_get("/two") + _get("/three"))
+    _run_until(loop, lambda: len(_responses(t.data)) == 3)
+    got = _responses(t.data)
+    assert got[1] == (b"HTTP/1.1 200 OK", b"/two") and got[2] == (b"HTTP/1.1 200 OK", b"/three")
