@@ -27,7 +27,16 @@ from . import keys
 from .cache import Cache
 from .config import Config
 from .health import Health, readiness
-from .metrics import C_DRAINING, F_PID, F_SERVED, F_UPSTREAM, F_WAITING, EdgeCollector, SharedCounters
+from .metrics import (
+    C_DRAINING,
+    F_PID,
+    F_SERVED,
+    F_UPSTREAM,
+    F_WAITING,
+    EdgeCollector,
+    SharedCounters,
+    request_hits_misses,
+)
 
 MAX_BODY = 64 << 10
 
@@ -45,6 +54,10 @@ class Admin:
 
     def stats(self) -> dict[str, Any]:
         s = self.cache.stats()
+        # hits/misses count client requests (answered from cache / fetched upstream for the cache); the
+        # slab cache's own counters count lookups (a miss is looked up more than once on its way)
+        s["lookup_hits"], s["lookup_misses"] = s.get("hits", 0), s.get("misses", 0)
+        s["hits"], s["misses"] = request_hits_misses(self.counters)
         return {
             "cache": s,
             "upstream": {"requests": self.counters.total(F_UPSTREAM), "health": self.health.describe()},

@@ -143,6 +143,18 @@ class SlotCounters:
         self.words[self.b + field] = value
 
 
+HIT_OUTCOMES = (Outcome.HIT, Outcome.STALE, Outcome.COLLAPSED)  # answered from cache, no fetch of their own
+MISS_OUTCOMES = (Outcome.MISS, Outcome.UNCACHEABLE, Outcome.REVALIDATED)  # fetched upstream on the cache path
+
+
+def request_hits_misses(c: SharedCounters) -> tuple[int, int]:
+    """Client requests answered from the cache, and those that went upstream for it, all workers."""
+    return (
+        sum(c.total(F_REQUESTS + o) for o in HIT_OUTCOMES),
+        sum(c.total(F_REQUESTS + o) for o in MISS_OUTCOMES),
+    )
+
+
 class EdgeCollector(Collector):
     """Reads the shared counters and the cache stats at scrape time."""
 
@@ -200,10 +212,10 @@ class EdgeCollector(Collector):
             "edgecore_cache_expirations", "Objects removed after expiring", value=s.get("expirations", 0)
         )
         yield CounterMetricFamily(
-            "edgecore_cache_hits", "Cache lookups that found an object", value=s["hits"]
+            "edgecore_cache_lookup_hits", "Slab cache lookups that found an object", value=s["hits"]
         )
         yield CounterMetricFamily(
-            "edgecore_cache_misses", "Cache lookups that found nothing", value=s["misses"]
+            "edgecore_cache_lookup_misses", "Slab cache lookups that found nothing", value=s["misses"]
         )
         yield GaugeMetricFamily(
             "edgecore_workers_ready", "Worker processes listening", value=c.ready_workers()

@@ -149,3 +149,21 @@ def test_purge_command_calls_the_admin_endpoint(edge, origin, uniq):
     assert not get(edge.port, t).cache_status.startswith("edgecore; hit")
     bad = subprocess.run([*cmd, "--url", "x", "--tag", "y"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2
+
+
+def test_stats_hits_and_misses_count_client_requests(origin, uniq):
+    """/stats cache.hits and cache.misses count client requests, however many lookups are behind them."""
+    e = Edge(origin.url)
+    try:
+        t = f"{uniq}?cc=max-age=60"
+        get(e.port, t)  # miss
+        for _ in range(3):
+            get(e.port, t)  # hits (the C path)
+        get(e.port, t, headers={"Cache-Control": "max-stale=5"})  # a hit through the Python path
+        get(e.port, f"{uniq}/u?cc=private")  # a miss that is not stored
+        get(e.port, t, method="POST", body=b"x")  # neither: not the cache path
+        s = e.stats()["cache"]
+        assert (s["hits"], s["misses"]) == (4, 2)
+        assert s["lookup_misses"] >= 2 and s["lookup_hits"] >= 4
+    finally:
+        e.stop()
