@@ -13,30 +13,12 @@ import pstats
 import sys
 import time
 
-from edgecore import protocol
-from edgecore.cache import Cache
-from edgecore.config import Config, Upstream
-from edgecore.metrics import SharedCounters
-
-from .test_hotpath import MemoryTransport, _Origin
+from .test_hotpath import build, teardown
 
 
 def main(argv: list[str]) -> None:
-    try:
-        import uvloop
-
-        loop = uvloop.new_event_loop()
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    server = loop.run_until_complete(loop.create_server(_Origin, "127.0.0.1", 0))
-    port = server.sockets[0].getsockname()[1]
-    cfg = Config(upstream=(Upstream("127.0.0.1", port),), cache_size=64 << 20)
-    cache = Cache(cfg.cache_size, cfg.max_object_size)
-    ctx = protocol.make_context(cfg, cache, SharedCounters(slots=2).slot_view(1), loop)
-    proto = protocol.ClientProtocol(ctx)
-    tr = MemoryTransport()
+    loop, server, cache, ctx, proto, tr = build(64 << 20)
     tr.keep = False
-    proto.connection_made(tr)
     seq = [0]
 
     async def run(count: int) -> None:
@@ -60,11 +42,7 @@ def main(argv: list[str]) -> None:
         loop.run_until_complete(run(n))
         pr.disable()
         pstats.Stats(pr).sort_stats(argv[2] if len(argv) > 2 else "tottime").print_stats(35)
-    ctx.stop()
-    server.close()
-    loop.run_until_complete(server.wait_closed())
-    loop.close()
-    cache.close()
+    teardown(loop, server, cache, ctx, proto)
 
 
 if __name__ == "__main__":

@@ -98,9 +98,9 @@ def _request(name: str) -> bytes:
     )
 
 
-@pytest.fixture(scope="module")
-def edge():
-    """(loop, ctx, protocol, transport) with every body of BODIES stored in the cache."""
+def build(cache_size: int = 32 << 20):
+    """A loop, the tiny origin on 127.0.0.1:0, and edgecore's real context and client protocol on an
+    in-memory transport. -> (loop, server, cache, ctx, proto, transport); `teardown` undoes it."""
     try:
         import uvloop
 
@@ -109,13 +109,28 @@ def edge():
         loop = asyncio.new_event_loop()
     server = loop.run_until_complete(loop.create_server(_Origin, "127.0.0.1", 0))
     port = server.sockets[0].getsockname()[1]
-    cfg = Config(upstream=(Upstream("127.0.0.1", port),), cache_size=32 << 20)
+    cfg = Config(upstream=(Upstream("127.0.0.1", port),), cache_size=cache_size)
     cache = Cache(cfg.cache_size, cfg.max_object_size)
-    counters = SharedCounters(slots=2)
-    ctx = protocol.make_context(cfg, cache, counters.slot_view(1), loop)
+    ctx = protocol.make_context(cfg, cache, SharedCounters(slots=2).slot_view(1), loop)
     proto = protocol.ClientProtocol(ctx)
     tr = MemoryTransport()
     proto.connection_made(tr)
+    return loop, server, cache, ctx, proto, tr
+
+
+def teardown(loop, server, cache, ctx, proto) -> None:
+    proto.connection_lost(None)
+    ctx.stop()
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+    loop.close()
+    cache.close()
+
+
+@pytest.fixture(scope="module")
+def edge():
+    """(loop, ctx, protocol, transport) with every body of BODIES stored in the cache."""
+    loop, server, cache, ctx, proto, tr = build()
 
     async def fill(name: str) -> None:
         # miss: the protocol fetches from the origin and stores; run the loop until the body is written
@@ -134,12 +149,7 @@ def edge():
         head = bytes(tr.data.split(b"\r\n\r\n", 1)[0]).lower()
         assert tr.data.endswith(BODIES[name]) and b"cache-status: edgecore; hit" in head, bytes(tr.data[:400])
     yield loop, ctx, proto, tr
-    proto.connection_lost(None)
-    ctx.stop()
-    server.close()
-    loop.run_until_complete(server.wait_closed())
-    loop.close()
-    cache.close()
+    teardown(loop, server, cache, ctx, proto)
 
 
 def _bench_hits(benchmark, edge, name: str, pipelined: int = 1) -> None:

@@ -225,7 +225,6 @@ class Exchange:
         self.finished = False
         self.keep_alive = False
         self.started_at = self.last_activity = self.loop.time()
-        self.response_bytes = 0
         self.head_future: asyncio.Future[None] = self.loop.create_future()
 
     def start(self, head: bytes) -> None:
@@ -260,7 +259,6 @@ class Exchange:
         self.sink.head(status, self.reason, self.headers, keep_alive)
 
     def got_body(self, chunk: bytes) -> None:
-        self.response_bytes += len(chunk)
         self.sink.body(chunk)
 
     def complete(self, conn: UpstreamConnection) -> None:
@@ -305,8 +303,6 @@ class Pool:
         self._rr = itertools.cycle(cfg.upstream)
         self._idle: dict[Upstream, list[UpstreamConnection]] = {u: [] for u in cfg.upstream}
         self._on_request = on_request
-        self.requests = 0
-        self.connects = 0
         self.active: set[Exchange] = set()  # exchanges in flight, checked for timeouts by the ticker
         self._ticker = loop.call_later(TICK, self._tick)
 
@@ -331,7 +327,6 @@ class Pool:
             )
         except OSError as e:
             raise UpstreamError(f"cannot connect to {upstream.authority}: {e.strerror or e}")
-        self.connects += 1
         return conn
 
     async def acquire(self, fresh: bool = False) -> UpstreamConnection:
@@ -359,7 +354,6 @@ class Pool:
 
     def open(self, conn: UpstreamConnection, method: bytes, head: bytes, sink: Sink) -> Exchange:
         """Start an exchange on an acquired connection: the request head goes out now."""
-        self.requests += 1
         if self._on_request is not None:
             self._on_request()
         ex = Exchange(self, conn, method, sink)

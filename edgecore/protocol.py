@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import time
 from typing import Any
@@ -37,6 +38,7 @@ from .metrics import (
     F_DUR_BUCKETS,
     F_DUR_SUM_NS,
     F_SERVED,
+    F_UPSTREAM,
     F_UPSTREAM_ERRORS,
     F_WAITING,
     Outcome,
@@ -72,22 +74,6 @@ _UNSAFE_KEEP = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))
 BODY_HIGH_WATER = 256 << 10  # buffered request body bytes before the client is paused
 PIPELINE_MAX = 64  # queued pipelined requests before the client is paused
 
-_REASONS = {
-    100: b"Continue",
-    200: b"OK",
-    304: b"Not Modified",
-    206: b"Partial Content",
-    400: b"Bad Request",
-    413: b"Content Too Large",
-    416: b"Range Not Satisfiable",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-    505: b"HTTP Version Not Supported",
-}
-
 
 class Context:
     """Everything a worker's connections share."""
@@ -104,7 +90,7 @@ class Context:
         self.cache = cache
         self.counters = counters
         self.loop = loop
-        self.pool = pool or Pool(cfg, loop, on_request=counters_upstream(counters))
+        self.pool = pool or Pool(cfg, loop, on_request=functools.partial(counters.inc, F_UPSTREAM))
         self.flights = Flights(loop, cfg.hit_for_miss_ttl, cache, lock_ttl=cfg.response_timeout)
         self.key_opts = keys.options_for(cfg)
         self.policy_opts = policy.Options(targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control))
@@ -160,15 +146,6 @@ def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: ke
         prefix,
         enabled=default_opts and probe.endswith(b"1:h/"),
     )
-
-
-def counters_upstream(counters: SlotCounters) -> Any:
-    from .metrics import F_UPSTREAM
-
-    def on_request() -> None:
-        counters.inc(F_UPSTREAM)
-
-    return on_request
 
 
 class Request:
@@ -233,7 +210,6 @@ class ClientProtocol(asyncio.Protocol):
         self.upstream: UpstreamConnection | None = None  # streaming to us right now
         self.last_progress = ctx.loop.time()
         self.peer = b"unknown"
-        self._drain_waiter: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -251,7 +227,6 @@ class ClientProtocol(asyncio.Protocol):
         up = self.upstream
         if up is not None:
             up.resume_reading()
-        self._wake_drain()
         for r in (self.active, self.req):
             if r is not None and r.body_waiter is not None and not r.body_waiter.done():
                 r.body_waiter.set_result(None)
@@ -306,18 +281,6 @@ class ClientProtocol(asyncio.Protocol):
         up = self.upstream
         if up is not None:
             up.resume_reading()
-        self._wake_drain()
-
-    def _wake_drain(self) -> None:
-        w = self._drain_waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-        self._drain_waiter = None
-
-    async def drain(self) -> None:
-        if self.write_paused and not self.closing:
-            self._drain_waiter = self.ctx.loop.create_future()
-            await self._drain_waiter
 
     def check_idle(self, now: float, limit: float) -> None:
         """Called about once a second: a client that sends nothing (between requests or inside a head or
@@ -553,7 +516,7 @@ class ClientProtocol(asyncio.Protocol):
             value = found[0]
             m = entry.meta(value)
             f = entry.freshness(m)
-            use, why = policy.decide_use(f, rc, now)
+            use, _ = policy.decide_use(f, rc, now)
             if use is policy.Use.FRESH or use is policy.Use.STALE:
                 ttl = int(m.fresh_until - now) if m.fresh_until > now else -int(now - m.fresh_until) - 1
                 self._serve_stored(
@@ -575,7 +538,7 @@ class ClientProtocol(asyncio.Protocol):
                 if r.method == b"HEAD":
                     await self._head_refresh(r, key, value, m)
                 else:
-                    await self._revalidate(r, key, value, m, rc, why)
+                    await self._revalidate(r, key, value, m, rc)
                 return
         if rc.only_if_cached:
             e = UpstreamError("only-if-cached and nothing stored fits")  # RFC 9111 5.2.1.7
@@ -856,14 +819,11 @@ class ClientProtocol(asyncio.Protocol):
         value: bytes,
         m: entry.Meta,
         rc: policy.RequestControl,
-        why: policy.Reason | None,
     ) -> None:
         """A stored response that may not be used as is: validate it upstream (RFC 9111 4.3.1)."""
         stored = entry.headers(value, m)
         validators = policy.validators_for(stored)
-        sink = StoreSink(
-            self.ctx, self, r, key, fwd=b"stale", flight=None, stored=(value, m, stored), reason=why, rc=rc
-        )
+        sink = StoreSink(self.ctx, self, r, key, fwd=b"stale", flight=None, stored=(value, m, stored), rc=rc)
         try:
             await self._exchange(r, sink, method=b"GET", drop=_CACHE_FETCH_DROP, extra=validators)
             await sink.finished()
@@ -1134,7 +1094,6 @@ class StoreSink(StreamSink):
         fwd: bytes,
         flight: Any,
         stored: tuple[bytes, entry.Meta, Headers] | None = None,
-        reason: policy.Reason | None = None,
         rc: policy.RequestControl | None = None,
     ) -> None:
         super().__init__(ctx, proto, r, Outcome.MISS, fwd=fwd)
@@ -1151,7 +1110,6 @@ class StoreSink(StreamSink):
         self.request_time = time.time()
         self.validated = False
         self.mismatch = False
-        self.why = reason
         self.vary: tuple[bytes, ...] = ()
         self.deferred = False  # head not rendered yet: the response may be served from what is stored
 

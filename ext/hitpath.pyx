@@ -90,7 +90,6 @@ cdef class HitPath:
     cdef bytes _prefix          # the key up to the host: tenant and method class
     cdef public bint enabled
     cdef public bint draining
-    cdef public long long hits  # answered here (for tests and stats)
 
     def __init__(self, cache, words, int hit_idx, int served_idx, int sum_idx, int bucket_idx, bounds,
                  Py_ssize_t max_head, Py_ssize_t meta_size, int flag_plain, bytes key_prefix, bint enabled=True):
@@ -109,7 +108,6 @@ cdef class HitPath:
         self._prefix = key_prefix
         self.enabled = enabled
         self.draining = False
-        self.hits = 0
 
     def key_for(self, bytes head):
         """The primary key the fast path computes for a request head (None when it would not handle it)."""
@@ -318,7 +316,6 @@ cdef class HitPath:
         while k < NBUCKETS and dur > self._bounds[k]:
             k += 1
         self._w[self._bucket_idx + k] += 1
-        self.hits += 1
         if rest > BIG:
             # a large body is not copied again: the transport takes views of the lookup's private copy
             # (nothing else holds or reuses that bytes object)
