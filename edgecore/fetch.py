@@ -32,6 +32,19 @@ Headers = list[tuple[bytes, bytes]]
 TICK = 0.1  # seconds between timeout checks of the exchanges in flight
 
 
+class Timed(Protocol):
+    """What the pool's ticker checks for timeouts (an Exchange, or the protocol's plain fetch)."""
+
+    def check(self, now: float) -> None: ...
+
+
+class Plain(Timed, Protocol):
+    """A fetch that reads its connection's bytes itself instead of httptools (the protocol's plain miss)."""
+
+    def data(self, data: bytes) -> None: ...
+    def lost(self) -> None: ...
+
+
 class Sink(Protocol):
     """What receives an upstream response (the client-side request handler)."""
 
@@ -62,6 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
+        self.fast: Plain | None = None  # a plain fetch reading this connection's bytes itself
         self.closed = False
         self.reused = False
         self.paused_by_client = False
@@ -76,6 +90,10 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
+        fast = self.fast
+        if fast is not None:
+            self.fast = None
+            fast.lost()
         ex = self.exchange
         if ex is not None:
             self.exchange = None
@@ -89,6 +107,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._wake_writer()
 
     def data_received(self, data: bytes) -> None:
+        fast = self.fast
+        if fast is not None:
+            fast.data(data)
+            return
         ex = self.exchange
         if ex is None:
             # bytes on an idle connection: the upstream broke the protocol; never reuse it
@@ -303,7 +325,7 @@ class Pool:
         self._rr = itertools.cycle(cfg.upstream)
         self._idle: dict[Upstream, list[UpstreamConnection]] = {u: [] for u in cfg.upstream}
         self._on_request = on_request
-        self.active: set[Exchange] = set()  # exchanges in flight, checked for timeouts by the ticker
+        self.active: set[Timed] = set()  # exchanges and plain fetches in flight, checked by the ticker
         self._ticker = loop.call_later(TICK, self._tick)
 
     def _tick(self) -> None:
@@ -338,6 +360,33 @@ class Pool:
                 conn.reused = True
                 return conn
         return await self._connect(upstream)
+
+    def take_idle(self) -> UpstreamConnection | None:
+        """An idle keep-alive connection to the next upstream, or None (this never connects)."""
+        idle = self._idle[next(self._rr)]
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def send_plain(self, conn: UpstreamConnection, fetch: Plain, head: bytes) -> None:
+        """Start a plain fetch on an idle connection taken with take_idle: the request head goes out now and
+        the connection's bytes go to fetch.data until it gives the connection back (release) or to an
+        Exchange (adopt)."""
+        if self._on_request is not None:
+            self._on_request()
+        conn.fast = fetch
+        self.active.add(fetch)
+        conn.write(head)
+
+    def adopt(self, conn: UpstreamConnection, method: bytes, sink: Sink, started_at: float) -> Exchange:
+        """Hand a plain fetch's connection (its request already sent) to a general Exchange."""
+        ex = Exchange(self, conn, method, sink)
+        ex.started_at = started_at
+        conn.exchange = ex
+        self.active.add(ex)
+        return ex
 
     def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
         idle = self._idle.get(conn.upstream)
@@ -451,6 +500,16 @@ class Flights:
         self._unlock(flight, key)
         if flight.done is not None and not flight.done.done():
             flight.done.set_result(result)
+
+    def try_lead(self, key: bytes) -> Flight | None:
+        """Lead a fetch of key at once, or None when another request (in this worker or another) leads one."""
+        if key in self._flights:
+            return None
+        f = Flight()
+        if not self.lock(f, key):
+            return None
+        self._flights[key] = f
+        return f
 
     def busy(self, key: bytes) -> bool:
         """A fetch for key is in flight in this worker."""

@@ -21,6 +21,7 @@ import collections
 import functools
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import httptools
@@ -29,7 +30,14 @@ from . import entry, keys, policy
 from ._hitpath import HitPath
 from .cache import MAX_TAGS, Cache
 from .config import Config
-from .errors import BadRequest, EdgeError, HeaderTooLarge, UpstreamError, UpstreamIncomplete
+from .errors import (
+    BadRequest,
+    EdgeError,
+    HeaderTooLarge,
+    UpstreamError,
+    UpstreamIncomplete,
+    UpstreamTimeout,
+)
 from .fetch import Exchange, Flights, Pool, UpstreamConnection, set_nodelay
 from .metrics import (
     DURATION_BUCKETS,
@@ -145,6 +153,7 @@ def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: ke
         entry.FLAG_PLAIN,
         prefix,
         enabled=default_opts and probe.endswith(b"1:h/"),
+        fetch_drop=tuple(sorted(HOP_BY_HOP | _CACHE_FETCH_DROP | {b"content-length", b"expect"})),
     )
 
 
@@ -235,10 +244,13 @@ class ClientProtocol(asyncio.Protocol):
         self.last_progress = self.ctx.loop.time()
         if self.req is None and self.active is None and not self.queue and not self.closing:
             # between messages with nothing in flight: fresh plain hits are answered in C
-            consumed, close = self.ctx.hitpath.serve(data, self.transport)
+            hp = self.ctx.hitpath
+            consumed, close = hp.serve(data, self.transport)
             if close:
                 self._finish_connection()
                 return
+            if hp.miss_key is not None and self._plain_miss(hp, data):
+                consumed = hp.miss_end
             if consumed:
                 if consumed == len(data):
                     return
@@ -412,10 +424,56 @@ class ClientProtocol(asyncio.Protocol):
         self.active = r
         self.ctx.loop.create_task(self._run(r))
 
-    async def _run(self, r: Request) -> None:
+    def _next(self, r: Request) -> None:
+        """r (answered outside _run) is done: close, or start the next pipelined request, in order."""
+        if self.closing or not r.keep_alive or self.ctx.draining:
+            self._finish_connection()
+            self.active = None
+            return
+        if not self.queue:
+            self.active = None
+            return
+        nxt = self.queue.popleft()
+        if len(self.queue) < PIPELINE_MAX // 2:
+            self._resume_reading()
+        self._start(nxt)
+
+    def _plain_miss(self, hp: HitPath, data: bytes) -> bool:
+        """The C path stopped at a plain GET/HEAD with nothing stored for its key: fetch it as a PlainMiss
+        when nobody else fetches that key, it is not known uncacheable, and an idle upstream connection is
+        at hand. False: the general path (httptools, a task) takes the request."""
+        ctx = self.ctx
+        key = hp.miss_key
+        fl = ctx.flights
+        if ctx.draining or fl.busy(key) or fl.uncacheable(key):
+            return False
+        conn = ctx.pool.take_idle()
+        if conn is None:
+            return False
+        start, end = hp.miss_start, hp.miss_end
+        head = hp.upstream_head(data, start, end, self.peer, ctx.via)
+        flight = fl.try_lead(key) if head is not None else None
+        if flight is None or head is None:
+            ctx.pool.release(conn, True)
+            return False
+        r = Request()
+        r.method = b"HEAD" if hp.miss_head_only else b"GET"
+        r.version = b"1.0" if hp.miss_http10 else b"1.1"
+        r.keep_alive = hp.miss_keep != 0
+        r.t0 = time.time()
+        self.active = r
+        fetch = PlainMiss(self, conn, key, flight, r, data[start:end], hp.miss_keep)
+        ctx.pool.send_plain(conn, fetch, head)
+        return True
+
+    async def _run(self, r: Request, first: Awaitable[None] | None = None) -> None:
         while True:
             try:
-                await self._handle(r)
+                if first is not None:
+                    aw, first = first, None
+                    await aw  # the rest of a request started elsewhere (a plain miss handed over)
+                else:
+                    await self._handle(r)
             except EdgeError as e:
                 self._error_response(r, e)
             except Exception as e:  # a worker never dies of one request
@@ -807,10 +865,10 @@ class ClientProtocol(asyncio.Protocol):
         sink = StoreSink(self.ctx, self, r, key, fwd=fwd, flight=flight)
         try:
             await self._exchange(r, sink, method=b"GET", drop=_CACHE_FETCH_DROP)
-            await sink.finished()
-        finally:
-            # waiters look in the cache for their own variant; None sends them upstream on their own
-            ctx.flights.finish(key, flight, True if sink.stored_value is not None else None)
+        except BaseException:
+            ctx.flights.finish(key, flight, None)
+            raise
+        await _finish_miss(ctx, key, flight, sink)
 
     async def _revalidate(
         self,
@@ -1243,24 +1301,9 @@ class StoreSink(StreamSink):
     def _store(self, body: bytes) -> None:
         ctx = self.ctx
         assert self.fresh is not None and self.status is not None
-        stored_headers = policy.storable_headers(self.headers)
-        via = ctx.via
-        validators = False
-        for i, (n, v) in enumerate(stored_headers):
-            if n == b"via":
-                stored_headers[i] = (n, v + b", " + ctx.via)
-                via = b""
-            elif n == b"etag" or n == b"last-modified":
-                validators = True
-        if via:
-            stored_headers.append((b"via", via))
-        value, birth, fresh_until, flags = entry.encode(
-            self.status, self.reason_phrase, stored_headers, body, self.fresh, self.request_time
+        value, birth, expires, flags = _stored_form(
+            ctx, self.status, self.reason_phrase, self.headers, body, self.fresh, self.request_time
         )
-        f = self.fresh
-        keep = max(f.stale_while_revalidate, f.stale_if_error, _STALE_KEEP if validators else 0.0)
-        # a response with validators is kept a while past freshness, so it can be revalidated
-        expires = max(fresh_until + keep, time.time() + 1.0) if validators else fresh_until + keep
         key = self.key
         if self.vary:
             key = self._variant_key(self.vary, birth, expires)
@@ -1336,11 +1379,234 @@ class StoreSink(StreamSink):
         self.started = True
 
 
+class PlainMiss:
+    """A plain miss fetched without httptools, a task or a sink: a GET/HEAD the C path parsed and found
+    nothing stored for, sent over an idle pooled connection (ClientProtocol._plain_miss). The C path reads
+    the response head, policy decides, the complete body is stored and then served from the stored value
+    like a hit (as StoreSink does for small bodies). What is not plain (the response head, not storable, a
+    body over _FLUSH_AT, Vary, fields named by a qualified no-cache/private) goes to the general path
+    (StoreSink + Exchange) with every byte received so far; a reused connection that closes before
+    answering sends the request down the general path from the start (which retries on a new connection).
+    Invariants: nothing is written to the client before the body is complete and stored; the key's flight
+    is finished exactly once, here or by the general path that took it over."""
+
+    __slots__ = (
+        "proto",
+        "conn",
+        "key",
+        "flight",
+        "r",
+        "raw",
+        "keep",
+        "buf",
+        "head",
+        "fresh",
+        "request_time",
+        "started_at",
+        "last_activity",
+    )
+
+    def __init__(
+        self,
+        proto: ClientProtocol,
+        conn: UpstreamConnection,
+        key: bytes,
+        flight: Any,
+        r: Request,
+        raw: bytes,
+        keep: int,
+    ) -> None:
+        self.proto = proto
+        self.conn = conn
+        self.key = key
+        self.flight = flight
+        self.r = r
+        self.raw = raw  # the client's request head, for the general path
+        self.keep = keep  # the C path's keep-alive code of the response
+        self.buf = b""
+        self.head: tuple[int, bytes, Headers, int, int, bool] | None = None
+        self.fresh: policy.Freshness | None = None
+        self.request_time = r.t0
+        self.started_at = self.last_activity = proto.ctx.loop.time()
+
+    def data(self, data: bytes) -> None:
+        ctx = self.proto.ctx
+        self.last_activity = ctx.loop.time()
+        buf = self.buf + data if self.buf else data
+        h = self.head
+        if h is None:
+            parsed = ctx.hitpath.parse_response(buf)
+            if parsed is None:
+                self.buf = buf
+                return
+            if parsed is False or not self._storable(parsed):
+                self._hand_over(buf)
+                return
+            h = self.head = parsed
+        end = h[3] + h[4]
+        if len(buf) < end:
+            self.buf = buf
+            return
+        self._complete(h, buf, end)
+
+    def _storable(self, h: tuple[int, bytes, Headers, int, int, bool]) -> bool:
+        """Stored and then served whole: policy allows it (the request has no Authorization or Cache-Control:
+        the C path took only such requests), it is small, and the stored head is what this client gets."""
+        status, _, fields, _, clen, _ = h
+        ctx = self.proto.ctx
+        if clen > _FLUSH_AT or clen > ctx.cfg.max_object_size:
+            return False
+        for n, v in fields:
+            if n == b"vary":
+                return False
+            if n.endswith(b"cache-control"):
+                lv = v.lower()
+                if b"no-cache=" in lv or b"private=" in lv:
+                    return False
+        fresh, _ = policy.decide_store(
+            b"GET",
+            status,
+            [],
+            fields,
+            request_time=self.request_time,
+            response_time=time.time(),
+            opts=ctx.policy_opts,
+        )
+        self.fresh = fresh
+        return fresh is not None
+
+    def _complete(self, h: tuple[int, bytes, Headers, int, int, bool], buf: bytes, end: int) -> None:
+        status, reason, fields, hlen, _, keep_alive = h
+        p = self.proto
+        ctx = p.ctx
+        fresh = self.fresh
+        assert fresh is not None
+        self.conn.fast = None
+        ctx.pool.active.discard(self)
+        ctx.pool.release(self.conn, keep_alive and len(buf) == end)  # extra bytes: never reused
+        value, birth, expires, flags = _stored_form(
+            ctx, status, reason, fields, buf[hlen:end], fresh, self.request_time
+        )
+        stored = ctx.cache.store(self.key, value, birth, expires, flags, tags=_tags(fields))
+        ctx.flights.finish(self.key, self.flight, True if stored else None)
+        r = self.r
+        ctx.counters.request(Outcome.MISS, time.time() - r.t0)  # before the write
+        if not p.closing:
+            cs = b"edgecore; fwd=uri-miss; fwd-status=%d; stored; ttl=%d" % (
+                status,
+                max(0, int(fresh.lifetime - fresh.initial_age)),
+            )
+            ctx.hitpath.respond(value, p.transport, self.keep if r.keep_alive else 0, r.method == b"HEAD", cs)
+        p._next(r)
+
+    def _request(self) -> Request:
+        """The request, with every field, as the general path's parser would have built it."""
+        r = self.r
+        r.method, r.target, r.headers = self.proto.ctx.hitpath.request_fields(self.raw, 0, len(self.raw))
+        for n, v in r.headers:
+            if n == b"host":
+                r.host = v.lower()
+            elif n == b"connection":
+                r.conn_tokens.extend(t.strip().lower() for t in v.split(b","))
+        return r
+
+    def _hand_over(self, buf: bytes) -> None:
+        """The general path takes this fetch over: a StoreSink on an Exchange of the same connection, fed
+        the bytes received so far, its end awaited by the client's _run (which then goes on in order)."""
+        p = self.proto
+        ctx = p.ctx
+        ctx.pool.active.discard(self)
+        self.conn.fast = None
+        r = self._request()
+        sink = StoreSink(ctx, p, r, self.key, fwd=b"uri-miss", flight=self.flight)
+        sink.request_time = self.request_time
+        sink.exchange = ctx.pool.adopt(self.conn, b"GET", sink, self.started_at)
+        ctx.loop.create_task(p._run(r, first=_finish_miss(ctx, self.key, self.flight, sink)))
+        self.conn.data_received(buf)
+
+    def lost(self) -> None:
+        """The connection closed before the response was complete."""
+        ctx = self.proto.ctx
+        ctx.pool.active.discard(self)
+        if self.head is None and not self.buf:
+            # a reused connection the upstream had closed: the general path starts over (and retries)
+            ctx.flights.finish(self.key, self.flight, None)
+            self.proto._start(self._request())
+            return
+        authority = self.conn.upstream.authority
+        if self.head is None:
+            self._fail(UpstreamError(f"upstream {authority} closed the connection before responding"))
+        else:
+            self._fail(UpstreamIncomplete(f"upstream {authority} closed mid-body"))
+
+    def check(self, now: float) -> None:
+        """The pool's ticker: response-head and idle-body timeouts (504), as Exchange.check."""
+        cfg = self.proto.ctx.cfg
+        authority = self.conn.upstream.authority
+        if self.head is None:
+            if now - self.started_at < cfg.response_timeout:
+                return
+            err = UpstreamTimeout(f"no response head from {authority} within {cfg.response_timeout:g}s")
+        elif now - self.last_activity < cfg.idle_timeout:
+            return
+        else:
+            err = UpstreamTimeout(f"upstream {authority} body idle for {cfg.idle_timeout:g}s")
+        self.proto.ctx.pool.active.discard(self)
+        self.conn.fast = None
+        self.conn.abort()
+        self._fail(err)
+
+    def _fail(self, err: EdgeError) -> None:
+        p = self.proto
+        p.ctx.flights.finish(self.key, self.flight, None)
+        r = self._request()
+        p._error_response(r, err)
+        p._next(r)
+
+
+async def _finish_miss(ctx: Context, key: bytes, flight: Any, sink: StoreSink) -> None:
+    """The end of a miss the general path fetches: waiters look in the cache for their own variant; None
+    sends them upstream on their own."""
+    try:
+        await sink.finished()
+    finally:
+        ctx.flights.finish(key, flight, True if sink.stored_value is not None else None)
+
+
 _ERROR_STATUSES = frozenset((500, 502, 503, 504))
 _BIG = 32 << 10  # stored responses above this are written as views, not joined into one buffer
 _FLUSH_AT = 64 << 10  # pending response bytes that are written without waiting for the end of a read
 # response fields never relayed as received: hop-by-hop (RFC 9110 7.6.1), framing (re-done), our own
 _RESPONSE_SKIP = HOP_BY_HOP | {b"content-length", b"cache-status"}
+
+
+def _stored_form(
+    ctx: Context,
+    status: int,
+    reason: bytes,
+    headers: Headers,
+    body: bytes,
+    fresh: policy.Freshness,
+    request_time: float,
+) -> tuple[bytes, float, float, int]:
+    """(value, birth, expires, cache flags) of a response to store: the storable fields (RFC 9111 3.1) with
+    our Via, encoded by entry; kept past freshness for stale-while-revalidate/-if-error, and a while longer
+    when it has validators so that it can be revalidated."""
+    stored_headers = policy.storable_headers(headers)
+    via = ctx.via
+    validators = False
+    for i, (n, v) in enumerate(stored_headers):
+        if n == b"via":
+            stored_headers[i] = (n, v + b", " + ctx.via)
+            via = b""
+        elif n == b"etag" or n == b"last-modified":
+            validators = True
+    if via:
+        stored_headers.append((b"via", via))
+    value, birth, fresh_until, flags = entry.encode(status, reason, stored_headers, body, fresh, request_time)
+    keep = max(fresh.stale_while_revalidate, fresh.stale_if_error, _STALE_KEEP if validators else 0.0)
+    expires = max(fresh_until + keep, time.time() + 1.0) if validators else fresh_until + keep
+    return value, birth, expires, flags
 
 
 def _tags(headers: Headers) -> tuple[int, ...]:

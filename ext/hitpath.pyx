@@ -18,7 +18,8 @@ order (the caller only calls it when no request is in flight and the parser is b
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int64_t
 from libc.stdio cimport snprintf
-from libc.string cimport memchr, memcpy
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.string cimport memchr, memcmp, memcpy
 
 
 cdef extern from "<time.h>" nogil:
@@ -90,9 +91,20 @@ cdef class HitPath:
     cdef bytes _prefix          # the key up to the host: tenant and method class
     cdef public bint enabled
     cdef public bint draining
+    # set by serve() when it stops at a plain request whose key is not in the cache at all (a plain miss):
+    # its key, where its head starts and ends in `data`, its keep-alive code and whether it is HEAD/HTTP/1.0
+    cdef public object miss_key
+    cdef public Py_ssize_t miss_start, miss_end
+    cdef public int miss_keep
+    cdef public bint miss_head_only, miss_http10
+    cdef bint _http11           # of the request _parse saw last
+    cdef tuple _fetch_drop      # lower-case names never sent upstream on a cache fetch
+    cdef char *_buf             # scratch for upstream_head (max_head * 2 + 1024 bytes)
+    cdef Py_ssize_t _bufsize
 
     def __init__(self, cache, words, int hit_idx, int served_idx, int sum_idx, int bucket_idx, bounds,
-                 Py_ssize_t max_head, Py_ssize_t meta_size, int flag_plain, bytes key_prefix, bint enabled=True):
+                 Py_ssize_t max_head, Py_ssize_t meta_size, int flag_plain, bytes key_prefix, bint enabled=True,
+                 fetch_drop=()):
         cdef long long[::1] view = words
         self._lookup = cache.lookup
         self._words = words
@@ -108,6 +120,15 @@ cdef class HitPath:
         self._prefix = key_prefix
         self.enabled = enabled
         self.draining = False
+        self.miss_key = None
+        self._fetch_drop = tuple(fetch_drop)
+        self._bufsize = max_head * 2 + 1024
+        self._buf = <char *>PyMem_Malloc(self._bufsize)
+        if self._buf == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        PyMem_Free(self._buf)
 
     def key_for(self, bytes head):
         """The primary key the fast path computes for a request head (None when it would not handle it)."""
@@ -211,6 +232,7 @@ cdef class HitPath:
                     return None
         if not have_host:
             return None
+        self._http11 = http11
         # RFC 9110 4.2.3: drop a default (or empty) port and a trailing dot, as keys.normalise_host does
         colon = <const char *>memchr(host, b':', hlen)
         if colon != NULL:
@@ -234,7 +256,8 @@ cdef class HitPath:
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t pos = 0, hend
         cdef const char *crlf
-        cdef int keep = 0, head_only = 0
+        cdef int keep = 0, head_only = 0, answered
+        self.miss_key = None
         if not self.enabled:
             return 0, False
         while pos < n:
@@ -249,7 +272,15 @@ cdef class HitPath:
                 break
             if self.draining:
                 keep = 0
-            if not self._answer(key, transport, keep, head_only):
+            answered = self._answer(key, transport, keep, head_only)
+            if answered <= 0:
+                if answered < 0:
+                    self.miss_key = key
+                    self.miss_start = pos
+                    self.miss_end = pos + hend + 4
+                    self.miss_keep = keep
+                    self.miss_head_only = head_only
+                    self.miss_http10 = not self._http11
                 break
             pos += hend + 4
             if not keep:
@@ -268,45 +299,28 @@ cdef class HitPath:
             q += 1
         return NULL
 
-    cdef bint _answer(self, bytes key, transport, int keep, int head_only) except -1:
+    cdef int _answer(self, bytes key, transport, int keep, int head_only) except -2:
+        """-> 1 answered, 0 found but not servable here (the Python path decides), -1 nothing stored."""
         cdef double t0 = _now(), fresh_until, birth, dur
         cdef const char *v
-        cdef Py_ssize_t vlen, sl, head_len, rest, dlen, total
-        cdef unsigned short sl16
-        cdef unsigned int hl32
-        cdef char dyn[160]
-        cdef char *o
+        cdef Py_ssize_t vlen
+        cdef char cs[64]
+        cdef Py_ssize_t cslen
         cdef int k
-        cdef bytes conn
         found = self._lookup(key, t0)
         if found is None:
-            return False
+            return -1
         value, _, _, flags = found
         if flags != self._flag_plain:
-            return False
+            return 0
         v = PyBytes_AS_STRING(value)
         vlen = PyBytes_GET_SIZE(value)
-        if vlen < self._meta:
-            return False
-        memcpy(&sl16, v + OFF_SL, 2)
-        memcpy(&hl32, v + OFF_HEAD_LEN, 4)
+        if not self._valid(v, vlen):
+            return 0
         memcpy(&fresh_until, v + OFF_FRESH_UNTIL, 8)
-        memcpy(&birth, v + OFF_BIRTH, 8)
         if t0 >= fresh_until:
-            return False
-        sl = sl16
-        head_len = hl32
-        if self._meta + head_len > vlen or sl > head_len:
-            return False
-        if keep == 1:
-            conn = b""
-        elif keep == 2:
-            conn = b"connection: keep-alive\r\n"
-        else:
-            conn = b"connection: close\r\n"
-        dlen = snprintf(dyn, sizeof(dyn), b"age: %lld\r\ncache-status: edgecore; hit; ttl=%lld\r\n%s",
-                        <long long>(t0 - birth), <long long>(fresh_until - t0), PyBytes_AS_STRING(conn))
-        rest = (head_len if head_only else vlen - self._meta) - sl
+            return 0
+        cslen = snprintf(cs, sizeof(cs), b"edgecore; hit; ttl=%lld", <long long>(fresh_until - t0))
         # counted before the write: whoever has the response can already see it in the metrics
         dur = _now() - t0
         self._w[self._hit_idx] += 1
@@ -316,6 +330,47 @@ cdef class HitPath:
         while k < NBUCKETS and dur > self._bounds[k]:
             k += 1
         self._w[self._bucket_idx + k] += 1
+        return 1 if self._write_value(value, transport, keep, head_only, t0, cs, cslen) else 0
+
+    cdef inline bint _valid(self, const char *v, Py_ssize_t vlen):
+        """The value is long enough for its META and its head/status-line lengths are consistent."""
+        cdef unsigned short sl16
+        cdef unsigned int hl32
+        if vlen < self._meta:
+            return False
+        memcpy(&sl16, v + OFF_SL, 2)
+        memcpy(&hl32, v + OFF_HEAD_LEN, 4)
+        return self._meta + <Py_ssize_t>hl32 <= vlen and sl16 <= hl32
+
+    cdef bint _write_value(self, bytes value, transport, int keep, int head_only, double now,
+                           const char *cs, Py_ssize_t cslen) except -1:
+        """Write a stored response (entry.py's layout) with Age, Cache-Status and Connection spliced in
+        after the status line. False (nothing written) when the value is malformed."""
+        cdef const char *v = PyBytes_AS_STRING(value)
+        cdef Py_ssize_t vlen = PyBytes_GET_SIZE(value)
+        cdef Py_ssize_t sl, head_len, rest, dlen, total
+        cdef unsigned short sl16
+        cdef unsigned int hl32
+        cdef double birth
+        cdef char dyn[192]
+        cdef char *o
+        cdef const char *conn
+        if not self._valid(v, vlen) or cslen > 100:
+            return False
+        memcpy(&sl16, v + OFF_SL, 2)
+        memcpy(&hl32, v + OFF_HEAD_LEN, 4)
+        memcpy(&birth, v + OFF_BIRTH, 8)
+        sl = sl16
+        head_len = hl32
+        if keep == 1:
+            conn = b""
+        elif keep == 2:
+            conn = b"connection: keep-alive\r\n"
+        else:
+            conn = b"connection: close\r\n"
+        dlen = snprintf(dyn, sizeof(dyn), b"age: %lld\r\ncache-status: %.*s\r\n%s",
+                        <long long>(now - birth) if now > birth else 0, <int>cslen, cs, conn)
+        rest = (head_len if head_only else vlen - self._meta) - sl
         if rest > BIG:
             # a large body is not copied again: the transport takes views of the lookup's private copy
             # (nothing else holds or reuses that bytes object)
@@ -331,3 +386,260 @@ cdef class HitPath:
             memcpy(o + sl + dlen, v + self._meta + sl, rest)
             transport.write(out)
         return True
+
+    def respond(self, bytes value, transport, int keep, bint head_only, bytes cache_status):
+        """Write a stored response just fetched for a plain miss (see serve's miss_* fields).
+        -> False when `value` is malformed (nothing written)."""
+        return self._write_value(value, transport, keep, head_only, _now(), PyBytes_AS_STRING(cache_status),
+                                 PyBytes_GET_SIZE(cache_status))
+
+    # ------------------------------------------------------------------ the plain miss
+    # A plain request that missed (serve's miss_* fields) may be fetched by the protocol without httptools:
+    # upstream_head renders its upstream request from the bytes serve already checked, request_fields gives
+    # the parsed fields when the protocol falls back to its general path, and parse_response reads the
+    # upstream's response head when it is of the plainest kind (anything else is left to httptools).
+
+    def upstream_head(self, bytes data, Py_ssize_t start, Py_ssize_t end, bytes peer, bytes via):
+        """The GET sent upstream for the plain request data[start:end] (a head serve() parsed): fields
+        lower-cased and trimmed as the general path renders them, those in `fetch_drop` and Connection
+        removed (RFC 9110 7.6.1), Via and X-Forwarded-For/-Proto added. None: leave it to the general path
+        (a Via field, many X-Forwarded-For lines, or too long)."""
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef const char *q
+        cdef const char *e
+        cdef const char *line
+        cdef const char *colon
+        cdef const char *v
+        cdef const char *ve
+        cdef const char *tgt
+        cdef char *o = self._buf
+        cdef char *olim = self._buf + self._bufsize - 256 - PyBytes_GET_SIZE(peer) - PyBytes_GET_SIZE(via)
+        cdef const char *xff[8]
+        cdef Py_ssize_t xffn[8]
+        cdef int nxff = 0, i
+        cdef Py_ssize_t nlen, k
+        cdef unsigned char c
+        if start < 0 or end > PyBytes_GET_SIZE(data) or end - start < 16 or olim <= o:
+            return None
+        q = p + start
+        e = p + end - 2  # at the final CRLF
+        tgt = <const char *>memchr(q, b' ', e - q) + 1
+        q = <const char *>memchr(q, b'\r', e - q)
+        if tgt == <const char *>1 or q == NULL:
+            return None
+        k = (q - 9) - tgt  # the target ends before " HTTP/1.x"
+        if k <= 0 or o + 20 + k > olim:
+            return None
+        memcpy(o, b"GET ", 4)
+        memcpy(o + 4, tgt, k)
+        memcpy(o + 4 + k, b" HTTP/1.1\r\n", 11)
+        o += 15 + k
+        q += 2
+        while q < e:
+            line = q
+            q = <const char *>memchr(line, b'\r', e - line)
+            if q == NULL:
+                return None
+            colon = <const char *>memchr(line, b':', q - line)
+            if colon == NULL:
+                return None
+            nlen = colon - line
+            v = colon + 1
+            while v < q and (v[0] == b' ' or v[0] == b'\t'):
+                v += 1
+            ve = q
+            while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
+                ve -= 1
+            q += 2
+            if _ieq(line, nlen, "connection", 10):
+                continue
+            if _ieq(line, nlen, "via", 3):
+                return None
+            if _ieq(line, nlen, "x-forwarded-for", 15):
+                if nxff == 8:
+                    return None
+                xff[nxff] = v
+                xffn[nxff] = ve - v
+                nxff += 1
+                continue
+            if self._dropped(line, nlen):
+                continue
+            if o + nlen + (ve - v) + 4 > olim:
+                return None
+            for k in range(nlen):
+                c = <unsigned char>line[k]
+                o[k] = c + 32 if 65 <= c <= 90 else c
+            o += nlen
+            o[0] = b':'
+            o[1] = b' '
+            memcpy(o + 2, v, ve - v)
+            o += 2 + (ve - v)
+            o[0] = b'\r'
+            o[1] = b'\n'
+            o += 2
+        o += snprintf(o, 32 + PyBytes_GET_SIZE(via), b"via: %s\r\n", PyBytes_AS_STRING(via))
+        memcpy(o, b"x-forwarded-for: ", 17)
+        o += 17
+        for i in range(nxff):
+            if o + xffn[i] + 2 > olim:
+                return None
+            memcpy(o, xff[i], xffn[i])
+            o += xffn[i]
+            o[0] = b','
+            o[1] = b' '
+            o += 2
+        memcpy(o, PyBytes_AS_STRING(peer), PyBytes_GET_SIZE(peer))
+        o += PyBytes_GET_SIZE(peer)
+        memcpy(o, b"\r\nx-forwarded-proto: http\r\n\r\n", 29)
+        o += 29
+        return PyBytes_FromStringAndSize(self._buf, o - self._buf)
+
+    cdef bint _dropped(self, const char *name, Py_ssize_t n):
+        for d in self._fetch_drop:
+            if _ieq(name, n, PyBytes_AS_STRING(d), PyBytes_GET_SIZE(d)):
+                return True
+        return False
+
+    def request_fields(self, bytes data, Py_ssize_t start, Py_ssize_t end):
+        """(method, target, header fields as (lower-case name, trimmed value)) of the plain request
+        data[start:end], as the general path's parser callbacks would have collected them."""
+        cdef const char *p = PyBytes_AS_STRING(data)
+        cdef const char *q = p + start
+        cdef const char *e = p + end - 2
+        cdef const char *line
+        cdef const char *colon
+        cdef const char *v
+        cdef const char *ve
+        cdef const char *sp = <const char *>memchr(q, b' ', e - q)
+        cdef const char *eol = <const char *>memchr(q, b'\r', e - q)
+        if start < 0 or end > PyBytes_GET_SIZE(data) or sp == NULL or eol == NULL or eol - 9 <= sp:
+            raise ValueError("not a request head serve() parsed")
+        method = PyBytes_FromStringAndSize(q, sp - q)
+        target = PyBytes_FromStringAndSize(sp + 1, (eol - 9) - (sp + 1))
+        fields = []
+        q = eol + 2
+        while q < e:
+            line = q
+            q = <const char *>memchr(line, b'\r', e - line)
+            colon = <const char *>memchr(line, b':', q - line) if q != NULL else NULL
+            if colon == NULL:
+                raise ValueError("not a request head serve() parsed")
+            v = colon + 1
+            while v < q and (v[0] == b' ' or v[0] == b'\t'):
+                v += 1
+            ve = q
+            while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
+                ve -= 1
+            fields.append((_lower(line, colon - line), PyBytes_FromStringAndSize(v, ve - v)))
+            q += 2
+        return method, target, fields
+
+    def parse_response(self, bytes buf):
+        """The upstream response head at the start of buf, when it is of the plainest kind: HTTP/1.1, a
+        final status with a body (not 1xx, 204 or 304), one Content-Length, no Transfer-Encoding, Connection
+        at most close or keep-alive, strict field syntax.
+        -> None: the head is not complete yet; False: not plain (give the bytes to httptools);
+        else (status, reason, fields as (lower-case name, trimmed value), head length, content length,
+        keep-alive)."""
+        cdef const char *p = PyBytes_AS_STRING(buf)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(buf)
+        cdef const char *hend = self._find_head_end(p, n)
+        cdef const char *q
+        cdef const char *e
+        cdef const char *line
+        cdef const char *colon
+        cdef const char *v
+        cdef const char *ve
+        cdef const char *r
+        cdef int status
+        cdef long long clen = -1
+        cdef bint keep = True
+        cdef unsigned char c
+        cdef Py_ssize_t i
+        if hend == NULL:
+            return False if n > self._max_head else None
+        if hend - p > self._max_head:
+            return False
+        e = hend + 2  # the last field line's CRLF
+        if n < 16 or memcmp(p, b"HTTP/1.1 ", 9) != 0:
+            return False
+        for i in range(9, 12):
+            if not (48 <= p[i] <= 57):
+                return False
+        status = (p[9] - 48) * 100 + (p[10] - 48) * 10 + (p[11] - 48)
+        if status < 200 or status == 204 or status == 304:
+            return False
+        q = <const char *>memchr(p, b'\r', e - p)
+        if q == NULL or q[1] != b'\n':
+            return False
+        if q == p + 12:
+            reason = b""
+        elif p[12] != b' ':
+            return False
+        else:
+            r = p + 13
+            while r < q:
+                c = <unsigned char>r[0]
+                if (c < 0x20 and c != 0x09) or c == 0x7f:
+                    return False
+                r += 1
+            reason = PyBytes_FromStringAndSize(p + 13, q - (p + 13))
+        fields = []
+        q += 2
+        while q < e:
+            line = q
+            while q < e and q[0] != b'\r':
+                q += 1
+            if q >= e or q[1] != b'\n':
+                return False
+            colon = line
+            while colon < q and _TCHAR[<unsigned char>colon[0]]:
+                colon += 1
+            if colon == line or colon >= q or colon[0] != b':':
+                return False
+            v = colon + 1
+            while v < q and (v[0] == b' ' or v[0] == b'\t'):
+                v += 1
+            ve = q
+            while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
+                ve -= 1
+            r = v
+            while r < ve:
+                c = <unsigned char>r[0]
+                if (c < 0x20 and c != 0x09) or c == 0x7f:
+                    return False
+                r += 1
+            q += 2
+            if _ieq(line, colon - line, "content-length", 14):
+                if clen >= 0 or ve == v or ve - v > 15:
+                    return False
+                clen = 0
+                r = v
+                while r < ve:
+                    c = <unsigned char>r[0]
+                    if not (48 <= c <= 57):
+                        return False
+                    clen = clen * 10 + (c - 48)
+                    r += 1
+            elif _ieq(line, colon - line, "transfer-encoding", 17):
+                return False
+            elif _ieq(line, colon - line, "connection", 10):
+                if _ieq(v, ve - v, "close", 5):
+                    keep = False
+                elif not _ieq(v, ve - v, "keep-alive", 10):
+                    return False
+            fields.append((_lower(line, colon - line), PyBytes_FromStringAndSize(v, ve - v)))
+        if clen < 0:
+            return False
+        return status, reason, fields, hend + 4 - p, clen, keep
+
+
+cdef bytes _lower(const char *p, Py_ssize_t n):
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef char *o = PyBytes_AS_STRING(out)
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(n):
+        c = <unsigned char>p[i]
+        o[i] = c + 32 if 65 <= c <= 90 else c
+    return out
