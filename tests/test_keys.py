@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from edgecore.keys import (
     KeyOptions,
     normalise_field_value,
     normalise_host,
+    normalise_target,
     normalise_weighted,
     parse_vary,
     primary_key,
@@ -123,6 +124,43 @@ def test_primary_key_is_unambiguous(
     k1 = primary_key(m1, h1, p1, tenant=t1)
     k2 = primary_key(m2, h2, p2, tenant=t2)
     assert (k1 == k2) is same
+
+
+def _general_key(method: bytes, host: bytes, target: bytes, opts: KeyOptions) -> bytes:
+    """primary_key without its fast path: normalise_target, then normalise_host, then the encoding."""
+    authority, t = normalise_target(target, opts)
+    h = normalise_host(host if authority is None else authority, opts.default_ports)
+    cls = b"GET" if method in (b"GET", b"HEAD") else method
+    return b"0:%d:%s%d:%s%s" % (len(cls), cls, len(h), h, t)
+
+
+# Hosts and targets around the fast path's edges: ports, dots, OWS, case, IPv6, "%", "#", absolute form.
+_odd_host = st.text(alphabet="aZ0.:[] \t", max_size=8).map(str.encode)
+_odd_target = st.one_of(
+    st.from_regex(r"/[a-zA-Z0-9/?=&.~-]{0,12}", fullmatch=True).map(str.encode),  # the fast path's own
+    st.text(alphabet="/aZ%2f7E#?=&*", max_size=10).map(str.encode),
+    st.text(alphabet="/aZ%2f7E#?=&", max_size=8).map(lambda s: b"http://Ex.com" + s.encode()),
+)
+
+
+@pytest.mark.parametrize("opts", [None, KeyOptions(), KeyOptions(default_ports=(b"80",))])
+@example(method=b"GET", host=b"\ta", target=b"/")  # OWS around the host: stripped either way
+@example(method=b"GET", host=b"a\t", target=b"/")
+@example(method=b"GET", host=b" A.:80", target=b"/")
+@example(method=b"GET", host=b"", target=b"/")
+@given(method=st.sampled_from([b"GET", b"HEAD", b"POST"]), host=_odd_host, target=_odd_target)
+def test_primary_key_fast_path_agrees_with_the_general_path(
+    opts: KeyOptions | None, method: bytes, host: bytes, target: bytes
+) -> None:
+    # The fast path runs for the default options object and for any equal one (what options_for builds).
+    key = primary_key(method, host, target) if opts is None else primary_key(method, host, target, opts)
+    assert key == _general_key(method, host, target, opts or KeyOptions())
+
+
+@pytest.mark.parametrize("n", [0, 1, 9, 255, 256, 300])
+def test_primary_key_host_length_prefix(n: int) -> None:
+    host = b"h" * n
+    assert primary_key(b"GET", host, b"/x") == b"0:3:GET%d:%s/x" % (n, host)
 
 
 # ---------------------------------------------------------------------------------------------------------
