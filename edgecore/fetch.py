@@ -69,9 +69,10 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream; carries one Exchange at a time."""
 
-    def __init__(self, pool: Pool, upstream: Upstream) -> None:
+    def __init__(self, pool: Pool, upstream: Upstream, idle: list[UpstreamConnection]) -> None:
         self.pool = pool
         self.upstream = upstream
+        self.idle = idle  # the pool's idle list of this upstream
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
@@ -322,8 +323,9 @@ class Pool:
             raise ValueError("no upstream configured")
         self.cfg = cfg
         self.loop = loop
-        self._rr = itertools.cycle(cfg.upstream)
-        self._idle: dict[Upstream, list[UpstreamConnection]] = {u: [] for u in cfg.upstream}
+        # (upstream, its idle connections); a connection knows its own list (no hashing per request)
+        self._idle: list[tuple[Upstream, list[UpstreamConnection]]] = [(u, []) for u in cfg.upstream]
+        self._rr = itertools.cycle(self._idle)
         self._on_request = on_request
         self.active: set[Timed] = set()  # exchanges and plain fetches in flight, checked by the ticker
         self._ticker = loop.call_later(TICK, self._tick)
@@ -335,11 +337,11 @@ class Pool:
                 ex.check(now)
         self._ticker = self.loop.call_later(TICK, self._tick)
 
-    async def _connect(self, upstream: Upstream) -> UpstreamConnection:
+    async def _connect(self, upstream: Upstream, idle: list[UpstreamConnection]) -> UpstreamConnection:
         try:
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: UpstreamConnection(self, upstream), upstream.host, upstream.port
+                    lambda: UpstreamConnection(self, upstream, idle), upstream.host, upstream.port
                 ),
                 self.cfg.connect_timeout,
             )
@@ -352,18 +354,17 @@ class Pool:
         return conn
 
     async def acquire(self, fresh: bool = False) -> UpstreamConnection:
-        upstream = next(self._rr)
-        idle = self._idle[upstream]
+        upstream, idle = next(self._rr)
         while idle and not fresh:
             conn = idle.pop()
             if not conn.closed:
                 conn.reused = True
                 return conn
-        return await self._connect(upstream)
+        return await self._connect(upstream, idle)
 
     def take_idle(self) -> UpstreamConnection | None:
         """An idle keep-alive connection to the next upstream, or None (this never connects)."""
-        idle = self._idle[next(self._rr)]
+        _, idle = next(self._rr)
         while idle:
             conn = idle.pop()
             if not conn.closed:
@@ -389,15 +390,15 @@ class Pool:
         return ex
 
     def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        idle = self._idle.get(conn.upstream)
-        if keep_alive and not conn.closed and idle is not None and len(idle) < self.cfg.upstream_pool_size:
+        idle = conn.idle
+        if keep_alive and not conn.closed and len(idle) < self.cfg.upstream_pool_size:
             conn.reused = True
             idle.append(conn)
         else:
             conn.close()
 
     def forget(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.get(conn.upstream)
+        idle = conn.idle
         if idle and conn in idle:
             idle.remove(conn)
 
@@ -411,7 +412,7 @@ class Pool:
 
     def close(self) -> None:
         self._ticker.cancel()
-        for idle in self._idle.values():
+        for _, idle in self._idle:
             for conn in idle:
                 conn.close()
             idle.clear()

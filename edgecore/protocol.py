@@ -99,7 +99,10 @@ class Context:
         self.counters = counters
         self.loop = loop
         self.pool = pool or Pool(cfg, loop, on_request=functools.partial(counters.inc, F_UPSTREAM))
-        self.flights = Flights(loop, cfg.hit_for_miss_ttl, cache, lock_ttl=cfg.response_timeout)
+        # the cross-worker miss lock lives in the shared cache; one worker has nobody to share it with
+        self.flights = Flights(
+            loop, cfg.hit_for_miss_ttl, cache if cfg.workers != 1 else None, lock_ttl=cfg.response_timeout
+        )
         self.key_opts = keys.options_for(cfg)
         self.policy_opts = policy.Options(targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control))
         self.connections: set[ClientProtocol] = set()
@@ -445,7 +448,7 @@ class ClientProtocol(asyncio.Protocol):
         ctx = self.ctx
         key = hp.miss_key
         fl = ctx.flights
-        if ctx.draining or fl.busy(key) or fl.uncacheable(key):
+        if ctx.draining or fl.uncacheable(key):  # (a key being fetched already: try_lead says no)
             return False
         conn = ctx.pool.take_idle()
         if conn is None:
