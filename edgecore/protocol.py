@@ -1499,7 +1499,11 @@ class PlainMiss:
                 status,
                 max(0, int(fresh.lifetime - fresh.initial_age)),
             )
-            ctx.hitpath.respond(value, p.transport, self.keep if r.keep_alive else 0, r.method == b"HEAD", cs)
+            if not ctx.hitpath.respond(
+                value, p.transport, self.keep if r.keep_alive else 0, r.method == b"HEAD", cs
+            ):
+                log.error("unrenderable stored response for %s", r.target[:200])  # never: we just encoded it
+                p.abort()
         p._next(r)
 
     def _request(self) -> Request:
@@ -1531,16 +1535,13 @@ class PlainMiss:
         """The connection closed before the response was complete."""
         ctx = self.proto.ctx
         ctx.pool.active.discard(self)
-        if self.head is None and not self.buf:
-            # a reused connection the upstream had closed: the general path starts over (and retries)
+        if self.head is None:
+            # a reused connection the upstream had closed (before a whole response head): the general path
+            # starts over, as it retries a reused connection that fails before the head
             ctx.flights.finish(self.key, self.flight, None)
             self.proto._start(self._request())
             return
-        authority = self.conn.upstream.authority
-        if self.head is None:
-            self._fail(UpstreamError(f"upstream {authority} closed the connection before responding"))
-        else:
-            self._fail(UpstreamIncomplete(f"upstream {authority} closed mid-body"))
+        self._fail(UpstreamIncomplete(f"upstream {self.conn.upstream.authority} closed mid-body"))
 
     def check(self, now: float) -> None:
         """The pool's ticker: response-head and idle-body timeouts (504), as Exchange.check."""

@@ -423,10 +423,11 @@ cdef class HitPath:
             return None
         q = p + start
         e = p + end - 2  # at the final CRLF
-        tgt = <const char *>memchr(q, b' ', e - q) + 1
+        tgt = <const char *>memchr(q, b' ', e - q)
         q = <const char *>memchr(q, b'\r', e - q)
-        if tgt == <const char *>1 or q == NULL:
+        if tgt == NULL or q == NULL:
             return None
+        tgt += 1
         k = (q - 9) - tgt  # the target ends before " HTTP/1.x"
         if k <= 0 or o + 20 + k > olim:
             return None
