@@ -67,30 +67,40 @@ class Meta(NamedTuple):
 
 def render_head(status: int, reason: bytes, headers: Headers, body_len: int) -> tuple[bytes, int]:
     """(head bytes ending in the blank line, length of the status line incl. CRLF)."""
-    status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"")
-    parts = [status_line]
-    for name, value in headers:
-        if name in _SKIP_STORE:
-            continue
-        parts.append(name + b": " + value + b"\r\n")
-    parts.append(b"content-length: %d\r\n\r\n" % body_len)
-    return b"".join(parts), len(status_line)
+    status_line, fields = _render(status, reason, headers, body_len)
+    return status_line + fields, len(status_line)
+
+
+_STATUS_200_OK = b"HTTP/1.1 200 OK\r\n"
+
+
+def _render(status: int, reason: bytes, headers: Headers, body_len: int) -> tuple[bytes, bytes]:
+    """(status line, header fields and the blank line): the head in two parts, so encode joins it once."""
+    if status == 200 and reason == b"OK":
+        status_line = _STATUS_200_OK
+    else:
+        status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"")
+    lines = [b": ".join(field) for field in headers if field[0] not in _SKIP_STORE]
+    lines.append(b"content-length: %d\r\n\r\n" % body_len)
+    return status_line, b"\r\n".join(lines)
 
 
 def encode(
     status: int, reason: bytes, headers: Headers, body: bytes, f: Freshness, request_time: float
 ) -> tuple[bytes, float, float, int]:
     """-> (value, birth, fresh_until, cache_flags). `birth` is when the response's age was 0."""
-    head, sl = render_head(status, reason, headers, len(body))
+    status_line, fields = _render(status, reason, headers, len(body))
+    sl = len(status_line)
     birth = f.response_time - f.initial_age
     fresh_until = birth + f.lifetime
-    eflags = (E_MUST_REVALIDATE if f.must_revalidate else 0) | (E_NO_CACHE if f.no_cache else 0)
+    no_cache = f.no_cache
+    eflags = (E_MUST_REVALIDATE if f.must_revalidate else 0) | (E_NO_CACHE if no_cache else 0)
     meta = META.pack(
         VERSION,
         eflags,
         status,
         sl,
-        len(head),
+        sl + len(fields),  # head_len
         fresh_until,
         birth,
         f.response_time,
@@ -100,8 +110,8 @@ def encode(
         f.stale_while_revalidate,
         f.stale_if_error,
     )
-    flags = FLAG_RESPONSE if f.no_cache else FLAG_PLAIN
-    return b"".join((meta, head, body)), birth, fresh_until, flags
+    flags = FLAG_RESPONSE if no_cache else FLAG_PLAIN
+    return b"".join((meta, status_line, fields, body)), birth, fresh_until, flags
 
 
 def meta(value: bytes) -> Meta:
