@@ -177,8 +177,8 @@ def _unquote(q: bytes) -> bytes | None:
     if len(q) < 2 or q[:1] != b'"' or q[-1:] != b'"':
         return None
     inner = q[1:-1]
-    if b"\\" not in inner:
-        return None if b'"' in inner else inner
+    if 0x5C not in inner:  # no backslash (int needles: see primary_key in keys)
+        return None if 0x22 in inner else inner
     out = bytearray()
     it = iter(inner)
     for c in it:
@@ -234,7 +234,7 @@ def _parse_cc(lines: list[bytes] | tuple[bytes, ...]) -> tuple[Directives, froze
             name = words[0].lower()
             if name in d or name in bad:  # 4.2.1: the first occurrence wins
                 continue
-            if len(words) != 1 or raw_name[-1:] in (b" ", b"\t") or b'"' in raw_name:
+            if len(words) != 1 or raw_name[-1:] in (b" ", b"\t") or 0x22 in raw_name:
                 bad.add(name)  # "max-age =5", "max-age 5", a stray quote
                 continue
             if eq == -1:
@@ -249,7 +249,7 @@ def _parse_cc(lines: list[bytes] | tuple[bytes, ...]) -> tuple[Directives, froze
                     bad.add(name)
                 else:
                     d[name] = uq
-            elif b'"' in value or b" " in value or b"\t" in value:
+            elif 0x22 in value or 0x20 in value or 0x09 in value:  # '"', SP, HTAB
                 bad.add(name)
             else:
                 d[name] = value
@@ -446,8 +446,12 @@ def _delta(value: bytes | None) -> float | None:
     if value is None or not value.isdigit():
         return None
     if len(value) > 10:
-        return float(DELTA_MAX)
-    return float(min(int(value), DELTA_MAX))
+        return _DELTA_MAX_F
+    n = float(value)  # exact: at most 10 ASCII digits
+    return n if n < DELTA_MAX else _DELTA_MAX_F
+
+
+_DELTA_MAX_F = float(DELTA_MAX)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -589,6 +593,12 @@ def _select_directives(
     return d, bad, False
 
 
+# The response fields decide_store reads (besides the targeted fields).
+_STORE_FIELDS = frozenset(
+    (b"cache-control", b"date", b"expires", b"age", b"last-modified", b"etag", b"vary", b"content-length")
+)
+
+
 def decide_store(
     method: bytes,
     status: int,
@@ -627,12 +637,10 @@ def decide_store(
     for name, value in req_headers:
         if name == b"authorization":
             authorization = True
-        elif name == b"cache-control" and b"no-store" in value.lower():
-            rd, _ = _cc([value])
-            if b"no-store" in rd:
-                return None, Reason.REQUEST_NO_STORE
+        elif name == b"cache-control" and b"no-store" in _cc([value])[0]:
+            return None, Reason.REQUEST_NO_STORE
 
-    # One pass over the response fields.
+    # One pass over the response fields; most are none of these (one set lookup each).
     targeted_names = opts.targeted_fields
     cc_lines: list[bytes] = []
     targeted: dict[bytes, list[bytes]] | None = None
@@ -644,7 +652,12 @@ def decide_store(
     vary_lines: list[bytes] = []
     content_length: list[bytes] = []
     for name, value in resp_headers:
-        if name == b"cache-control":
+        if name not in _STORE_FIELDS:
+            if name in targeted_names:
+                if targeted is None:
+                    targeted = {}
+                targeted.setdefault(name, []).append(value)
+        elif name == b"cache-control":
             cc_lines.append(value)
         elif name == b"date":
             if date is None:
@@ -661,14 +674,14 @@ def decide_store(
             has_etag = True
         elif name == b"vary":
             vary_lines.append(value)
-        elif name == b"content-length":
+        else:  # content-length
             content_length.append(value)
-        elif name in targeted_names:
-            if targeted is None:
-                targeted = {}
-            targeted.setdefault(name, []).append(value)
 
-    d, bad, from_targeted = _select_directives(cc_lines, targeted, opts)
+    if targeted is None and len(cc_lines) == 1 and len(cc_lines[0]) <= _MEMO_MAX_LEN:
+        d, bad = _cc_memo(cc_lines[0])  # the common case of _select_directives
+        from_targeted = False
+    else:
+        d, bad, from_targeted = _select_directives(cc_lines, targeted, opts)
     shared = opts.shared
 
     # 5.2.2.3: must-understand limits storing to caches that understand the status; those ignore no-store.
@@ -677,9 +690,10 @@ def decide_store(
             return None, Reason.MUST_UNDERSTAND
     elif b"no-store" in d:  # 5.2.2.5
         return None, Reason.NO_STORE
-    private = d.get(b"private", b"")
-    if shared and b"private" in d and (private is None or not split_list(private)):  # 5.2.2.7 (unqualified)
-        return None, Reason.PRIVATE
+    if shared and b"private" in d:  # 5.2.2.7 (unqualified)
+        private = d[b"private"]
+        if private is None or not split_list(private):
+            return None, Reason.PRIVATE
     public = b"public" in d
     has_smaxage = shared and (b"s-maxage" in d or b"s-maxage" in bad)
     if shared and authorization and not (public or has_smaxage or b"must-revalidate" in d):  # 3.5
@@ -690,7 +704,7 @@ def decide_store(
     # 3.3: incomplete responses are not stored as complete; size limit.
     if content_length:
         cl = content_length[0].strip(_OWS)
-        if not cl.isdigit() or any(c.strip(_OWS) != cl for c in content_length):
+        if not cl.isdigit() or (len(content_length) > 1 and any(c.strip(_OWS) != cl for c in content_length)):
             return None, Reason.INCOMPLETE
         if body_length is not None and int(cl) != body_length:
             return None, Reason.INCOMPLETE
@@ -703,10 +717,13 @@ def decide_store(
     date_value = parse_http_date(date, response_time) if date is not None else None
     if date_value is None:  # RFC 9110 6.6.1: no (valid) Date: the time of receipt
         date_value = response_time
-    apparent_age = max(0.0, response_time - date_value)
-    response_delay = max(0.0, response_time - request_time)
-    corrected_age_value = _parse_age(ages) + response_delay
-    initial_age = max(apparent_age, corrected_age_value)
+    # max() spelled out (a builtin call each): x if x > 0.0 else 0.0 is max(0.0, x), NaN included.
+    apparent_age = response_time - date_value
+    apparent_age = apparent_age if apparent_age > 0.0 else 0.0
+    response_delay = response_time - request_time
+    response_delay = response_delay if response_delay > 0.0 else 0.0
+    corrected_age_value = _parse_age(ages) + response_delay if ages else response_delay
+    initial_age = corrected_age_value if corrected_age_value > apparent_age else apparent_age
 
     # 4.2.1: freshness lifetime: s-maxage (shared) > max-age > Expires - Date; invalid values mean stale.
     lifetime: float | None = None
@@ -718,7 +735,9 @@ def decide_store(
         lifetime = _delta(d.get(b"max-age")) or 0.0
     elif expires is not None and not from_targeted:
         exp = parse_http_date(expires, response_time)
-        lifetime = max(0.0, exp - date_value) if exp is not None else 0.0  # 5.3: invalid = in the past
+        lifetime = 0.0  # 5.3: invalid = in the past
+        if exp is not None and exp - date_value > 0.0:
+            lifetime = exp - date_value
     elif post:  # RFC 9110 9.3.3: explicit freshness only
         return None, Reason.METHOD
     elif status in HEURISTIC_STATUSES or public:  # 4.2.2: heuristic freshness
@@ -731,11 +750,15 @@ def decide_store(
     else:  # 3: nothing allows storing this status
         return None, Reason.STATUS
 
-    no_cache_v = d.get(b"no-cache", b"")
-    no_cache = b"no-cache" in d and (no_cache_v is None or not split_list(no_cache_v))
+    no_cache = False
+    if b"no-cache" in d:
+        no_cache_v = d[b"no-cache"]
+        no_cache = no_cache_v is None or not split_list(no_cache_v)
     must_revalidate = b"must-revalidate" in d or (shared and (b"proxy-revalidate" in d or has_smaxage))
-    swr = _delta(d.get(b"stale-while-revalidate")) or 0.0
-    sie = _delta(d.get(b"stale-if-error"))
+    v = d.get(b"stale-while-revalidate")
+    swr = (_delta(v) or 0.0) if v is not None else 0.0
+    v = d.get(b"stale-if-error")
+    sie = _delta(v) if v is not None else None
     if sie is None:
         sie = opts.stale_if_error_default
     validators = has_etag or last_modified is not None
@@ -743,20 +766,19 @@ def decide_store(
         return None, Reason.NO_CACHE
     if lifetime - initial_age <= 0 and not validators and swr <= 0 and sie <= 0:
         return None, (Reason.STALE if explicit or heuristic else Reason.NO_FRESHNESS)
-    return (
-        Freshness(
-            lifetime=lifetime,
-            initial_age=initial_age,
-            response_time=response_time,
-            stale_while_revalidate=swr,
-            stale_if_error=sie,
-            must_revalidate=must_revalidate,
-            no_cache=no_cache,
-            heuristic=heuristic,
-            immutable=b"immutable" in d,
-        ),
-        None,
+    # Positional: the field order of Freshness (keyword arguments cost twice as much here).
+    fresh = Freshness(
+        lifetime,
+        initial_age,
+        response_time,
+        swr,  # stale_while_revalidate
+        sie,  # stale_if_error
+        must_revalidate,
+        no_cache,
+        heuristic,
+        b"immutable" in d,  # immutable
     )
+    return fresh, None
 
 
 def current_age(f: Freshness, now: float) -> float:
@@ -773,20 +795,27 @@ def storable_headers(resp_headers: Headers, strip: frozenset[bytes] | tuple[byte
     drop: set[bytes] = set(strip)
     for name, value in resp_headers:
         if name == b"connection":
-            lv = value.lower()
-            if lv != b"keep-alive" and lv != b"close":  # the usual values name only hop-by-hop fields
-                drop.update(e.lower() for e in split_list(value))
+            # the usual values name only hop-by-hop fields (the exact bytes are checked first: no lower())
+            if value != b"keep-alive" and value != b"close":
+                lv = value.lower()
+                if lv != b"keep-alive" and lv != b"close":
+                    drop.update(e.lower() for e in split_list(value))
         elif name[-13:] == b"cache-control":
-            lv = value.lower()
-            if b"no-cache=" in lv or b"private=" in lv:
-                d, _ = _cc([value])
-                for key in (b"no-cache", b"private"):
-                    v = d.get(key)
-                    if v:
-                        drop.update(e.lower() for e in split_list(v))
+            if len(value) <= _MEMO_MAX_LEN:
+                d = _cc_memo(value)[0]  # a qualified no-cache / private shows in the memoised parse
+            else:
+                lv = value.lower()
+                if lv.find(b"no-cache=") == -1 and lv.find(b"private=") == -1:
+                    continue
+                d = _parse_cc((value,))[0]
+            for key in (b"no-cache", b"private"):
+                v = d.get(key)
+                if v:
+                    drop.update(e.lower() for e in split_list(v))
+    # the fields themselves are kept (tuples are immutable): only the list is new
     if not drop:
-        return [(n, v) for n, v in resp_headers if n not in HOP_BY_HOP]
-    return [(n, v) for n, v in resp_headers if n not in HOP_BY_HOP and n not in drop]
+        return [f for f in resp_headers if f[0] not in HOP_BY_HOP]
+    return [f for f in resp_headers if f[0] not in HOP_BY_HOP and f[0] not in drop]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -805,7 +834,7 @@ def parse_request(req_headers: Headers) -> RequestControl:
                 cc = [value]
             else:
                 cc.append(value)
-        elif name == b"pragma" and b"no-cache" in value.lower():
+        elif name == b"pragma" and value.lower().find(b"no-cache") != -1:
             pragma_no_cache = any(e.lower() == b"no-cache" for e in split_list(value))
     if cc is None:
         return _PRAGMA_NO_CACHE if pragma_no_cache else _NO_REQUEST_DIRECTIVES

@@ -10,6 +10,8 @@ from __future__ import annotations
 from email.utils import formatdate
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgecore.keys import Headers
 from edgecore.policy import (
@@ -1520,3 +1522,63 @@ def test_post_response_store(resp: tuple, stored: bool) -> None:
     )
     assert (fresh is not None) is stored
     assert stored or why is Reason.METHOD
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Fast paths: a single short Cache-Control line goes through the memoised parse (decide_store,
+# storable_headers); several lines, or one over the memo's length limit, through the general parse. RFC 9110
+# 5.3: the same members over one line or several are one field value, so the store decision must agree.
+# (storable_headers reads each line on its own: only the one-line forms are compared for it.)
+# ---------------------------------------------------------------------------------------------------------
+
+_MEMBERS = [
+    "public",
+    "private",
+    'private="x-foo"',
+    "no-cache",
+    'no-cache="x-foo, Set-Cookie"',
+    "no-store",
+    "max-age=60",
+    "max-age=0",
+    "max-age =5",
+    'max-age="30"',
+    "s-maxage=20",
+    "s-maxage=x",
+    "must-revalidate",
+    "proxy-revalidate",
+    "must-understand",
+    "immutable",
+    "stale-while-revalidate=30",
+    "stale-if-error=60",
+    "x-ext=1",
+]
+
+
+def _store(cc_lines: list[str], status: int, auth: bool) -> tuple:
+    resp = [
+        (b"date", date(0)),
+        (b"x-foo", b"1"),
+        (b"set-cookie", b"a=b"),
+        *((b"cache-control", line.encode()) for line in cc_lines),
+        (b"etag", b'"e"'),
+    ]
+    req = [(b"authorization", b"Basic eA==")] if auth else []
+    fresh, why = decide_store(b"GET", status, req, resp, request_time=T, response_time=T + 1)
+    kept = [f for f in storable_headers(resp) if f[0] != b"cache-control"]
+    return (fresh, why), kept
+
+
+@given(
+    members=st.lists(st.sampled_from(_MEMBERS), max_size=5),
+    status=st.sampled_from([200, 302, 404, 599]),
+    auth=st.booleans(),
+    cut=st.integers(min_value=0, max_value=5),
+)
+def test_one_cache_control_line_or_several_decide_alike(
+    members: list[str], status: int, auth: bool, cut: int
+) -> None:
+    one, one_kept = _store([", ".join(members)], status, auth)  # the memoised fast path
+    two, _ = _store([", ".join(members[:cut]), ", ".join(members[cut:])], status, auth)  # the general path
+    long, long_kept = _store([", ".join(members) + "," * 300], status, auth)  # over the memo's length limit
+    assert one == two == long
+    assert one_kept == long_kept
