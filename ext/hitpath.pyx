@@ -417,6 +417,7 @@ cdef class HitPath:
         cdef const char *xff[8]
         cdef Py_ssize_t xffn[8]
         cdef int nxff = 0, i
+        cdef bint conn_close
         cdef Py_ssize_t nlen, k
         cdef unsigned char c
         if start < 0 or end > PyBytes_GET_SIZE(data) or end - start < 16 or olim <= o:
@@ -431,6 +432,9 @@ cdef class HitPath:
         k = (q - 9) - tgt  # the target ends before " HTTP/1.x"
         if k <= 0 or o + 20 + k > olim:
             return None
+        # a field named by Connection is hop-by-hop (RFC 9110 7.6.1); serve() took only "close" and
+        # "keep-alive" as its values, and keep-alive is in fetch_drop
+        conn_close = self._has_connection_close(q + 2, e)
         memcpy(o, b"GET ", 4)
         memcpy(o + 4, tgt, k)
         memcpy(o + 4 + k, b" HTTP/1.1\r\n", 11)
@@ -452,7 +456,7 @@ cdef class HitPath:
             while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
                 ve -= 1
             q += 2
-            if _ieq(line, nlen, "connection", 10):
+            if _ieq(line, nlen, "connection", 10) or (conn_close and _ieq(line, nlen, "close", 5)):
                 continue
             if _ieq(line, nlen, "via", 3):
                 return None
@@ -481,6 +485,8 @@ cdef class HitPath:
         o += snprintf(o, 32 + PyBytes_GET_SIZE(via), b"via: %s\r\n", PyBytes_AS_STRING(via))
         memcpy(o, b"x-forwarded-for: ", 17)
         o += 17
+        if nxff == 1 and xffn[0] == 0:
+            nxff = 0  # an empty chain: the peer alone, as the general path renders it
         for i in range(nxff):
             if o + xffn[i] + 2 > olim:
                 return None
@@ -494,6 +500,30 @@ cdef class HitPath:
         memcpy(o, b"\r\nx-forwarded-proto: http\r\n\r\n", 29)
         o += 29
         return PyBytes_FromStringAndSize(self._buf, o - self._buf)
+
+    cdef bint _has_connection_close(self, const char *q, const char *e):
+        """Whether the field lines in q[:e] (each ending in CRLF) hold a Connection: close."""
+        cdef const char *line
+        cdef const char *colon
+        cdef const char *v
+        cdef const char *ve
+        while q < e:
+            line = q
+            q = <const char *>memchr(line, b'\r', e - line)
+            if q == NULL:
+                return False
+            colon = <const char *>memchr(line, b':', q - line)
+            if colon != NULL and _ieq(line, colon - line, "connection", 10):
+                v = colon + 1
+                while v < q and (v[0] == b' ' or v[0] == b'\t'):
+                    v += 1
+                ve = q
+                while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
+                    ve -= 1
+                if _ieq(v, ve - v, "close", 5):
+                    return True
+            q += 2
+        return False
 
     cdef bint _dropped(self, const char *name, Py_ssize_t n):
         for d in self._fetch_drop:
