@@ -62,6 +62,27 @@ for _i in range(256):
     _TCHAR[_i] = (48 <= _i <= 57) or (65 <= _i <= 90) or (97 <= _i <= 122) or _i in b"!#$%&'*+-.^_`|~"
 
 
+cdef inline char *_put_ll(char *o, long long v) nogil:
+    """Write v in decimal at o; -> the end."""
+    cdef char tmp[24]
+    cdef int n = 0
+    if v < 0:
+        o[0] = b'-'
+        o += 1
+        v = -v
+    while True:
+        tmp[n] = <char>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    while n:
+        n -= 1
+        o[0] = tmp[n]
+        o += 1
+    return o
+
+
 cdef inline bint _ieq(const char *p, Py_ssize_t n, const char *lower_word, Py_ssize_t wn) nogil:
     """ASCII case-insensitive comparison of p[:n] with an all-lower-case word."""
     cdef Py_ssize_t i
@@ -304,8 +325,6 @@ cdef class HitPath:
         cdef double t0 = _now(), fresh_until, birth, dur
         cdef const char *v
         cdef Py_ssize_t vlen
-        cdef char cs[64]
-        cdef Py_ssize_t cslen
         cdef int k
         found = self._lookup(key, t0)
         if found is None:
@@ -320,7 +339,6 @@ cdef class HitPath:
         memcpy(&fresh_until, v + OFF_FRESH_UNTIL, 8)
         if t0 >= fresh_until:
             return 0
-        cslen = snprintf(cs, sizeof(cs), b"edgecore; hit; ttl=%lld", <long long>(fresh_until - t0))
         # counted before the write: whoever has the response can already see it in the metrics
         dur = _now() - t0
         self._w[self._hit_idx] += 1
@@ -330,7 +348,8 @@ cdef class HitPath:
         while k < NBUCKETS and dur > self._bounds[k]:
             k += 1
         self._w[self._bucket_idx + k] += 1
-        return 1 if self._write_value(value, transport, keep, head_only, t0, cs, cslen) else 0
+        return 1 if self._write_value(value, transport, keep, head_only, t0, b"edgecore; hit; ttl=", 19,
+                                      <long long>(fresh_until - t0)) else 0
 
     cdef inline bint _valid(self, const char *v, Py_ssize_t vlen):
         """The value is long enough for its META and its head/status-line lengths are consistent."""
@@ -343,9 +362,10 @@ cdef class HitPath:
         return self._meta + <Py_ssize_t>hl32 <= vlen and sl16 <= hl32
 
     cdef bint _write_value(self, bytes value, transport, int keep, int head_only, double now,
-                           const char *cs, Py_ssize_t cslen) except -1:
-        """Write a stored response (entry.py's layout) with Age, Cache-Status and Connection spliced in
-        after the status line. False (nothing written) when the value is malformed."""
+                           const char *cs, Py_ssize_t cslen, long long ttl) except -1:
+        """Write a stored response (entry.py's layout) with Age, Cache-Status (cs, then ttl unless it is
+        negative) and Connection spliced in after the status line. False (nothing written) when the value is
+        malformed."""
         cdef const char *v = PyBytes_AS_STRING(value)
         cdef Py_ssize_t vlen = PyBytes_GET_SIZE(value)
         cdef Py_ssize_t sl, head_len, rest, dlen, total
@@ -355,6 +375,7 @@ cdef class HitPath:
         cdef char dyn[192]
         cdef char *o
         cdef const char *conn
+        cdef Py_ssize_t connlen
         if not self._valid(v, vlen) or cslen > 100:
             return False
         memcpy(&sl16, v + OFF_SL, 2)
@@ -363,13 +384,24 @@ cdef class HitPath:
         sl = sl16
         head_len = hl32
         if keep == 1:
-            conn = b""
+            conn, connlen = b"", 0
         elif keep == 2:
-            conn = b"connection: keep-alive\r\n"
+            conn, connlen = b"connection: keep-alive\r\n", 24
         else:
-            conn = b"connection: close\r\n"
-        dlen = snprintf(dyn, sizeof(dyn), b"age: %lld\r\ncache-status: %.*s\r\n%s",
-                        <long long>(now - birth) if now > birth else 0, <int>cslen, cs, conn)
+            conn, connlen = b"connection: close\r\n", 19
+        # age: N CRLF cache-status: cs[ttl] CRLF [connection] (at most 5+20+16+100+20+2+24 bytes)
+        o = dyn
+        memcpy(o, b"age: ", 5)
+        o = _put_ll(o + 5, <long long>(now - birth) if now > birth else 0)
+        memcpy(o, b"\r\ncache-status: ", 16)
+        memcpy(o + 16, cs, cslen)
+        o += 16 + cslen
+        if ttl >= 0:
+            o = _put_ll(o, ttl)
+        o[0] = b'\r'
+        o[1] = b'\n'
+        memcpy(o + 2, conn, connlen)
+        dlen = o + 2 + connlen - dyn
         rest = (head_len if head_only else vlen - self._meta) - sl
         if rest > BIG:
             # a large body is not copied again: the transport takes views of the lookup's private copy
@@ -391,7 +423,7 @@ cdef class HitPath:
         """Write a stored response just fetched for a plain miss (see serve's miss_* fields).
         -> False when `value` is malformed (nothing written)."""
         return self._write_value(value, transport, keep, head_only, _now(), PyBytes_AS_STRING(cache_status),
-                                 PyBytes_GET_SIZE(cache_status))
+                                 PyBytes_GET_SIZE(cache_status), -1)
 
     # ------------------------------------------------------------------ the plain miss
     # A plain request that missed (serve's miss_* fields) may be fetched by the protocol without httptools:
