@@ -6,7 +6,8 @@ request bodies (Content-Length or chunked, streamed upstream with flow control),
 EdgeError into a response (the one place that does).
 Invariants:
 - one request is handled at a time per connection; later pipelined requests wait in `queue`;
-- a fresh plain hit is answered synchronously inside the parser callback (no task, no await);
+- a fresh plain hit is answered synchronously inside data_received (no task, no await), and a plain miss
+  is fetched by callbacks (PlainMiss) unless it turns out to need the general path;
 - a response whose body cannot be completed closes the connection: the client never sees a short body
   framed as complete, and such a body is never stored;
 - request smuggling is refused: Content-Length with Transfer-Encoding, differing Content-Lengths, or a
@@ -427,19 +428,26 @@ class ClientProtocol(asyncio.Protocol):
         self.active = r
         self.ctx.loop.create_task(self._run(r))
 
-    def _next(self, r: Request) -> None:
-        """r (answered outside _run) is done: close, or start the next pipelined request, in order."""
+    def _after(self, r: Request) -> Request | None:
+        """r is answered: close the connection, or make the next pipelined request (in order) the active
+        one. -> that request, or None when there is none to answer now."""
         if self.closing or not r.keep_alive or self.ctx.draining:
             self._finish_connection()
             self.active = None
-            return
+            return None
         if not self.queue:
             self.active = None
-            return
-        nxt = self.queue.popleft()
+            return None
+        nxt = self.active = self.queue.popleft()
         if len(self.queue) < PIPELINE_MAX // 2:
             self._resume_reading()
-        self._start(nxt)
+        return nxt
+
+    def _next(self, r: Request) -> None:
+        """r was answered outside _run (a plain miss): go on with the next request."""
+        nxt = self._after(r)
+        if nxt is not None:
+            self._start(nxt)
 
     def _plain_miss(self, hp: HitPath, data: bytes) -> bool:
         """The C path stopped at a plain GET/HEAD with nothing stored for its key: fetch it as a PlainMiss
@@ -482,18 +490,10 @@ class ClientProtocol(asyncio.Protocol):
             except Exception as e:  # a worker never dies of one request
                 log.exception("internal error answering %s %s", r.method, r.target[:200])
                 self._error_response(r, EdgeError(f"internal error: {type(e).__name__}"))
-            if self.closing or not r.keep_alive or self.ctx.draining:
-                self._finish_connection()
-                self.active = None
+            nxt = self._after(r)
+            if nxt is None:
                 return
-            # the next pipelined request, in order
-            if not self.queue:
-                self.active = None
-                return
-            r = self.queue.popleft()
-            self.active = r
-            if len(self.queue) < PIPELINE_MAX // 2:
-                self._resume_reading()
+            r = nxt
 
     def _finish_connection(self) -> None:
         self.closing = True
@@ -1388,8 +1388,8 @@ class PlainMiss:
     the response head, policy decides, the complete body is stored and then served from the stored value
     like a hit (as StoreSink does for small bodies). What is not plain (the response head, not storable, a
     body over _FLUSH_AT, Vary, fields named by a qualified no-cache/private) goes to the general path
-    (StoreSink + Exchange) with every byte received so far; a reused connection that closes before
-    answering sends the request down the general path from the start (which retries on a new connection).
+    (StoreSink + Exchange) with every byte received so far; a reused connection that closes before a whole
+    response head sends the request down the general path from the start (which retries on a new one).
     Invariants: nothing is written to the client before the body is complete and stored; the key's flight
     is finished exactly once, here or by the general path that took it over."""
 

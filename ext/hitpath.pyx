@@ -1,5 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The fresh-hit fast path of the client protocol, in C: one call per data_received.
+"""The fast paths of the client protocol, in C: fresh plain hits in one call per data_received, and the
+byte work of a plain miss (rendering its upstream request, reading a plain response head, writing the stored
+response).
 
 Owns: a strict parser for the plainest requests (GET/HEAD, HTTP/1.0 or 1.1, origin-form target, no body, no
 cache-relevant or framing fields), the primary key of such a request (byte-identical to
@@ -10,15 +12,17 @@ Invariants: anything it is not sure of is left to the Python path untouched: `se
 fully answered, and the caller feeds the rest to httptools. It accepts a strict subset of what httptools
 accepts (so the two parsers never disagree on where a request ends: no smuggling through the fast path);
 it never answers a request that needs policy (Vary markers, no-cache entries, stale entries, conditional or
-range requests, Authorization, request Cache-Control/Pragma).
+range requests, Authorization, request Cache-Control/Pragma). Its plain-miss helpers decide nothing either:
+parse_response accepts a strict subset of what httptools accepts (anything else: False, httptools reads it),
+and policy (in Python) decides whether the response is stored.
 Must never: hold a reference into the cache's memory (a lookup returns a private copy), or answer out of
 order (the caller only calls it when no request is in flight and the parser is between messages).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t
 from libc.stdio cimport snprintf
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memchr, memcmp, memcpy
 
 
@@ -96,6 +100,59 @@ cdef inline bint _ieq(const char *p, Py_ssize_t n, const char *lower_word, Py_ss
         if c != lower_word[i]:
             return False
     return True
+
+
+cdef inline const char *_strict_name(const char *line, const char *eol) noexcept nogil:
+    """A field line whose name is tchar+ right up to its colon: -> the colon; else NULL."""
+    cdef const char *colon = line
+    while colon < eol and _TCHAR[<unsigned char>colon[0]]:
+        colon += 1
+    if colon == line or colon >= eol or colon[0] != b':':
+        return NULL
+    return colon
+
+
+cdef inline const char *_ows_value(const char *colon, const char *eol, const char **end) noexcept nogil:
+    """The value of the field line whose colon and end are given, without surrounding OWS: -> its start,
+    and its end in *end."""
+    cdef const char *v = colon + 1
+    cdef const char *ve = eol
+    while v < eol and (v[0] == b' ' or v[0] == b'\t'):
+        v += 1
+    while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
+        ve -= 1
+    end[0] = ve
+    return v
+
+
+cdef inline bint _clean(const char *v, const char *ve, bint obs_text) noexcept nogil:
+    """No control character but HTAB, no DEL, and no byte above 0x7f unless obs_text, in v[:ve]."""
+    cdef unsigned char c
+    while v < ve:
+        c = <unsigned char>v[0]
+        if (c < 0x20 and c != 0x09) or c == 0x7f or (c > 0x7f and not obs_text):
+            return False
+        v += 1
+    return True
+
+
+cdef inline const char *_next_field(const char **q, const char *e, const char **colon, const char **v,
+                                    const char **ve) noexcept nogil:
+    """The field line at *q of a head serve() has checked (each ends in CRLF, the last one's just before e):
+    -> its start, with its colon and trimmed value, and *q past it; NULL at e or on a line without colon."""
+    cdef const char *line = q[0]
+    cdef const char *eol
+    if line >= e:
+        return NULL
+    eol = <const char *>memchr(line, b'\r', e - line)
+    if eol == NULL:
+        return NULL
+    colon[0] = <const char *>memchr(line, b':', eol - line)
+    if colon[0] == NULL:
+        return NULL
+    v[0] = _ows_value(colon[0], eol, ve)
+    q[0] = eol + 2
+    return line
 
 
 cdef class HitPath:
@@ -209,23 +266,12 @@ cdef class HitPath:
             while q < end and q[0] != b'\r':
                 q += 1
             # line[:q-line] is one field line
-            colon = line
-            while colon < q and _TCHAR[<unsigned char>colon[0]]:
-                colon += 1
-            if colon == line or colon >= q or colon[0] != b':':
+            colon = _strict_name(line, q)
+            if colon == NULL:
                 return None
-            v = colon + 1
-            while v < q and (v[0] == b' ' or v[0] == b'\t'):
-                v += 1
-            ve = q
-            while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
-                ve -= 1
-            i = 0
-            while v + i < ve:
-                c = <unsigned char>v[i]
-                if (c < 0x20 and c != 0x09) or c >= 0x7f:
-                    return None
-                i += 1
+            v = _ows_value(colon, q, &ve)
+            if not _clean(v, ve, False):
+                return None
             if _ieq(line, colon - line, "host", 4):
                 if have_host or ve - v == 0 or ve - v > MAX_HOST:
                     return None
@@ -472,22 +518,13 @@ cdef class HitPath:
         memcpy(o + 4 + k, b" HTTP/1.1\r\n", 11)
         o += 15 + k
         q += 2
-        while q < e:
-            line = q
-            q = <const char *>memchr(line, b'\r', e - line)
-            if q == NULL:
-                return None
-            colon = <const char *>memchr(line, b':', q - line)
-            if colon == NULL:
-                return None
+        while True:
+            line = _next_field(&q, e, &colon, &v, &ve)
+            if line == NULL:
+                if q < e:
+                    return None
+                break
             nlen = colon - line
-            v = colon + 1
-            while v < q and (v[0] == b' ' or v[0] == b'\t'):
-                v += 1
-            ve = q
-            while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
-                ve -= 1
-            q += 2
             if _ieq(line, nlen, "connection", 10) or (conn_close and _ieq(line, nlen, "close", 5)):
                 continue
             if _ieq(line, nlen, "via", 3):
@@ -539,23 +576,12 @@ cdef class HitPath:
         cdef const char *colon
         cdef const char *v
         cdef const char *ve
-        while q < e:
-            line = q
-            q = <const char *>memchr(line, b'\r', e - line)
-            if q == NULL:
+        while True:
+            line = _next_field(&q, e, &colon, &v, &ve)
+            if line == NULL:
                 return False
-            colon = <const char *>memchr(line, b':', q - line)
-            if colon != NULL and _ieq(line, colon - line, "connection", 10):
-                v = colon + 1
-                while v < q and (v[0] == b' ' or v[0] == b'\t'):
-                    v += 1
-                ve = q
-                while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
-                    ve -= 1
-                if _ieq(v, ve - v, "close", 5):
-                    return True
-            q += 2
-        return False
+            if _ieq(line, colon - line, "connection", 10) and _ieq(v, ve - v, "close", 5):
+                return True
 
     cdef bint _dropped(self, const char *name, Py_ssize_t n):
         for d in self._fetch_drop:
@@ -581,21 +607,13 @@ cdef class HitPath:
         target = PyBytes_FromStringAndSize(sp + 1, (eol - 9) - (sp + 1))
         fields = []
         q = eol + 2
-        while q < e:
-            line = q
-            q = <const char *>memchr(line, b'\r', e - line)
-            colon = <const char *>memchr(line, b':', q - line) if q != NULL else NULL
-            if colon == NULL:
-                raise ValueError("not a request head serve() parsed")
-            v = colon + 1
-            while v < q and (v[0] == b' ' or v[0] == b'\t'):
-                v += 1
-            ve = q
-            while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
-                ve -= 1
+        while True:
+            line = _next_field(&q, e, &colon, &v, &ve)
+            if line == NULL:
+                if q < e:
+                    raise ValueError("not a request head serve() parsed")
+                return method, target, fields
             fields.append((_lower(line, colon - line), PyBytes_FromStringAndSize(v, ve - v)))
-            q += 2
-        return method, target, fields
 
     def parse_response(self, bytes buf):
         """The upstream response head at the start of buf, when it is of the plainest kind: HTTP/1.1, a
@@ -640,12 +658,8 @@ cdef class HitPath:
         elif p[12] != b' ':
             return False
         else:
-            r = p + 13
-            while r < q:
-                c = <unsigned char>r[0]
-                if (c < 0x20 and c != 0x09) or c == 0x7f:
-                    return False
-                r += 1
+            if not _clean(p + 13, q, True):
+                return False
             reason = PyBytes_FromStringAndSize(p + 13, q - (p + 13))
         fields = []
         q += 2
@@ -655,23 +669,12 @@ cdef class HitPath:
                 q += 1
             if q >= e or q[1] != b'\n':
                 return False
-            colon = line
-            while colon < q and _TCHAR[<unsigned char>colon[0]]:
-                colon += 1
-            if colon == line or colon >= q or colon[0] != b':':
+            colon = _strict_name(line, q)
+            if colon == NULL:
                 return False
-            v = colon + 1
-            while v < q and (v[0] == b' ' or v[0] == b'\t'):
-                v += 1
-            ve = q
-            while ve > v and ((ve - 1)[0] == b' ' or (ve - 1)[0] == b'\t'):
-                ve -= 1
-            r = v
-            while r < ve:
-                c = <unsigned char>r[0]
-                if (c < 0x20 and c != 0x09) or c == 0x7f:
-                    return False
-                r += 1
+            v = _ows_value(colon, q, &ve)
+            if not _clean(v, ve, True):
+                return False
             q += 2
             if _ieq(line, colon - line, "content-length", 14):
                 if clen >= 0 or ve == v or ve - v > 15:

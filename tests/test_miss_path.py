@@ -10,43 +10,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from memtransport import MemoryTransport
 
 from edgecore import protocol
 from edgecore.cache import Cache
 from edgecore.config import Config, Upstream
 from edgecore.metrics import SharedCounters
-
-
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data) -> None:
-        self.data += data
-
-    def writelines(self, chunks) -> None:
-        for c in chunks:
-            self.write(c)
-
-    def get_extra_info(self, name, default=None):
-        return default
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 class Origin(asyncio.Protocol):
@@ -109,9 +78,9 @@ def edge():
     counters = SharedCounters(slots=2)
     ctx = protocol.make_context(cfg, cache, counters.slot_view(1), loop)
 
-    def client() -> tuple[protocol.ClientProtocol, Transport]:
+    def client() -> tuple[protocol.ClientProtocol, MemoryTransport]:
         p = protocol.ClientProtocol(ctx)
-        t = Transport()
+        t = MemoryTransport()
         p.connection_made(t)
         return p, t
 

@@ -21,6 +21,7 @@ import httptools
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from memtransport import MemoryTransport
 
 from edgecore import keys, protocol
 from edgecore.cache import Cache
@@ -534,40 +535,6 @@ def test_fuzzed_request_fields_are_what_httptools_collects(hp, method, target, f
 # ====================================================================== in process, against an origin
 
 
-class Transport(asyncio.Transport):
-    """The client side: what the edge writes, from a peer at 127.0.0.1."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data) -> None:
-        self.data += data
-
-    def writelines(self, chunks) -> None:
-        for c in chunks:
-            self.write(c)
-
-    def get_extra_info(self, name, default=None):
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 def ok(body: bytes, *fields: bytes, status: bytes = b"200 OK") -> bytes:
     head = b"HTTP/1.1 " + status + b"\r\n" + b"".join(f + b"\r\n" for f in fields)
     return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
@@ -656,9 +623,9 @@ class Env:
         self.ctx = protocol.make_context(cfg, self.cache, self.counters.slot_view(1), self.loop)
         self.ctx.plain_enabled = fast  # read by the _plain_miss switch installed by the spy fixture
 
-    def client(self) -> tuple[protocol.ClientProtocol, Transport]:
+    def client(self) -> tuple[protocol.ClientProtocol, MemoryTransport]:
         p = protocol.ClientProtocol(self.ctx)
-        t = Transport()
+        t = MemoryTransport(("127.0.0.1", 40000))
         p.connection_made(t)
         return p, t
 
@@ -681,7 +648,7 @@ class Env:
     def stored(self, target: bytes) -> bool:
         return self.cache.lookup(self.key(target), time.time()) is not None
 
-    def warm(self) -> tuple[protocol.ClientProtocol, Transport]:
+    def warm(self) -> tuple[protocol.ClientProtocol, MemoryTransport]:
         """A first miss (the general path: no idle connection yet) leaves one idle pooled connection."""
         p, t = self.client()
         p.data_received(get(b"/warm"))

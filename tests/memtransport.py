@@ -1,0 +1,39 @@
+"""An in-memory client transport for driving edgecore's ClientProtocol in process: it keeps what the
+protocol writes and whether it closed the connection."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class MemoryTransport(asyncio.Transport):
+    def __init__(self, peer: tuple[str, int] | None = None) -> None:
+        super().__init__()
+        self.data = bytearray()
+        self.closed = False
+        self.peer = peer
+
+    def write(self, data) -> None:
+        self.data += data
+
+    def writelines(self, chunks) -> None:
+        for c in chunks:
+            self.write(c)
+
+    def get_extra_info(self, name, default=None):
+        return self.peer if name == "peername" and self.peer is not None else default
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
