@@ -393,6 +393,8 @@ class Pool:
         idle = conn.idle
         if keep_alive and not conn.closed and len(idle) < self.cfg.upstream_pool_size:
             conn.reused = True
+            if conn.paused_by_client:
+                conn.resume_reading()  # paused for the last client's sake: the next exchange reads it
             idle.append(conn)
         else:
             conn.close()

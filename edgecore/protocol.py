@@ -865,13 +865,18 @@ class ClientProtocol(asyncio.Protocol):
                 ctx.flights.finish(key, flight, True)
                 return
             ctx.flights.lock(flight, key)
+        await self._fetch(r, key, fwd, flight)
+
+    async def _fetch(self, r: Request, key: bytes, fwd: bytes, flight: Any) -> None:
+        """The leader's fetch of a miss: stored (and served) through a StoreSink; the flight is finished
+        with what was stored, or None when nothing was."""
         sink = StoreSink(self.ctx, self, r, key, fwd=fwd, flight=flight)
         try:
             await self._exchange(r, sink, method=b"GET", drop=_CACHE_FETCH_DROP)
         except BaseException:
-            ctx.flights.finish(key, flight, None)
+            self.ctx.flights.finish(key, flight, None)
             raise
-        await _finish_miss(ctx, key, flight, sink)
+        await _finish_miss(self.ctx, key, flight, sink)
 
     async def _revalidate(
         self,
@@ -1389,7 +1394,7 @@ class PlainMiss:
     like a hit (as StoreSink does for small bodies). What is not plain (the response head, not storable, a
     body over _FLUSH_AT, Vary, fields named by a qualified no-cache/private) goes to the general path
     (StoreSink + Exchange) with every byte received so far; a reused connection that closes before a whole
-    response head sends the request down the general path from the start (which retries on a new one).
+    response head has the general path fetch it again (which retries on a new one), in the same flight.
     Invariants: nothing is written to the client before the body is complete and stored; the key's flight
     is finished exactly once, here or by the general path that took it over."""
 
@@ -1537,9 +1542,11 @@ class PlainMiss:
         ctx.pool.active.discard(self)
         if self.head is None:
             # a reused connection the upstream had closed (before a whole response head): the general path
-            # starts over, as it retries a reused connection that fails before the head
-            ctx.flights.finish(self.key, self.flight, None)
-            self.proto._start(self._request())
+            # fetches again, as it retries a reused connection that fails before the head, and the key's
+            # waiters keep waiting for that fetch
+            p = self.proto
+            r = self._request()
+            ctx.loop.create_task(p._run(r, first=p._fetch(r, self.key, b"uri-miss", self.flight)))
             return
         self._fail(UpstreamIncomplete(f"upstream {self.conn.upstream.authority} closed mid-body"))
 

@@ -316,15 +316,9 @@ def conns_per_worker(edge: SpyEdge, workers: int, prefix: str) -> list[Conn]:
     raise AssertionError(f"could not reach {workers} workers: {sorted(found)}")
 
 
-# ====================================================================== bugs
+# ====================================================================== regressions (bugs this review found)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: PlainMiss.lost() (head None) finishes the flight with None before restarting the request, "
-    "so the key's waiters are released to fetch on their own (uncached, 'collapsed-uncacheable'), where the "
-    "general path retries inside the flight and they get the stored response",
-)
 def test_reused_connection_dropped_keeps_waiters_coalesced(origin, edges):
     """An idle pooled connection the origin closes (its keep-alive timeout) just as a miss is sent on it,
     with a second client already waiting for that key. The general path retries on a new connection
@@ -533,13 +527,6 @@ def test_pipelined_plain_misses_hits_and_general_requests_in_order(origin, edges
     c.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an upstream connection paused for a write-paused client goes back to the idle pool still "
-    "paused (StreamSink.end clears proto.upstream and nothing resumes it); a plain miss that takes it "
-    "(Pool.take_idle) never reads its response: 504 after response_timeout (the general path stalls as long, "
-    "then retries on a new connection)",
-)
 def test_connection_paused_for_a_slow_client_is_not_reused_paused(origin, edges):
     """A client that does not read: big pipelined hits fill its socket (the edge pauses writing to it), and
     the miss pipelined after them is fetched on the general path while the client is write-paused, so its
