@@ -170,12 +170,11 @@ class Edge:
     args: list[str] = field(default_factory=list)
     workers: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    main: list[str] = field(default_factory=lambda: [sys.executable, "-m", "edgecore"])  # the program
 
     def __post_init__(self) -> None:
         cmd = [
-            sys.executable,
-            "-m",
-            "edgecore",
+            *self.main,
             "serve",
             "--listen",
             "127.0.0.1:0",

@@ -10,12 +10,10 @@ connection without answering.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
-from client import SERVING, Conn, Response
+from client import Conn, Edge, Response
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -183,52 +181,17 @@ class RawOrigin:
 # ====================================================================== the edge, with a spy
 
 
-class SpyEdge:
-    """A real `edgecore serve` on 127.0.0.1 (ephemeral ports) with PlainMiss instrumented."""
+class SpyEdge(Edge):
+    """A real `edgecore serve` on 127.0.0.1 (ephemeral ports) with PlainMiss instrumented; `plain=False`
+    turns the plain path off."""
 
     def __init__(self, upstream: str, workers: int = 1, plain: bool = True, **env: str) -> None:
-        cmd = [
-            sys.executable,
-            "-c",
-            SPY_MAIN,
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin",
-            "127.0.0.1:0",
-            "--upstream",
+        super().__init__(
             upstream,
-            "--workers",
-            str(workers),
-            "--cache-size",
-            "32MiB",
-            "--grace-period",
-            "5",
-        ]
-        penv = dict(os.environ, PYTHONPATH=ROOT, EDGECORE_TEST_NO_PLAIN="0" if plain else "1", **env)
-        self.proc = subprocess.Popen(
-            cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=penv, cwd=ROOT
+            workers=workers,
+            env={"EDGECORE_TEST_NO_PLAIN": "0" if plain else "1", **env},
+            main=[sys.executable, "-c", SPY_MAIN],
         )
-        self.lines: list[str] = []
-        self.port = self.admin_port = 0
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert self.proc.stderr is not None
-            for raw in self.proc.stderr:
-                line = raw.decode(errors="replace")
-                self.lines.append(line)
-                m = SERVING.search(line)
-                if m:
-                    self.port, self.admin_port = int(m.group(2)), int(m.group(4))
-                    ready.set()
-            ready.set()
-
-        self.reader = threading.Thread(target=pump, daemon=True)
-        self.reader.start()
-        if not ready.wait(30) or not self.port:
-            self.stop()
-            raise RuntimeError("edgecore did not start:\n" + "".join(self.lines[-30:]))
 
     def spy(self, name: str | None = None, target: str | None = None) -> list[tuple[str, int, str]]:
         out = []
@@ -237,28 +200,6 @@ class SpyEdge:
             if m and (name is None or m.group(1) == name) and (target is None or m.group(3) == target):
                 out.append((m.group(1), int(m.group(2)), m.group(3)))
         return out
-
-    def admin(self, path: str) -> Response:
-        c = Conn(self.admin_port)
-        try:
-            c.request("GET", path)
-            return c.read_response()
-        finally:
-            c.close()
-
-    def stats(self) -> dict:
-        return json.loads(self.admin("/stats").body)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.reader.join(5)
-        return self.proc.returncode
 
 
 @pytest.fixture
