@@ -2,10 +2,12 @@
 timeouts, and single-flight of concurrent misses.
 
 Owns: every upstream socket. The client protocol hands an Exchange its request head (and body chunks)
-and receives the response through a Sink (head, body chunks, end or failure).
+and receives the response through a Sink (head, body chunks, end or failure); or, for a plain miss, takes an
+idle connection and reads its bytes itself (a Plain fetch), until it releases the connection or hands it to
+an Exchange (adopt).
 Invariants:
-- a connection carries one exchange at a time and goes back to the pool only after a complete response
-  that allows keep-alive; anything else closes it;
+- a connection carries one exchange (or plain fetch) at a time and goes back to the pool only after a
+  complete response that allows keep-alive, reading again; anything else closes it;
 - a response body that ends early or errors reaches the sink as `failed`, never as `end`;
 - connect, response-head and idle-body timeouts map to UpstreamError (502) / UpstreamTimeout (504);
 - a Flight's waiters are released at once when the leader learns the response is not storable;
