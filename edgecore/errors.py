@@ -1,8 +1,9 @@
 """The one exception tree of edgecore.
 
 Owns: every error type that may cross a module boundary, and the HTTP status each maps to.
-Invariant: the protocol is the only place that turns an EdgeError into a response (`status`, `reason`);
-nothing else writes error responses ad hoc.
+Invariants: the protocol is the only place that turns an EdgeError into a response (`status`, `reason`,
+and `detail`, the Cache-Status detail token); nothing else writes error responses ad hoc. Each class carries
+its own status: a status is never changed on an instance (raise the class that has it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,13 @@ class EdgeError(Exception):
 
     status = 500
     reason = "Internal Server Error"
+    detail = "error"
+
+
+class InternalError(EdgeError):
+    """A bug in edgecore met while answering a request (logged with its traceback)."""
+
+    detail = "internal-error"
 
 
 class ConfigError(EdgeError):
@@ -35,11 +43,27 @@ class ConfigErrors(EdgeError):
 class BadRequest(EdgeError):
     status = 400
     reason = "Bad Request"
+    detail = "bad-request"
 
 
 class HeaderTooLarge(BadRequest):
     status = 431
     reason = "Request Header Fields Too Large"
+    detail = "header-too-large"
+
+
+class ContentTooLarge(BadRequest):
+    status = 413
+    reason = "Content Too Large"
+    detail = "content-too-large"
+
+
+class NotCached(EdgeError):
+    """only-if-cached and nothing stored may answer (RFC 9111 5.2.1.7)."""
+
+    status = 504
+    reason = "Gateway Timeout"
+    detail = "only-if-cached"
 
 
 class UpstreamError(EdgeError):
@@ -47,15 +71,19 @@ class UpstreamError(EdgeError):
 
     status = 502
     reason = "Bad Gateway"
+    detail = "upstream-error"
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     reason = "Gateway Timeout"
+    detail = "upstream-timeout"
 
 
 class UpstreamIncomplete(UpstreamError):
     """The upstream body ended early or errored after the head was sent to the client."""
+
+    detail = "upstream-incomplete"
 
 
 class CacheError(EdgeError):

@@ -239,12 +239,10 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
         ctx.draining = True
         deadline = loop.time() + cfg.grace_period
         for c in list(ctx.connections):
-            if c.active is None and not c.queue and c.req is None:
-                c._finish_connection()
+            c.close_if_idle()
         while ctx.connections and loop.time() < deadline:
             for c in list(ctx.connections):
-                if c.active is None and not c.queue and c.req is None:
-                    c._finish_connection()
+                c.close_if_idle()
             await asyncio.sleep(0.05)
         for c in list(ctx.connections):
             c.abort()

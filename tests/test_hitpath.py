@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from edgecore import entry, keys, policy
 from edgecore.cache import Cache
 from edgecore.config import build
+from edgecore.context import make_hitpath
 from edgecore.metrics import F_SERVED, Outcome, SharedCounters
-from edgecore.protocol import make_hitpath
 
 
 class Transport:

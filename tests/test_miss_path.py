@@ -12,7 +12,7 @@ import asyncio
 import pytest
 from memtransport import MemoryTransport
 
-from edgecore import protocol
+from edgecore import keys, protocol
 from edgecore.cache import Cache
 from edgecore.config import Config, Upstream
 from edgecore.metrics import SharedCounters
@@ -160,7 +160,7 @@ def test_retry_that_fails_too_is_a_502_and_the_connection_goes_on(edge):
     _run_until(loop, lambda: len(_responses(t.data)) == 3)
     got = _responses(t.data)
     assert got[1][0].startswith(b"HTTP/1.1 502") and got[2] == (b"HTTP/1.1 200 OK", b"/three")
-    key = protocol.keys.primary_key(b"GET", b"t.example", b"/two", ctx.key_opts)
+    key = keys.primary_key(b"GET", b"t.example", b"/two", ctx.key_opts)
     assert not ctx.flights.busy(key)  # the flight was finished
 
 

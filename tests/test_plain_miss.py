@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from memtransport import MemoryTransport
 
-from edgecore import keys, protocol
+from edgecore import cachepath, context, keys, plainmiss, protocol, upstream
 from edgecore.cache import Cache
 from edgecore.config import Config, Upstream
 from edgecore.metrics import F_WAITING, SharedCounters
@@ -37,7 +37,7 @@ def hp():
     cfg = Config(upstream=(Upstream("127.0.0.1", 1),), cache_size=8 << 20)
     cache = Cache(cfg.cache_size, cfg.max_object_size)
     counters = SharedCounters(slots=1)
-    yield protocol.make_hitpath(cfg, cache, counters.slot_view(0), keys.KeyOptions())
+    yield context.make_hitpath(cfg, cache, counters.slot_view(0), keys.KeyOptions())
     cache.close()
 
 
@@ -336,9 +336,9 @@ def test_fuzzed_field_values_agree_with_httptools(hp, name, value, clen):
 # ====================================================================== upstream_head / request_fields
 
 
-def _general_request(head: bytes) -> protocol.Request:
+def _general_request(head: bytes) -> context.Request:
     """The request as the general path's parser callbacks build it (ClientProtocol.on_header)."""
-    r = protocol.Request()
+    r = context.Request()
 
     class CB:
         def on_url(self, url: bytes) -> None:
@@ -361,7 +361,7 @@ def _general_request(head: bytes) -> protocol.Request:
 
 @pytest.fixture(scope="module")
 def general():
-    """A ClientProtocol whose _upstream_head renders the general path's cache fetch."""
+    """A ClientProtocol for cachepath.upstream_head, which renders the general path's cache fetch."""
     loop = asyncio.new_event_loop()
     cfg = Config(upstream=(Upstream("127.0.0.1", 1),), cache_size=8 << 20)
     cache = Cache(cfg.cache_size, cfg.max_object_size)
@@ -376,7 +376,7 @@ def general():
 
 def _general_head(general, head: bytes) -> bytes:
     r = _general_request(head)
-    return general._upstream_head(r, method=b"GET", drop=protocol._CACHE_FETCH_DROP)
+    return cachepath.upstream_head(general, r, method=b"GET", drop=upstream.CACHE_FETCH_DROP)
 
 
 PLAIN_REQUESTS = [
@@ -676,10 +676,10 @@ def spy(monkeypatch):
     """Counts what PlainMiss does (created, completed, handed over, lost, failed), and installs the switch
     Env(fast=False) uses."""
     calls: collections.Counter[str] = collections.Counter()
-    made: list[protocol.PlainMiss] = []
+    made: list[plainmiss.PlainMiss] = []
     calls.made = made  # type: ignore[attr-defined]  # the PlainMiss objects, in order
     for name in ("__init__", "_complete", "_hand_over", "lost", "_fail"):
-        orig = getattr(protocol.PlainMiss, name)
+        orig = getattr(plainmiss.PlainMiss, name)
 
         def wrapper(self, *a, _orig=orig, _name=name, **kw):
             calls[_name] += 1
@@ -687,7 +687,7 @@ def spy(monkeypatch):
                 made.append(self)
             return _orig(self, *a, **kw)
 
-        monkeypatch.setattr(protocol.PlainMiss, name, wrapper)
+        monkeypatch.setattr(plainmiss.PlainMiss, name, wrapper)
     orig_pm = protocol.ClientProtocol._plain_miss
 
     def plain_miss(self, hp, data):

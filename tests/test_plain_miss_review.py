@@ -28,17 +28,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs `edgecore serve` with PlainMiss instrumented (inherited by the forked workers).
 SPY_MAIN = r"""
 import os, sys
-from edgecore import protocol
+from edgecore import plainmiss, protocol
 
 def _spy(name):
-    orig = getattr(protocol.PlainMiss, name)
+    orig = getattr(plainmiss.PlainMiss, name)
     def wrapper(self, *a, **kw):
         raw = a[5] if name == "__init__" else self.raw
         target = raw.split(b" ", 2)[1].decode("latin-1")
         sys.stderr.write("SPY %s %d %s\n" % (name, os.getpid(), target))
         sys.stderr.flush()
         return orig(self, *a, **kw)
-    setattr(protocol.PlainMiss, name, wrapper)
+    setattr(plainmiss.PlainMiss, name, wrapper)
 
 for _n in ("__init__", "_complete", "_hand_over", "lost", "_fail"):
     _spy(_n)

@@ -1,8 +1,8 @@
-"""Upstream fetches: keep-alive connection pools, one HTTP/1.1 exchange at a time per connection,
-timeouts, and single-flight of concurrent misses.
+"""Upstream servers: keep-alive connection pools, one HTTP/1.1 exchange at a time per connection, timeouts,
+and the one rendering of the request head sent upstream.
 
-Owns: every upstream socket. The client protocol hands an Exchange its request head (and body chunks)
-and receives the response through a Sink (head, body chunks, end or failure); or, for a plain miss, takes an
+Owns: every upstream socket. The caching flow hands an Exchange its request head (and body chunks) and
+receives the response through a Sink (head, body chunks, end or failure); or, for a plain miss, takes an
 idle connection and reads its bytes itself (a Plain fetch), until it releases the connection or hands it to
 an Exchange (adopt).
 Invariants:
@@ -10,8 +10,8 @@ Invariants:
   complete response that allows keep-alive, reading again; anything else closes it;
 - a response body that ends early or errors reaches the sink as `failed`, never as `end`;
 - connect, response-head and idle-body timeouts map to UpstreamError (502) / UpstreamTimeout (504);
-- a Flight's waiters are released at once when the leader learns the response is not storable;
-- across worker processes, one leader per key holds a lock entry in the shared cache while it fetches.
+- the request head sent upstream never carries a hop-by-hop or Connection-listed field (RFC 9110 7.6.1)
+  and always carries our Via and X-Forwarded-For/-Proto.
 Never: touch a client transport; decide cacheability (policy's job).
 """
 
@@ -19,19 +19,74 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import socket
-import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import httptools
 
 from .config import Config, Upstream
 from .errors import EdgeError, UpstreamError, UpstreamIncomplete, UpstreamTimeout
+from .fields import HOP_BY_HOP
+from .keys import UNKEYED_REQUEST_FIELDS
 
 Headers = list[tuple[bytes, bytes]]
 TICK = 0.1  # seconds between timeout checks of the exchanges in flight
+VIA = b"1.1 edgecore"
+
+# fields not forwarded upstream when edgecore fetches a GET/HEAD for its cache: the cache answers the client's
+# conditionals and ranges itself from the full response, and unkeyed routing fields would poison the entry
+# (X-Forwarded-For is not dropped: the proxy appends the peer to it)
+CACHE_FETCH_DROP = frozenset(
+    (b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range", b"range")
+) | (UNKEYED_REQUEST_FIELDS - {b"x-forwarded-for"})
+# never copied from the client's head: hop-by-hop (RFC 9110 7.6.1) and the framing, which is re-done
+_NOT_COPIED = HOP_BY_HOP | {b"content-length", b"expect"}
+# what the C plain-miss path drops when it renders the same head (it handles Connection and
+# X-Forwarded-For itself, as request_head does)
+FETCH_DROP_FIELDS = tuple(sorted(_NOT_COPIED | CACHE_FETCH_DROP))
+
+
+def request_head(
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    conn_listed: frozenset[bytes] | set[bytes],
+    peer: bytes,
+    drop: frozenset[bytes] = frozenset(),
+    extra: Headers | None = None,
+    framing: bytes = b"",
+) -> bytes:
+    """The request head sent upstream (the one rendering; ext/hitpath.pyx's upstream_head is its C twin for
+    plain GETs, held to the same bytes by tests): hop-by-hop and Connection-listed fields removed (RFC 9110
+    7.6.1), and `drop`; Via and X-Forwarded-For/-Proto added; `extra` fields and the body's `framing` line
+    (Content-Length or Transfer-Encoding, rendered by the caller) last."""
+    parts = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+    xff = None
+    via = proto = False
+    for name, value in headers:
+        if name in _NOT_COPIED or name in conn_listed or name in drop:
+            continue
+        if name == b"x-forwarded-for":
+            xff = value if xff is None else xff + b", " + value
+            continue
+        if name == b"via":
+            via = True
+            parts.append(b"via: " + value + b", " + VIA + b"\r\n")
+            continue
+        if name == b"x-forwarded-proto":
+            proto = True  # set by a TLS-terminating balancer in front: kept on pass-through
+        parts.append(name + b": " + value + b"\r\n")
+    if not via:
+        parts.append(b"via: " + VIA + b"\r\n")
+    parts.append(b"x-forwarded-for: " + (xff + b", " + peer if xff else peer) + b"\r\n")
+    if not proto:
+        parts.append(b"x-forwarded-proto: http\r\n")
+    if extra:
+        parts.extend(n + b": " + v + b"\r\n" for n, v in extra)
+    parts.append(framing)
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 class Timed(Protocol):
@@ -420,123 +475,3 @@ class Pool:
             for conn in idle:
                 conn.close()
             idle.clear()
-
-
-class Flight:
-    """A miss in progress for one key. Waiters await `done` (made when the first one joins); its result
-    tells them what to do. `locked`: the leader holds the cross-worker lock in the shared cache."""
-
-    __slots__ = ("done", "waiters", "locked")
-
-    def __init__(self) -> None:
-        self.done: asyncio.Future[Any] | None = None
-        self.waiters = 0
-        self.locked = False
-
-
-LOCK_PREFIX = b"\x00lock:"  # lock entries: never the start of a primary ("0:...") or secondary ("V...") key
-LOCK_FLAG = 8  # never served: the hit path serves FLAG_PLAIN entries only
-
-
-class Flights:
-    """Single-flight of misses per key (Varnish's busy object + waiting list), plus hit-for-miss memory:
-    keys recently found uncacheable skip coalescing so their requests never queue behind each other."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        hit_for_miss_ttl: float,
-        cache: Any = None,
-        lock_ttl: float = 30.0,
-    ) -> None:
-        self.loop = loop
-        self.hfm_ttl = hit_for_miss_ttl
-        self.cache = cache
-        self.lock_ttl = lock_ttl
-        self._flights: dict[bytes, Flight] = {}
-        self._uncacheable: dict[bytes, float] = {}
-        self._pid = b"%d" % os.getpid()
-
-    # Across worker processes the leader of a key also takes a lock entry in the shared cache (an atomic
-    # test-and-set); a leader in another worker that finds it taken waits for it to go (polling the shared
-    # cache, like nginx's proxy_cache_lock) and then looks in the cache again. A lock left by a killed
-    # worker expires after lock_ttl (the upstream response timeout).
-    def lock(self, flight: Flight, key: bytes) -> bool:
-        if self.cache is None:
-            return True
-        now = time.time()
-        flight.locked = self.cache.store(
-            LOCK_PREFIX + key, self._pid, now, now + self.lock_ttl, LOCK_FLAG, only_if_absent=True
-        )
-        return flight.locked
-
-    def _unlock(self, flight: Flight, key: bytes) -> None:
-        if flight.locked:
-            flight.locked = False
-            self.cache.delete(LOCK_PREFIX + key)
-
-    async def wait_unlocked(self, key: bytes, timeout: float) -> bool:
-        """Wait (polling 2 ms, doubling to 25 ms) until no worker holds key's lock. False on timeout."""
-        deadline = self.loop.time() + timeout
-        delay = 0.002
-        lock_key = LOCK_PREFIX + key
-        while self.cache.lookup(lock_key, time.time()) is not None:
-            if self.loop.time() >= deadline:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.025)
-        return True
-
-    def join(self, key: bytes) -> tuple[Flight, bool]:
-        """(flight, leader?) for key."""
-        f = self._flights.get(key)
-        if f is not None:
-            f.waiters += 1
-            if f.done is None:
-                f.done = self.loop.create_future()
-            return f, False
-        f = self._flights[key] = Flight()
-        return f, True
-
-    def finish(self, key: bytes, flight: Flight, result: Any) -> None:
-        """Leader: publish the outcome (an object the waiters understand; None = go upstream yourselves)."""
-        if self._flights.get(key) is flight:
-            del self._flights[key]
-        self._unlock(flight, key)
-        if flight.done is not None and not flight.done.done():
-            flight.done.set_result(result)
-
-    def try_lead(self, key: bytes) -> Flight | None:
-        """Lead a fetch of key at once, or None when another request (in this worker or another) leads one."""
-        if key in self._flights:
-            return None
-        f = Flight()
-        if not self.lock(f, key):
-            return None
-        self._flights[key] = f
-        return f
-
-    def busy(self, key: bytes) -> bool:
-        """A fetch for key is in flight in this worker."""
-        return key in self._flights
-
-    def uncacheable(self, key: bytes) -> bool:
-        until = self._uncacheable.get(key)
-        if until is None:
-            return False
-        if self.loop.time() < until:
-            return True
-        del self._uncacheable[key]
-        return False
-
-    def mark_uncacheable(self, key: bytes) -> None:
-        if len(self._uncacheable) > 100_000:  # bounded memory: drop the expired, then the oldest
-            now = self.loop.time()
-            for k in [k for k, t in self._uncacheable.items() if t <= now][:50_000] or list(
-                itertools.islice(self._uncacheable, 50_000)
-            ):
-                del self._uncacheable[k]
-        self._uncacheable[key] = self.loop.time() + self.hfm_ttl
-
-    def forget_uncacheable(self, key: bytes) -> None:
-        self._uncacheable.pop(key, None)

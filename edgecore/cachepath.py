@@ -1,0 +1,350 @@
+"""One request's caching flow (RFC 9111): lookup (with Vary), serve stored, revalidate (304 merging), HEAD
+refresh, stale-while-revalidate in the background, stale-if-error, coalesced misses, store, pass-through of
+everything else, and invalidation after unsafe methods.
+
+Owns: the order of the decisions for one request and the upstream exchanges they need (one retry on a fresh
+connection when a reused one closes before answering a bodiless request).
+Invariants:
+- it talks to its connection only through `context.Client` (write, finish, abort, couple, error, done, spawn);
+- every decision comes from policy (store, reuse, stale, retention), every key from keys, every Cache-Status
+  from cachestatus; an error is raised as an EdgeError and becomes a response in the protocol;
+- a coalesced flight is finished exactly once, with what was stored or None;
+- background work (stale-while-revalidate refreshes) is kept in ctx.tasks until done and its failures are
+  logged, never lost.
+Never: touch a transport, parse a request, or render an error response itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from . import cachestatus, entry, keys, policy
+from .context import Client, Context, Request
+from .errors import NotCached, UpstreamError, UpstreamIncomplete, UpstreamTimeout
+from .flights import Flight
+from .metrics import F_WAITING, Outcome
+from .serve import serve_stored
+from .sinks import StoreSink, StreamSink, invalidate, store
+from .upstream import CACHE_FETCH_DROP, Exchange, UpstreamConnection, request_head
+
+Headers = list[tuple[bytes, bytes]]
+log = logging.getLogger("edgecore.cachepath")
+
+_CACHEABLE_METHODS = frozenset((b"GET", b"HEAD"))
+_UNSAFE_KEEP = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))  # methods that invalidate nothing
+_STALE_REVALIDATE = cachestatus.render(fwd=b"stale", detail=b"stale-while-revalidate")
+_STALE_IF_ERROR = cachestatus.render(fwd=b"stale", detail=b"stale-if-error")
+
+
+async def handle(c: Client, r: Request) -> None:
+    """Answer one request (the protocol's request task calls this, in request order)."""
+    if r.error is not None:
+        raise r.error
+    if r.expect_continue and r.version == b"1.1" and not r.body_done:
+        c.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # RFC 9110 10.1.1
+    if r.method in _CACHEABLE_METHODS and not r.has_body():
+        await cache_path(c, r)
+    else:
+        await pass_through(
+            c, r, Outcome.BYPASS, fwd=b"method" if r.method not in _CACHEABLE_METHODS else b"bypass"
+        )
+
+
+async def cache_path(c: Client, r: Request) -> None:
+    ctx = c.ctx
+    now = time.time()
+    rc = policy.parse_request(r.headers)
+    key, found, fwd = lookup(ctx, r, now)
+    if rc.no_store:
+        await pass_through(c, r, Outcome.BYPASS, fwd=b"request", detail=b"request-no-store")
+        return
+    if found is not None:
+        value = found[0]
+        m = entry.meta(value)
+        f = entry.freshness(m)
+        use, _ = policy.decide_use(f, rc, now)
+        if use is policy.Use.FRESH or use is policy.Use.STALE:
+            ttl = int(m.fresh_until - now) if m.fresh_until > now else -int(now - m.fresh_until) - 1
+            outcome = Outcome.HIT if use is policy.Use.FRESH else Outcome.STALE
+            serve_stored(c, r, value, m, now, outcome, cachestatus.render(hit=True, ttl=ttl))
+            return
+        if use is policy.Use.STALE_REVALIDATE:
+            serve_stored(c, r, value, m, now, Outcome.STALE, _STALE_REVALIDATE)
+            background_refresh(c, r, key, value, m)
+            return
+        if use is policy.Use.VALIDATE and not rc.only_if_cached:
+            if r.method == b"HEAD":
+                await head_refresh(c, r, key, value, m)
+            else:
+                await revalidate(c, r, key, value, m, rc)
+            return
+    if rc.only_if_cached:
+        raise NotCached("only-if-cached and nothing stored fits")  # RFC 9111 5.2.1.7
+    if ctx.flights.uncacheable(key):
+        await pass_through(c, r, Outcome.UNCACHEABLE, fwd=fwd, detail=b"hit-for-miss")
+        return
+    await miss(c, r, key, fwd)
+
+
+def lookup(ctx: Context, r: Request, now: float) -> tuple[bytes, Any, bytes]:
+    """-> (the request's cache key, what the cache holds there or None, the fwd reason of a miss)."""
+    key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts)
+    found = ctx.cache.lookup(key, now)
+    if found is not None and found[3] == entry.FLAG_VARY:
+        gen, names = entry.decode_vary(found[0])
+        key = keys.secondary_key(key + b"#" + gen, names, r.headers)  # RFC 9111 4.1
+        return key, ctx.cache.lookup(key, now), b"vary-miss"
+    return key, found, b"uri-miss"
+
+
+def serve_collapsed(c: Client, r: Request) -> bool:
+    """After waiting on another request's fetch: serve what it stored, if it stored something fresh
+    for this request (its own variant: the lookup is this request's)."""
+    now = time.time()
+    _, found, _ = lookup(c.ctx, r, now)
+    if found is None or found[3] & entry.FLAG_VARY:
+        return False
+    value = found[0]
+    m = entry.meta(value)
+    if now >= m.fresh_until or m.eflags & entry.E_NO_CACHE:
+        return False
+    ttl = max(0, int(m.fresh_until - now))
+    cs = cachestatus.render(fwd=b"miss", collapsed=True, ttl=ttl)
+    serve_stored(c, r, value, m, now, Outcome.COLLAPSED, cs)
+    return True
+
+
+def upstream_head(
+    c: Client,
+    r: Request,
+    method: bytes | None = None,
+    drop: frozenset[bytes] = frozenset(),
+    extra: Headers | None = None,
+) -> bytes:
+    """The request head r sends upstream (upstream.request_head); the body's framing only when the method is
+    r's own (a cache fetch of a HEAD is a GET without body)."""
+    framing = r.framing() if method is None or method == r.method else b""
+    return request_head(
+        method or r.method, r.target, r.headers, frozenset(r.conn_tokens), c.peer, drop, extra, framing
+    )
+
+
+async def send_body(c: Client, r: Request, conn: UpstreamConnection) -> None:
+    """Stream the request body upstream (re-chunked when it came chunked), with flow control."""
+    if r.body is None:
+        return
+    while True:
+        while r.body:
+            chunk = r.body.popleft()
+            r.buffered -= len(chunk)
+            if r.chunked:
+                conn.write(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            else:
+                conn.write(chunk)
+            await conn.drain()
+        c.resume_reading()
+        if r.body_done:
+            break
+        if c.closing:
+            raise UpstreamIncomplete("client went away while sending the request body")
+        r.body_waiter = c.ctx.loop.create_future()
+        await r.body_waiter
+        r.body_waiter = None
+    if r.chunked:
+        conn.write(b"0\r\n\r\n")
+
+
+async def exchange(
+    c: Client,
+    r: Request,
+    sink: StreamSink,
+    method: bytes | None = None,
+    drop: frozenset[bytes] = frozenset(),
+    extra: Headers | None = None,
+) -> Exchange:
+    """Open an upstream exchange (retrying once on a fresh connection when a reused one turns out
+    closed before answering a bodiless request) and wait for its response head."""
+    pool = c.ctx.pool
+    head = upstream_head(c, r, method, drop, extra)
+    for attempt in (0, 1):
+        conn = await pool.acquire(fresh=attempt == 1)
+        reused = conn.reused
+        ex = pool.open(conn, method or r.method, head, sink)
+        sink.exchange = ex
+        if r.body is not None:
+            await send_body(c, r, conn)
+        try:
+            await ex.head_future
+            return ex
+        except UpstreamError:
+            if attempt == 0 and reused and r.body is None and not ex.head_seen and not sink.started:
+                sink.reset()
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+async def pass_through(
+    c: Client, r: Request, outcome: Outcome, fwd: bytes, detail: bytes | None = None
+) -> None:
+    """Forward upstream and stream the response back; nothing is stored. Unsafe methods invalidate
+    (RFC 9111 4.4)."""
+    sink: StreamSink
+    if r.method == b"POST":
+        # RFC 9110 9.3.3: a POST response naming its own target in Content-Location, with explicit
+        # freshness, may answer later GETs; StoreSink invalidates first, then stores it
+        key = keys.primary_key(b"GET", r.host, r.target, c.ctx.key_opts)
+        sink = StoreSink(c.ctx, c, r, key, fwd=fwd, flight=None)
+        sink.outcome = outcome
+    else:
+        sink = StreamSink(c.ctx, c, r, outcome, fwd=fwd, detail=detail)
+    await exchange(c, r, sink)
+    await sink.finished()
+    if r.method not in _UNSAFE_KEEP and r.method != b"POST" and sink.status is not None:
+        invalidate(c.ctx, r, sink.status, sink.headers)
+
+
+async def miss(c: Client, r: Request, key: bytes, fwd: bytes) -> None:
+    """A cache miss: coalesced per key. The leader fetches; waiters get its stored response, or go
+    upstream on their own the moment it turns out not storable."""
+    ctx = c.ctx
+    flight, leader = ctx.flights.join(key)
+    if not leader:
+        ctx.counters.inc(F_WAITING)
+        try:
+            assert flight.done is not None
+            result = await asyncio.wait_for(asyncio.shield(flight.done), ctx.cfg.response_timeout)
+        except TimeoutError:
+            raise UpstreamTimeout("timed out waiting for a coalesced upstream response") from None
+        finally:
+            ctx.counters.inc(F_WAITING, -1)
+        if result is not None and serve_collapsed(c, r):
+            return
+        await pass_through(c, r, Outcome.UNCACHEABLE, fwd=fwd, detail=b"collapsed-uncacheable")
+        return
+    if not ctx.flights.lock(flight, key):
+        # another worker process is fetching this key: wait for it (nginx's proxy_cache_lock), then
+        # serve what it stored; if it stored nothing usable, fetch (and take the lock if still free)
+        ctx.counters.inc(F_WAITING)
+        try:
+            await ctx.flights.wait_unlocked(key, ctx.cfg.response_timeout)
+        finally:
+            ctx.counters.inc(F_WAITING, -1)
+        if serve_collapsed(c, r):
+            ctx.flights.finish(key, flight, True)
+            return
+        ctx.flights.lock(flight, key)
+    await fetch(c, r, key, fwd, flight)
+
+
+async def fetch(c: Client, r: Request, key: bytes, fwd: bytes, flight: Flight) -> None:
+    """The leader's fetch of a miss: stored (and served) through a StoreSink; the flight is finished
+    with what was stored, or None when nothing was."""
+    sink = StoreSink(c.ctx, c, r, key, fwd=fwd, flight=flight)
+    try:
+        await exchange(c, r, sink, method=b"GET", drop=CACHE_FETCH_DROP)
+    except BaseException:
+        c.ctx.flights.finish(key, flight, None)
+        raise
+    await finish_miss(c.ctx, key, flight, sink)
+
+
+async def finish_miss(ctx: Context, key: bytes, flight: Flight, sink: StoreSink) -> None:
+    """The end of a miss the general path fetches: waiters look in the cache for their own variant; None
+    sends them upstream on their own."""
+    try:
+        await sink.finished()
+    finally:
+        ctx.flights.finish(key, flight, True if sink.stored_value is not None else None)
+
+
+async def revalidate(
+    c: Client,
+    r: Request,
+    key: bytes,
+    value: bytes,
+    m: entry.Meta,
+    rc: policy.RequestControl,
+) -> None:
+    """A stored response that may not be used as is: validate it upstream (RFC 9111 4.3.1)."""
+    stored = entry.headers(value, m)
+    validators = policy.validators_for(stored)
+    sink = StoreSink(c.ctx, c, r, key, fwd=b"stale", flight=None, stored=(value, m, stored), rc=rc)
+    try:
+        await exchange(c, r, sink, method=b"GET", drop=CACHE_FETCH_DROP, extra=validators)
+        await sink.finished()
+        if sink.mismatch:
+            await miss(c, r, key, b"stale")
+        elif sink.stale_on_error:
+            cs = cachestatus.render(fwd=b"stale", fwd_status=sink.status or 0, detail=b"stale-if-error")
+            serve_stored(c, r, value, m, time.time(), Outcome.STALE, cs)
+    except UpstreamError:
+        f = entry.freshness(m)
+        if not sink.started and policy.may_serve_stale_on_error(f, rc, time.time()):
+            serve_stored(c, r, value, m, time.time(), Outcome.STALE, _STALE_IF_ERROR)
+            return
+        raise
+
+
+async def head_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry.Meta) -> None:
+    """A HEAD for a stored response that must be validated goes upstream as a HEAD; a 200 whose
+    validators and length match updates the stored GET response (RFC 9111 4.3.5), anything else
+    leaves it stale for the next GET."""
+    request_time = time.time()
+    sink = StreamSink(c.ctx, c, r, Outcome.MISS, fwd=b"stale")
+    await exchange(c, r, sink)
+    await sink.finished()
+    if sink.status is None:
+        return
+    body = bytes(entry.body(value, m))
+    stored = entry.headers(value, m) + [(b"content-length", b"%d" % len(body))]
+    merged = policy.head_update(sink.status, stored, sink.headers)
+    if merged is None:
+        return
+    fresh, _ = policy.decide_store(
+        b"GET",
+        m.status,
+        r.headers,
+        merged,
+        request_time=request_time,
+        response_time=time.time(),
+        opts=c.ctx.policy_opts,
+    )
+    if fresh is not None:
+        vary = keys.parse_vary([v for n, v in merged if n == b"vary"]) or ()
+        store(c.ctx, r, key, m.status, entry.reason(value, m), merged, body, fresh, request_time, vary)
+
+
+def background_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry.Meta) -> None:
+    """stale-while-revalidate (RFC 5861 3): one refresh per key, off the client's path; the task is kept in
+    ctx.tasks until done, and a failure of any kind is logged."""
+    ctx = c.ctx
+    if key in ctx.refreshing:
+        return
+    ctx.refreshing.add(key)
+    bg = Request()
+    for s in ("method", "target", "host", "version", "conn_tokens"):
+        setattr(bg, s, getattr(r, s))
+    bg.method = b"GET"
+    bg.headers = list(r.headers)
+    bg.t0 = time.time()
+
+    async def run() -> None:
+        stored = entry.headers(value, m)
+        sink = StoreSink(ctx, None, bg, key, fwd=b"stale", flight=None, stored=(value, m, stored))
+        try:
+            await exchange(
+                c, bg, sink, method=b"GET", drop=CACHE_FETCH_DROP, extra=policy.validators_for(stored)
+            )
+            await sink.finished()
+        except UpstreamError as e:
+            log.info("background refresh of %r failed: %s", bg.target[:200], e)
+        except Exception:
+            log.exception("background refresh of %r failed", bg.target[:200])
+        finally:
+            ctx.refreshing.discard(key)
+
+    ctx.spawn(run())

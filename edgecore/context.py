@@ -1,0 +1,251 @@
+"""What one worker's connections share, the parsed request, and the narrow face a connection shows to the
+caching flow.
+
+Owns: `Context` (config, cache, counters, upstream pool, flights, key and policy options, the C fast path
+set up from the same facts as the Python path), `Request` (one parsed request), and `Client`, the only
+things the caching flow (cachepath, sinks, plainmiss) may ask of a client connection.
+Invariants: the C fast path gets every fact it shares with Python (entry layout, field lists, thresholds,
+histogram bounds) from the Python source at construction, never retyped; EDGECORE_NO_FASTPATH=1 turns it
+off (and with it the plain-miss path, which only starts from its miss result).
+Never: touch a transport itself, or decide anything about caching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Protocol
+
+from . import entry, keys, policy
+from ._hitpath import HitPath
+from .cache import Cache
+from .config import Config
+from .errors import EdgeError
+from .flights import Flights
+from .metrics import (
+    DURATION_BUCKETS,
+    F_DUR_BUCKETS,
+    F_DUR_SUM_NS,
+    F_SERVED,
+    F_UPSTREAM,
+    Outcome,
+    SlotCounters,
+)
+from .upstream import FETCH_DROP_FIELDS, Pool, UpstreamConnection
+
+Headers = list[tuple[bytes, bytes]]
+
+# request fields whose presence needs policy or conditional handling: a GET/HEAD carrying one is answered by
+# the general path (and the C hit path hands it over untouched)
+POLICY_REQUEST_FIELDS = frozenset(
+    (
+        b"cache-control",
+        b"pragma",
+        b"if-none-match",
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-range",
+        b"range",
+        b"authorization",
+    )
+)
+# what else sends a request off the C hit path: a body, expectations, and hop-by-hop framing it does not parse
+HIT_PATH_BAIL_FIELDS = tuple(
+    sorted(
+        POLICY_REQUEST_FIELDS
+        | {b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"te", b"trailer"}
+    )
+)
+LARGE_BODY = 32 << 10  # stored responses above this are written as views, not joined into one buffer
+
+
+class Request:
+    """One request as the protocol parsed it (or the C path, for a plain miss)."""
+
+    __slots__ = (
+        "method",
+        "target",
+        "headers",
+        "host",
+        "version",
+        "keep_alive",
+        "slow",
+        "clen",
+        "chunked",
+        "expect_continue",
+        "body",
+        "body_done",
+        "body_bytes",
+        "body_waiter",
+        "error",
+        "t0",
+        "conn_tokens",
+        "head_bytes",
+        "buffered",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.headers: Headers = []
+        self.host = b""
+        self.version = b"1.1"
+        self.keep_alive = True
+        self.slow = False  # carries a POLICY_REQUEST_FIELDS member
+        self.clen: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.body: collections.deque[bytes] | None = None
+        self.body_done = True
+        self.body_bytes = 0
+        self.body_waiter: asyncio.Future[None] | None = None
+        self.error: EdgeError | None = None
+        self.t0 = 0.0
+        self.conn_tokens: list[bytes] = []
+        self.head_bytes = 0
+        self.buffered = 0  # body bytes received and not yet sent upstream
+
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.clen)
+
+    def connection_field(self) -> bytes:
+        """The Connection field line of our response to this request (RFC 9112 9.3, 9.6)."""
+        if not self.keep_alive:
+            return b"connection: close\r\n"
+        if self.version == b"1.0":
+            return b"connection: keep-alive\r\n"
+        return b""
+
+    def framing(self) -> bytes:
+        """The framing field line of this request's body as sent upstream (it is re-chunked when chunked)."""
+        if self.chunked:
+            return b"transfer-encoding: chunked\r\n"
+        if self.clen is not None:
+            return b"content-length: %d\r\n" % self.clen
+        return b""
+
+
+class Client(Protocol):
+    """What the caching flow may do with the client connection of a request."""
+
+    ctx: Context
+    peer: bytes
+    closing: bool
+    write_paused: bool
+
+    def write(self, data: bytes) -> None: ...
+    def writelines(self, parts: tuple[bytes | memoryview, ...]) -> None: ...
+    def finish(self) -> None: ...  # close once what is written is sent
+    def abort(self) -> None: ...
+    def couple(self, up: UpstreamConnection | None) -> None: ...  # flow control with a streaming upstream
+    def resume_reading(self) -> None: ...
+    def error(self, r: Request, e: EdgeError) -> None: ...  # the one place errors become responses
+    def done(self, r: Request) -> None: ...  # r was answered outside a task: go on with the next request
+    def spawn(self, r: Request, rest: Awaitable[None]) -> None: ...  # the rest of r runs in the request task
+
+
+class Connection(Protocol):
+    """What the worker does with its client connections as a whole (the idle sweep, draining)."""
+
+    def check_idle(self, now: float, limit: float) -> None: ...
+    def close_if_idle(self) -> None: ...
+    def abort(self) -> None: ...
+
+
+def fastpath_enabled() -> bool:
+    """False when EDGECORE_NO_FASTPATH is set (to anything but "" or "0"): the general path answers all."""
+    import os
+
+    return os.environ.get("EDGECORE_NO_FASTPATH", "") in ("", "0")
+
+
+class Context:
+    """Everything a worker's connections share."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        cache: Cache,
+        counters: SlotCounters,
+        loop: asyncio.AbstractEventLoop,
+        pool: Pool | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.cache = cache
+        self.counters = counters
+        self.loop = loop
+        self.pool = pool or Pool(cfg, loop, on_request=functools.partial(counters.inc, F_UPSTREAM))
+        # the cross-worker miss lock lives in the shared cache; one worker has nobody to share it with
+        self.flights = Flights(
+            loop, cfg.hit_for_miss_ttl, cache if cfg.workers != 1 else None, lock_ttl=cfg.response_timeout
+        )
+        self.key_opts = keys.options_for(cfg)
+        self.policy_opts = policy.Options(targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control))
+        self.connections: set[Connection] = set()
+        self._draining = False
+        self.hitpath = make_hitpath(cfg, cache, counters, self.key_opts)
+        self.refreshing: set[bytes] = set()  # keys with a background refresh in flight
+        self.tasks: set[asyncio.Task[None]] = set()  # background tasks, kept until done
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        self.hitpath.draining = value
+
+    def start(self) -> None:
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _sweep(self) -> None:
+        """Close clients idle or stalled past client_timeout (slow-loris, dead peers)."""
+        now = self.loop.time()
+        limit = self.cfg.client_timeout
+        for c in list(self.connections):
+            c.check_idle(now, limit)
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run background work (not a request's own task): the task is kept until it is done."""
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.pool.close()
+
+
+def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: keys.KeyOptions) -> HitPath:
+    """The C fast path for fresh plain hits, set up to build keys exactly as keys.primary_key does."""
+    probe = keys.primary_key(b"GET", b"h", b"/", key_opts)
+    prefix = probe[: -len(b"1:h/")]
+    default_opts = not key_opts.sort_query and not key_opts.drop_params and key_opts.default_ports == (b"80",)
+    return HitPath(
+        cache,
+        counters.words,
+        counters.b + Outcome.HIT,
+        counters.b + F_SERVED,
+        counters.b + F_DUR_SUM_NS,
+        counters.b + F_DUR_BUCKETS,
+        DURATION_BUCKETS,
+        cfg.max_header_size,
+        entry.M,
+        entry.FLAG_PLAIN,
+        prefix,
+        enabled=default_opts and probe.endswith(b"1:h/") and fastpath_enabled(),
+        fetch_drop=FETCH_DROP_FIELDS,
+    )
+
+
+def make_context(
+    cfg: Config, cache: Cache, counters: SlotCounters, loop: asyncio.AbstractEventLoop
+) -> Context:
+    return Context(cfg, cache, counters, loop)

@@ -1,0 +1,92 @@
+"""Writing a stored response to a client: as stored, as 304 to the client's conditionals (RFC 9110 13), or as
+206/416 for a single byte range (RFC 9110 14), with Age (RFC 9111 4.2.3) and Cache-Status spliced in after
+the status line.
+
+Owns: the Python twin of the C hit path's write (ext/hitpath.pyx `_write_value`): both splice the same
+dynamic fields into the same stored bytes (entry.py's layout).
+Invariants: counted before it is written (whoever has the response can already see it in the metrics); a
+large body is written as views of the lookup's private copy, never copied again.
+Never: decide whether the stored response may be used (policy did).
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import entry, policy
+from .context import LARGE_BODY, Client, Request
+from .fields import first
+from .metrics import Outcome
+
+Headers = list[tuple[bytes, bytes]]
+_CACHEABLE_METHODS = frozenset((b"GET", b"HEAD"))
+
+
+def serve_stored(
+    c: Client, r: Request, value: bytes, m: entry.Meta, now: float, outcome: Outcome, cache_status: bytes
+) -> None:
+    """A stored response to the client, with conditional (RFC 9110 13) and range (RFC 9110 14)
+    handling when the request asks for them. Counted before it is written: whoever has the response
+    can already see it in the metrics."""
+    c.ctx.counters.request(outcome, time.time() - r.t0)
+    age = max(0, int(now - m.birth))
+    conn = r.connection_field()
+    mo = entry.M
+    head_end = mo + m.head_len
+    status_line = value[mo : mo + m.statusline_len]
+    rest_head = value[mo + m.statusline_len : head_end]
+    dyn = b"age: %d\r\ncache-status: %s\r\n%s" % (age, cache_status, conn)
+    if r.slow and m.status == 200 and r.method in _CACHEABLE_METHODS:
+        stored = entry.headers(value, m)
+        if policy.client_not_modified(r.headers, stored):
+            c.write(_head_304(stored, dyn))
+            _close_unless_keep_alive(c, r)
+            return
+        rng = first(r.headers, b"range")
+        ir = first(r.headers, b"if-range")
+        if rng is not None and r.method == b"GET" and (ir is None or policy.if_range_matches(ir, stored)):
+            total = len(value) - head_end
+            span = policy.parse_range(rng, total)
+            if span is None:
+                if policy.range_not_satisfiable(rng, total):  # else: the full 200 (RFC 9110 14.2)
+                    c.write(
+                        b"HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */%d\r\n"
+                        b"content-length: 0\r\n%s\r\n" % (total, dyn)
+                    )
+                    _close_unless_keep_alive(c, r)
+                    return
+            else:
+                lo, hi = span
+                fields = b"".join(n + b": " + v + b"\r\n" for n, v in stored)
+                c.write(
+                    b"".join(
+                        (
+                            b"HTTP/1.1 206 Partial Content\r\n",
+                            fields,
+                            b"content-range: bytes %d-%d/%d\r\ncontent-length: %d\r\n"
+                            % (lo, hi, total, hi - lo + 1),
+                            dyn,
+                            b"\r\n",
+                            value[head_end + lo : head_end + hi + 1],
+                        )
+                    )
+                )
+                _close_unless_keep_alive(c, r)
+                return
+    if r.method == b"HEAD":
+        c.write(b"".join((status_line, dyn, rest_head)))
+    elif len(value) > LARGE_BODY:  # no second copy of a large body: views of the private lookup copy
+        c.writelines((status_line, dyn, memoryview(value)[mo + m.statusline_len :]))
+    else:
+        c.write(b"".join((status_line, dyn, value[mo + m.statusline_len :])))
+    _close_unless_keep_alive(c, r)
+
+
+def _head_304(stored: Headers, dyn: bytes) -> bytes:
+    fields = b"".join(n + b": " + v + b"\r\n" for n, v in policy.not_modified_headers(stored))
+    return b"HTTP/1.1 304 Not Modified\r\n" + fields + dyn + b"\r\n"
+
+
+def _close_unless_keep_alive(c: Client, r: Request) -> None:
+    if not r.keep_alive:
+        c.finish()
