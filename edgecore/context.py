@@ -224,25 +224,30 @@ class Context:
 
 
 def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: keys.KeyOptions) -> HitPath:
-    """The C fast path for fresh plain hits, set up to build keys exactly as keys.primary_key does."""
+    """The C fast path for fresh plain hits, set up to build keys exactly as keys.primary_key does and told
+    every fact it shares with Python by that fact's one source."""
     probe = keys.primary_key(b"GET", b"h", b"/", key_opts)
     prefix = probe[: -len(b"1:h/")]
     default_opts = not key_opts.sort_query and not key_opts.drop_params and key_opts.default_ports == (b"80",)
+    b = counters.b
     return HitPath(
         cache,
-        counters.words,
-        counters.b + Outcome.HIT,
-        counters.b + F_SERVED,
-        counters.b + F_DUR_SUM_NS,
-        counters.b + F_DUR_BUCKETS,
-        DURATION_BUCKETS,
-        cfg.max_header_size,
-        entry.M,
-        entry.FLAG_PLAIN,
-        prefix,
-        enabled=default_opts and probe.endswith(b"1:h/") and fastpath_enabled(),
+        words=counters.words,
+        counter_index=(b + Outcome.HIT, b + F_SERVED, b + F_DUR_SUM_NS, b + F_DUR_BUCKETS),
+        bounds=DURATION_BUCKETS,
+        max_head=cfg.max_header_size,
+        layout=ENTRY_LAYOUT,
+        flag_plain=entry.FLAG_PLAIN,
+        key_prefix=prefix,
+        bail_fields=HIT_PATH_BAIL_FIELDS,
         fetch_drop=FETCH_DROP_FIELDS,
+        large_body=LARGE_BODY,
+        enabled=default_opts and probe.endswith(b"1:h/") and fastpath_enabled(),
     )
+
+
+# what the C path reads of a stored entry: META's size and the offsets of the fields a fresh hit needs
+ENTRY_LAYOUT = (entry.M, entry.OFF_STATUSLINE_LEN, entry.OFF_HEAD_LEN, entry.OFF_FRESH_UNTIL, entry.OFF_BIRTH)
 
 
 def make_context(

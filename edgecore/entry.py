@@ -164,3 +164,14 @@ def decode_vary(value: bytes) -> tuple[bytes, tuple[bytes, ...]]:
     """-> (generation, field names)."""
     gen, _, names = value.partition(b"\n")
     return gen, tuple(names.split(b"\n")) if names else ()
+
+
+def _offset(field: str) -> int:
+    """Byte offset of a META field: the size of the fields before it (no padding with "<")."""
+    return struct.calcsize("<" + META.format[1 : Meta._fields.index(field) + 1])
+
+
+OFF_STATUSLINE_LEN = _offset("statusline_len")
+OFF_HEAD_LEN = _offset("head_len")
+OFF_FRESH_UNTIL = _offset("fresh_until")
+OFF_BIRTH = _offset("birth")

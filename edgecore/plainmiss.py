@@ -17,7 +17,7 @@ import logging
 import time
 
 from . import cachestatus, policy
-from ._hitpath import HitPath
+from ._hitpath import PlainRequest
 from .cachepath import fetch, finish_miss
 from .context import Client, Request
 from .errors import EdgeError, UpstreamIncomplete, UpstreamTimeout
@@ -31,30 +31,32 @@ Headers = list[tuple[bytes, bytes]]
 log = logging.getLogger("edgecore.plainmiss")
 
 
-def start(p: Client, hp: HitPath, data: bytes) -> Request | None:
-    """The C path stopped at a plain GET/HEAD with nothing stored for its key: fetch it as a PlainMiss when
-    nobody else fetches that key, it is not known uncacheable, and an idle upstream connection is at hand.
-    -> the request now in flight, or None: the general path (httptools, a task) takes it."""
+def start(p: Client, miss: PlainRequest, data: bytes) -> Request | None:
+    """The C path stopped at a plain GET/HEAD with nothing stored for its key (`miss`, in `data`): fetch it
+    as a PlainMiss when nobody else fetches that key, it is not known uncacheable, and an idle upstream
+    connection is at hand. -> the request now in flight, or None: the general path (httptools, a task)
+    takes it."""
     ctx = p.ctx
-    key = hp.miss_key
+    key = miss.key
     fl = ctx.flights
     if ctx.draining or fl.uncacheable(key):  # (a key being fetched already: try_lead says no)
         return None
     conn = ctx.pool.take_idle()
     if conn is None:
         return None
-    start, end = hp.miss_start, hp.miss_end
-    head = hp.upstream_head(data, start, end, p.peer, VIA)
+    head = ctx.hitpath.upstream_head(data, miss.start, miss.end, p.peer, VIA)
     flight = fl.try_lead(key) if head is not None else None
     if flight is None or head is None:
         ctx.pool.release(conn, True)
         return None
     r = Request()
-    r.method = b"HEAD" if hp.miss_head_only else b"GET"
-    r.version = b"1.0" if hp.miss_http10 else b"1.1"
-    r.keep_alive = hp.miss_keep != 0
+    r.method = b"HEAD" if miss.head_only else b"GET"
+    r.version = b"1.0" if miss.http10 else b"1.1"
+    r.keep_alive = miss.keep != 0
     r.t0 = time.time()
-    ctx.pool.send_plain(conn, PlainMiss(p, conn, key, flight, r, data[start:end], hp.miss_keep), head)
+    ctx.pool.send_plain(
+        conn, PlainMiss(p, conn, key, flight, r, data[miss.start : miss.end], miss.keep), head
+    )
     return r
 
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable
 import httptools
 
 from . import cachepath, cachestatus, plainmiss
-from ._hitpath import HitPath
+from ._hitpath import PlainRequest
 from .context import POLICY_REQUEST_FIELDS, Context, Request, make_context
 from .errors import (
     BadRequest,
@@ -88,13 +88,13 @@ class ClientProtocol(asyncio.Protocol):
         self.last_progress = self.ctx.loop.time()
         if self.req is None and self.active is None and not self.queue and not self.closing:
             # between messages with nothing in flight: fresh plain hits are answered in C
-            hp = self.ctx.hitpath
-            consumed, close = hp.serve(data, self.transport)
+            assert self.transport is not None  # data comes only after connection_made
+            consumed, close, miss = self.ctx.hitpath.serve(data, self.transport)
             if close:
                 self.finish()
                 return
-            if hp.miss_key is not None and self._plain_miss(hp, data):
-                consumed = hp.miss_end
+            if miss is not None and self._plain_miss(miss, data):
+                consumed = miss.end
             if consumed:
                 if consumed == len(data):
                     return
@@ -279,10 +279,10 @@ class ClientProtocol(asyncio.Protocol):
             self.resume_reading()
         return nxt
 
-    def _plain_miss(self, hp: HitPath, data: bytes) -> bool:
+    def _plain_miss(self, miss: PlainRequest, data: bytes) -> bool:
         """The C path stopped at a plain miss: fetch it by callbacks (plainmiss) when it can. False: the
         general path (httptools, a task) takes the request."""
-        r = plainmiss.start(self, hp, data)
+        r = plainmiss.start(self, miss, data)
         if r is None:
             return False
         self.active = r

@@ -41,23 +41,12 @@ cdef inline double _now() nogil:
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
-# entry.py layout (META = "<BBHHIddddddff"): statusline_len @4 (u16), head_len @6 (u32),
-# fresh_until @10 (f64), birth @18 (f64); the response starts at META_SIZE
-DEF OFF_SL = 4
-DEF OFF_HEAD_LEN = 6
-DEF OFF_FRESH_UNTIL = 10
-DEF OFF_BIRTH = 18
-
+# Every fact shared with Python comes in at construction (HitPath(..., layout=..., bail_fields=...,
+# large_body=..., bounds=...)) from its one Python source: the stored-entry offsets from edgecore.entry, the
+# request fields that need the general path from edgecore.context, the histogram bounds from
+# edgecore.metrics. Nothing here restates them.
 DEF MAX_HOST = 255
-DEF BIG = 32768  # bodies above this are written as views, not copied into one response buffer
-DEF NBUCKETS = 16
-
-# request fields that send a request to the Python path (lower-case), see protocol._SLOW_REQUEST_FIELDS
-cdef tuple _BAIL_FIELDS = (
-    b"cache-control", b"pragma", b"if-none-match", b"if-modified-since", b"if-match",
-    b"if-unmodified-since", b"if-range", b"range", b"authorization", b"content-length",
-    b"transfer-encoding", b"expect", b"upgrade", b"te", b"trailer",
-)
+DEF MAX_BUCKETS = 32
 
 # RFC 9110 5.6.2 tchar
 cdef bint _TCHAR[256]
@@ -155,6 +144,22 @@ cdef inline const char *_next_field(const char **q, const char *e, const char **
     return line
 
 
+cdef class PlainRequest:
+    """A plain GET/HEAD that serve() stopped at because nothing is stored for its key (a plain miss): its key,
+    where its head starts and ends in the data given to serve(), its keep-alive code (0: close after the
+    response; 1: HTTP/1.1 keep-alive; 2: HTTP/1.0 keep-alive, said in the response), HEAD or not, HTTP/1.0 or
+    not."""
+
+    cdef readonly bytes key
+    cdef readonly Py_ssize_t start, end
+    cdef readonly int keep
+    cdef readonly bint head_only, http10
+
+    def __repr__(self):
+        return (f"PlainRequest(key={self.key!r}, start={self.start}, end={self.end}, keep={self.keep}, "
+                f"head_only={self.head_only}, http10={self.http10})")
+
+
 cdef class HitPath:
     """Per worker: the cache, the key options, and this worker's slot of the shared counters."""
 
@@ -162,43 +167,49 @@ cdef class HitPath:
     cdef object _words          # the shared counters memoryview (kept alive for _w)
     cdef int64_t *_w
     cdef Py_ssize_t _hit_idx, _served_idx, _sum_idx, _bucket_idx
-    cdef double _bounds[NBUCKETS]
+    cdef double _bounds[MAX_BUCKETS]
+    cdef int _nbuckets
     cdef Py_ssize_t _max_head
     cdef Py_ssize_t _meta
+    cdef Py_ssize_t _off_sl, _off_head_len, _off_fresh_until, _off_birth
+    cdef Py_ssize_t _large
     cdef int _flag_plain
     cdef bytes _prefix          # the key up to the host: tenant and method class
     cdef public bint enabled
     cdef public bint draining
-    # set by serve() when it stops at a plain request whose key is not in the cache at all (a plain miss):
-    # its key, where its head starts and ends in `data`, its keep-alive code and whether it is HEAD/HTTP/1.0
-    cdef public object miss_key
-    cdef public Py_ssize_t miss_start, miss_end
-    cdef public int miss_keep
-    cdef public bint miss_head_only, miss_http10
     cdef bint _http11           # of the request _parse saw last
+    cdef tuple _bail_fields     # lower-case names of request fields that need the general path
     cdef tuple _fetch_drop      # lower-case names never sent upstream on a cache fetch
     cdef char *_buf             # scratch for upstream_head (max_head * 2 + 1024 bytes)
     cdef Py_ssize_t _bufsize
 
-    def __init__(self, cache, words, int hit_idx, int served_idx, int sum_idx, int bucket_idx, bounds,
-                 Py_ssize_t max_head, Py_ssize_t meta_size, int flag_plain, bytes key_prefix, bint enabled=True,
-                 fetch_drop=()):
+    def __init__(self, cache, *, words, counter_index, bounds, Py_ssize_t max_head, layout, int flag_plain,
+                 bytes key_prefix, bail_fields, fetch_drop, Py_ssize_t large_body, bint enabled=True):
+        """counter_index: the words' indexes of (hits, served, duration sum in ns, first histogram bucket);
+        bounds: the histogram's upper bounds in seconds (one bucket more counts the rest); layout: the stored
+        entry's (META size, statusline_len offset (u16), head_len offset (u32), fresh_until offset (f64),
+        birth offset (f64)), as edgecore.entry defines them."""
         cdef long long[::1] view = words
         self._lookup = cache.lookup
         self._words = words
         self._w = <int64_t *>&view[0]
-        self._hit_idx, self._served_idx, self._sum_idx, self._bucket_idx = hit_idx, served_idx, sum_idx, bucket_idx
-        if len(bounds) != NBUCKETS:
-            raise ValueError(f"expected {NBUCKETS} histogram bounds")
+        self._hit_idx, self._served_idx, self._sum_idx, self._bucket_idx = counter_index
+        if len(bounds) > MAX_BUCKETS:
+            raise ValueError(f"at most {MAX_BUCKETS} histogram bounds")
+        self._nbuckets = len(bounds)
         for i, b in enumerate(bounds):
             self._bounds[i] = b
         self._max_head = max_head
-        self._meta = meta_size
+        self._meta, self._off_sl, self._off_head_len, self._off_fresh_until, self._off_birth = layout
+        if not (self._off_sl + 2 <= self._meta and self._off_head_len + 4 <= self._meta
+                and self._off_fresh_until + 8 <= self._meta and self._off_birth + 8 <= self._meta):
+            raise ValueError("entry layout offsets outside META")
+        self._large = large_body
         self._flag_plain = flag_plain
         self._prefix = key_prefix
         self.enabled = enabled
         self.draining = False
-        self.miss_key = None
+        self._bail_fields = tuple(bail_fields)
         self._fetch_drop = tuple(fetch_drop)
         self._bufsize = max_head * 2 + 1024
         self._buf = <char *>PyMem_Malloc(self._bufsize)
@@ -207,6 +218,18 @@ cdef class HitPath:
 
     def __dealloc__(self):
         PyMem_Free(self._buf)
+
+    @property
+    def facts(self):
+        """What it was told at construction (for the test that holds it to the Python sources)."""
+        return {
+            "layout": (self._meta, self._off_sl, self._off_head_len, self._off_fresh_until, self._off_birth),
+            "bounds": tuple(self._bounds[i] for i in range(self._nbuckets)),
+            "bail_fields": self._bail_fields,
+            "fetch_drop": self._fetch_drop,
+            "large_body": self._large,
+            "flag_plain": self._flag_plain,
+        }
 
     def key_for(self, bytes head):
         """The primary key the fast path computes for a request head (None when it would not handle it)."""
@@ -290,7 +313,7 @@ cdef class HitPath:
                 else:
                     return None   # Connection-listed fields: the Python path handles them
             else:
-                for name in _BAIL_FIELDS:
+                for name in self._bail_fields:
                     if _ieq(line, colon - line, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name)):
                         return None
             if q < end:
@@ -318,15 +341,16 @@ cdef class HitPath:
                                 PyBytes_FromStringAndSize(target, tlen))
 
     def serve(self, bytes data, transport):
-        """Answer the fresh plain hits at the start of `data`. -> (bytes consumed, close the connection?)."""
+        """Answer the fresh plain hits at the start of `data`. -> (bytes consumed, close the connection?,
+        the PlainRequest it stopped at when nothing is stored for its key, else None)."""
         cdef const char *p = PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t pos = 0, hend
         cdef const char *crlf
         cdef int keep = 0, head_only = 0, answered
-        self.miss_key = None
+        cdef PlainRequest miss
         if not self.enabled:
-            return 0, False
+            return 0, False, None
         while pos < n:
             crlf = self._find_head_end(p + pos, n - pos)
             if crlf == NULL:
@@ -342,17 +366,19 @@ cdef class HitPath:
             answered = self._answer(key, transport, keep, head_only)
             if answered <= 0:
                 if answered < 0:
-                    self.miss_key = key
-                    self.miss_start = pos
-                    self.miss_end = pos + hend + 4
-                    self.miss_keep = keep
-                    self.miss_head_only = head_only
-                    self.miss_http10 = not self._http11
+                    miss = PlainRequest.__new__(PlainRequest)
+                    miss.key = key
+                    miss.start = pos
+                    miss.end = pos + hend + 4
+                    miss.keep = keep
+                    miss.head_only = head_only
+                    miss.http10 = not self._http11
+                    return pos, False, miss
                 break
             pos += hend + 4
             if not keep:
-                return pos, True
-        return pos, False
+                return pos, True, None
+        return pos, False, None
 
     cdef const char *_find_head_end(self, const char *p, Py_ssize_t n):
         cdef const char *q = p
@@ -382,7 +408,7 @@ cdef class HitPath:
         vlen = PyBytes_GET_SIZE(value)
         if not self._valid(v, vlen):
             return 0
-        memcpy(&fresh_until, v + OFF_FRESH_UNTIL, 8)
+        memcpy(&fresh_until, v + self._off_fresh_until, 8)
         if t0 >= fresh_until:
             return 0
         # counted before the write: whoever has the response can already see it in the metrics
@@ -391,7 +417,7 @@ cdef class HitPath:
         self._w[self._served_idx] += 1
         self._w[self._sum_idx] += <int64_t>(dur * 1e9)
         k = 0
-        while k < NBUCKETS and dur > self._bounds[k]:
+        while k < self._nbuckets and dur > self._bounds[k]:
             k += 1
         self._w[self._bucket_idx + k] += 1
         return 1 if self._write_value(value, transport, keep, head_only, t0, b"edgecore; hit; ttl=", 19,
@@ -403,8 +429,8 @@ cdef class HitPath:
         cdef unsigned int hl32
         if vlen < self._meta:
             return False
-        memcpy(&sl16, v + OFF_SL, 2)
-        memcpy(&hl32, v + OFF_HEAD_LEN, 4)
+        memcpy(&sl16, v + self._off_sl, 2)
+        memcpy(&hl32, v + self._off_head_len, 4)
         return self._meta + <Py_ssize_t>hl32 <= vlen and sl16 <= hl32
 
     cdef bint _write_value(self, bytes value, transport, int keep, int head_only, double now,
@@ -424,9 +450,9 @@ cdef class HitPath:
         cdef Py_ssize_t connlen
         if not self._valid(v, vlen) or cslen > 100:
             return False
-        memcpy(&sl16, v + OFF_SL, 2)
-        memcpy(&hl32, v + OFF_HEAD_LEN, 4)
-        memcpy(&birth, v + OFF_BIRTH, 8)
+        memcpy(&sl16, v + self._off_sl, 2)
+        memcpy(&hl32, v + self._off_head_len, 4)
+        memcpy(&birth, v + self._off_birth, 8)
         sl = sl16
         head_len = hl32
         if keep == 1:
@@ -449,7 +475,7 @@ cdef class HitPath:
         memcpy(o + 2, conn, connlen)
         dlen = o + 2 + connlen - dyn
         rest = (head_len if head_only else vlen - self._meta) - sl
-        if rest > BIG:
+        if rest > self._large:
             # a large body is not copied again: the transport takes views of the lookup's private copy
             # (nothing else holds or reuses that bytes object)
             mv = memoryview(value)
@@ -466,13 +492,13 @@ cdef class HitPath:
         return True
 
     def respond(self, bytes value, transport, int keep, bint head_only, bytes cache_status):
-        """Write a stored response just fetched for a plain miss (see serve's miss_* fields).
+        """Write a stored response just fetched for a plain miss (the PlainRequest serve() returned).
         -> False when `value` is malformed (nothing written)."""
         return self._write_value(value, transport, keep, head_only, _now(), PyBytes_AS_STRING(cache_status),
                                  PyBytes_GET_SIZE(cache_status), -1)
 
     # ------------------------------------------------------------------ the plain miss
-    # A plain request that missed (serve's miss_* fields) may be fetched by the protocol without httptools:
+    # A plain request that missed (the PlainRequest serve() returned) may be fetched by the protocol without httptools:
     # upstream_head renders its upstream request from the bytes serve already checked, request_fields gives
     # the parsed fields when the protocol falls back to its general path, and parse_response reads the
     # upstream's response head when it is of the plainest kind (anything else is left to httptools).

@@ -4,6 +4,7 @@ the Python path would."""
 
 from __future__ import annotations
 
+import struct
 import time
 
 import httptools
@@ -11,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgecore import entry, keys, policy
+from edgecore import context, entry, keys, metrics, policy, upstream
+from edgecore._hitpath import HitPath
 from edgecore.cache import Cache
 from edgecore.config import build
 from edgecore.context import make_hitpath
@@ -47,6 +49,46 @@ def _store(
     )
     cache.store(keys.primary_key(b"GET", host, target), value, birth, fresh_until + 60, flags)
     return value
+
+
+def test_c_path_is_told_every_shared_fact_by_its_python_source(setup):
+    """The C path restates nothing: layout, field lists, thresholds and histogram bounds are what the Python
+    sources say, and the entry offsets it reads really are where entry.encode puts those fields."""
+    hp = setup[4]
+    facts = hp.facts
+    assert facts["layout"] == context.ENTRY_LAYOUT
+    assert facts["bounds"] == metrics.DURATION_BUCKETS
+    assert facts["bail_fields"] == context.HIT_PATH_BAIL_FIELDS
+    assert set(context.POLICY_REQUEST_FIELDS) <= set(facts["bail_fields"])
+    assert facts["fetch_drop"] == upstream.FETCH_DROP_FIELDS
+    assert facts["large_body"] == context.LARGE_BODY
+    assert facts["flag_plain"] == entry.FLAG_PLAIN
+    value = _store(setup[1], b"facts.example", b"/f", b"x" * 7)
+    m = entry.meta(value)
+    size, off_sl, off_hl, off_fu, off_birth = facts["layout"]
+    assert size == entry.META.size
+    assert struct.unpack_from("<H", value, off_sl)[0] == m.statusline_len
+    assert struct.unpack_from("<I", value, off_hl)[0] == m.head_len
+    assert struct.unpack_from("<d", value, off_fu)[0] == m.fresh_until
+    assert struct.unpack_from("<d", value, off_birth)[0] == m.birth
+
+
+def test_c_path_refuses_a_layout_outside_meta(setup):
+    cfg, cache, _, slot, _ = setup
+    with pytest.raises(ValueError, match="outside META"):
+        HitPath(
+            cache,
+            words=slot.words,
+            counter_index=(0, 1, 2, 3),
+            bounds=metrics.DURATION_BUCKETS,
+            max_head=cfg.max_header_size,
+            layout=(8, 4, 6, 10, 18),
+            flag_plain=entry.FLAG_PLAIN,
+            key_prefix=b"",
+            bail_fields=(),
+            fetch_drop=(),
+            large_body=1,
+        )
 
 
 hosts = st.sampled_from(
@@ -140,7 +182,7 @@ def test_serves_a_fresh_plain_hit_with_age_and_counts_it(setup):
     t = Transport()
     before = counters.total(F_SERVED), counters.total(Outcome.HIT)
     data = b"GET /hit HTTP/1.1\r\nHost: h.example\r\n\r\n"
-    assert hp.serve(data, t) == (len(data), False)
+    assert hp.serve(data, t) == (len(data), False, None)
     m = entry.meta(value)
     out = t.out[0]
     status_line = value[entry.M : entry.M + m.statusline_len]
@@ -160,8 +202,13 @@ def test_pipelined_hits_then_a_miss_stops_at_the_miss(setup):
         b"GET /a HTTP/1.1\r\nHost: p.example\r\n\r\n",
     ]
     t = Transport()
-    consumed, close = hp.serve(b"".join(reqs), t)
+    data = b"".join(reqs)
+    consumed, close, miss = hp.serve(data, t)
     assert consumed == len(reqs[0]) + len(reqs[1]) and not close
+    # nothing stored for /missing: serve says where its head is, as one typed PlainRequest
+    assert miss is not None and miss.key == keys.primary_key(b"GET", b"p.example", b"/missing")
+    assert data[miss.start : miss.end] == reqs[2]
+    assert (miss.keep, miss.head_only, miss.http10) == (1, False, False)
     assert t.out[0].endswith(b"\r\n\r\nA")
     assert t.out[1].endswith(b"content-length: 2\r\n\r\n")  # HEAD: no body
 
@@ -174,11 +221,11 @@ def test_connection_close_and_http10(setup):
         b"GET /c HTTP/1.1\r\nHost: c.example\r\nConnection: close\r\n\r\n"
         b"GET /c HTTP/1.1\r\nHost: c.example\r\n\r\n"
     )
-    consumed, close = hp.serve(data, t)
+    consumed, close, _ = hp.serve(data, t)
     assert close and len(t.out) == 1 and b"connection: close\r\n" in t.out[0]
     t = Transport()
     data = b"GET /c HTTP/1.0\r\nHost: c.example\r\nConnection: keep-alive\r\n\r\n"
-    assert hp.serve(data, t) == (len(data), False)
+    assert hp.serve(data, t) == (len(data), False, None)
     assert b"connection: keep-alive\r\n" in t.out[0]
     t = Transport()
     assert hp.serve(b"GET /c HTTP/1.0\r\nHost: c.example\r\n\r\n", t)[1] is True
@@ -189,8 +236,8 @@ def test_leaves_stale_and_no_cache_entries_to_python(setup):
     _store(cache, b"s.example", b"/stale", b"S", lifetime=-1.0)
     _store(cache, b"s.example", b"/nc", b"N", no_cache=True)
     t = Transport()
-    assert hp.serve(b"GET /stale HTTP/1.1\r\nHost: s.example\r\n\r\n", t) == (0, False)
-    assert hp.serve(b"GET /nc HTTP/1.1\r\nHost: s.example\r\n\r\n", t) == (0, False)
+    assert hp.serve(b"GET /stale HTTP/1.1\r\nHost: s.example\r\n\r\n", t) == (0, False, None)
+    assert hp.serve(b"GET /nc HTTP/1.1\r\nHost: s.example\r\n\r\n", t) == (0, False, None)
     assert t.out == []
 
 

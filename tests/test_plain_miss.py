@@ -409,7 +409,7 @@ def test_upstream_head_is_what_the_general_path_sends(hp, general, head):
 
 
 def test_upstream_head_of_a_request_in_the_middle_of_a_buffer(hp, general):
-    """serve() hands (data, miss_start, miss_end) with other requests around the miss."""
+    """serve() hands over (data, miss.start, miss.end) with other requests around the miss."""
     before = b"GET /hit HTTP/1.1\r\nHost: a.example\r\n\r\n"
     head = PLAIN_REQUESTS[9]
     after = b"GET /next HTTP/1.1\r\nHost: a.example\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n"
@@ -690,10 +690,10 @@ def spy(monkeypatch):
         monkeypatch.setattr(plainmiss.PlainMiss, name, wrapper)
     orig_pm = protocol.ClientProtocol._plain_miss
 
-    def plain_miss(self, hp, data):
+    def plain_miss(self, miss, data):
         if not getattr(self.ctx, "plain_enabled", True):
             return False
-        return orig_pm(self, hp, data)
+        return orig_pm(self, miss, data)
 
     monkeypatch.setattr(protocol.ClientProtocol, "_plain_miss", plain_miss)
     return calls

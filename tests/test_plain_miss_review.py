@@ -43,7 +43,7 @@ def _spy(name):
 for _n in ("__init__", "_complete", "_hand_over", "lost", "_fail"):
     _spy(_n)
 if os.environ.get("EDGECORE_TEST_NO_PLAIN") == "1":
-    protocol.ClientProtocol._plain_miss = lambda self, hp, data: False
+    protocol.ClientProtocol._plain_miss = lambda self, miss, data: False
 
 from edgecore.cli import main
 sys.argv = ["edgecore", *sys.argv[1:]]

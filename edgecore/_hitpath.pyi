@@ -1,0 +1,58 @@
+# Stub of the C fast paths (ext/hitpath.pyx), so mypy checks their callers.
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+Headers = list[tuple[bytes, bytes]]
+
+class _Writer(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+    def writelines(self, parts: Any, /) -> object: ...
+
+class _Lookup(Protocol):
+    def lookup(self, key: bytes, now: float, /) -> tuple[bytes, float, float, int] | None: ...
+
+class PlainRequest:
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def keep(self) -> int: ...
+    @property
+    def head_only(self) -> bool: ...
+    @property
+    def http10(self) -> bool: ...
+
+class HitPath:
+    enabled: bool
+    draining: bool
+    def __init__(
+        self,
+        cache: _Lookup,
+        *,
+        words: Any,
+        counter_index: tuple[int, int, int, int],
+        bounds: Sequence[float],
+        max_head: int,
+        layout: tuple[int, int, int, int, int],
+        flag_plain: int,
+        key_prefix: bytes,
+        bail_fields: Sequence[bytes],
+        fetch_drop: Sequence[bytes],
+        large_body: int,
+        enabled: bool = True,
+    ) -> None: ...
+    @property
+    def facts(self) -> dict[str, Any]: ...
+    def key_for(self, head: bytes) -> bytes | None: ...
+    def serve(self, data: bytes, transport: _Writer) -> tuple[int, bool, PlainRequest | None]: ...
+    def respond(
+        self, value: bytes, transport: _Writer, keep: int, head_only: bool, cache_status: bytes
+    ) -> bool: ...
+    def upstream_head(self, data: bytes, start: int, end: int, peer: bytes, via: bytes) -> bytes | None: ...
+    def request_fields(self, data: bytes, start: int, end: int) -> tuple[bytes, bytes, Headers]: ...
+    def parse_response(
+        self, buf: bytes
+    ) -> tuple[int, bytes, Headers, int, int, bool] | Literal[False] | None: ...
