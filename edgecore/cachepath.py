@@ -341,9 +341,9 @@ def background_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry
             )
             await sink.finished()
         except UpstreamError as e:
-            log.info("background refresh of %r failed: %s", bg.target[:200], e)
+            log.info("background refresh of %s failed: %s", bg.target[:200].decode("latin-1"), e)
         except Exception:
-            log.exception("background refresh of %r failed", bg.target[:200])
+            log.exception("background refresh of %s failed", bg.target[:200].decode("latin-1"))
         finally:
             ctx.refreshing.discard(key)
 
