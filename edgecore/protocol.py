@@ -30,7 +30,7 @@ import httptools
 from . import entry, keys, policy
 from ._hitpath import HitPath
 from .cache import MAX_TAGS, Cache
-from .config import Config
+from .config import Config, fastpath_disabled
 from .errors import (
     BadRequest,
     EdgeError,
@@ -156,7 +156,7 @@ def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: ke
         entry.M,
         entry.FLAG_PLAIN,
         prefix,
-        enabled=default_opts and probe.endswith(b"1:h/"),
+        enabled=default_opts and probe.endswith(b"1:h/") and not fastpath_disabled(),
         fetch_drop=tuple(sorted(HOP_BY_HOP | _CACHE_FETCH_DROP | {b"content-length", b"expect"})),
     )
 
