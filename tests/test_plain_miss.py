@@ -34,7 +34,7 @@ from memtransport import MemoryTransport
 
 from edgecore import keys, protocol
 from edgecore.cache import Cache
-from edgecore.config import Config, Upstream
+from edgecore.config import Config, Upstream, fastpath_disabled
 from edgecore.metrics import F_WAITING, SharedCounters
 
 PEER = b"127.0.0.1"
@@ -617,7 +617,8 @@ class OriginProtocol(asyncio.Protocol):
 
 class Env:
     """One edge (a real Context, pool and cache) in process, in front of a scripted origin on 127.0.0.1,
-    its own event loop; `fast=False` turns the plain-miss path off (the general path answers)."""
+    its own event loop; `fast=False` turns the fast paths off (EDGECORE_NO_FASTPATH=1, read when the
+    Context is made: the general path answers hits and misses)."""
 
     def __init__(self, monkeypatch, fast: bool = True, **cfg_kw) -> None:
         self.loop = asyncio.new_event_loop()
@@ -629,8 +630,9 @@ class Env:
         cfg = Config(upstream=(Upstream("127.0.0.1", port),), cache_size=8 << 20, **cfg_kw)
         self.cache = Cache(cfg.cache_size, cfg.max_object_size)
         self.counters = SharedCounters(slots=2)
+        monkeypatch.setenv("EDGECORE_NO_FASTPATH", "0" if fast else "1")
         self.ctx = protocol.make_context(cfg, self.cache, self.counters.slot_view(1), self.loop)
-        self.ctx.plain_enabled = fast  # read by the _plain_miss switch installed by the spy fixture
+        assert self.ctx.hitpath.enabled == fast
 
     def client(self) -> tuple[protocol.ClientProtocol, MemoryTransport]:
         p = protocol.ClientProtocol(self.ctx)
@@ -682,8 +684,10 @@ class Env:
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Counts what PlainMiss does (created, completed, handed over, lost, failed), and installs the switch
-    Env(fast=False) uses."""
+    """Counts what PlainMiss does (created, completed, handed over, lost, failed). The tests using it check
+    that the fast path ran: fast path only."""
+    if fastpath_disabled():
+        pytest.skip("asserts that the plain-miss fast path ran; EDGECORE_NO_FASTPATH is set for this run")
     calls: collections.Counter[str] = collections.Counter()
     made: list[protocol.PlainMiss] = []
     calls.made = made  # type: ignore[attr-defined]  # the PlainMiss objects, in order
@@ -697,14 +701,6 @@ def spy(monkeypatch):
             return _orig(self, *a, **kw)
 
         monkeypatch.setattr(protocol.PlainMiss, name, wrapper)
-    orig_pm = protocol.ClientProtocol._plain_miss
-
-    def plain_miss(self, hp, data):
-        if not getattr(self.ctx, "plain_enabled", True):
-            return False
-        return orig_pm(self, hp, data)
-
-    monkeypatch.setattr(protocol.ClientProtocol, "_plain_miss", plain_miss)
     return calls
 
 
@@ -1259,7 +1255,7 @@ def test_real_server_plain_miss(edge, origin, uniq):
 #
 # End to end against a real `edgecore serve`. The edge runs with a spy (SpyEdge): PlainMiss's entry points
 # print one line each to stderr, so a test knows the plain path (not the general one) fetched a request,
-# and EDGECORE_TEST_NO_PLAIN=1 turns the plain path off, so the same scenario can be compared with what the
+# and `plain=False` runs it with EDGECORE_NO_FASTPATH=1, so the same scenario can be compared with what the
 # general path does. The origin (RawOrigin) is a small scriptable HTTP/1.1 server on 127.0.0.1 that can hold
 # a response behind a gate or close a kept-alive connection without answering.
 
@@ -1280,8 +1276,6 @@ def _spy(name):
 
 for _n in ("__init__", "_complete", "_hand_over", "lost", "_fail"):
     _spy(_n)
-if os.environ.get("EDGECORE_TEST_NO_PLAIN") == "1":
-    protocol.ClientProtocol._plain_miss = lambda self, hp, data: False
 
 from edgecore.cli import main
 sys.argv = ["edgecore", *sys.argv[1:]]
@@ -1421,13 +1415,14 @@ class RawOrigin:
 
 class SpyEdge(Edge):
     """A real `edgecore serve` on 127.0.0.1 (ephemeral ports) with PlainMiss instrumented; `plain=False`
-    turns the plain path off."""
+    turns the fast paths off (EDGECORE_NO_FASTPATH=1: the general path answers)."""
 
     def __init__(self, upstream: str, workers: int = 1, plain: bool = True, **env: str) -> None:
         super().__init__(
             upstream,
             workers=workers,
-            env={"EDGECORE_TEST_NO_PLAIN": "0" if plain else "1", **env},
+            env=env,
+            path="fast" if plain else "general",
             main=[sys.executable, "-c", SPY_MAIN],
         )
 
@@ -1449,6 +1444,9 @@ def raw_origin():
 
 @pytest.fixture
 def edges():
+    """The tests using it check that the plain-miss fast path ran (the spy): fast path only."""
+    if fastpath_disabled():
+        pytest.skip("asserts that the plain-miss fast path ran; EDGECORE_NO_FASTPATH is set for this run")
     made: list[SpyEdge] = []
 
     def make(upstream: str, **kw) -> SpyEdge:
