@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import httptools
 import pytest
 from client import Conn, Edge, Response
+from client import get as get_e2e
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from memtransport import MemoryTransport
@@ -1218,6 +1219,69 @@ def test_response_in_many_small_reads(envs, spy):
     env.run_until(lambda: len(responses(t.data)) == 2)
     assert spy["_complete"] == 1
     assert responses(t.data)[1].body == b"0123456789" and env.stored(b"/bits")
+
+
+# ---------------------------------------------------------------------- EDGECORE_NO_FASTPATH
+
+
+class ServeSpy:
+    """Stands in for a Context's HitPath: records how many bytes each HitPath.serve call answered."""
+
+    def __init__(self, hp) -> None:
+        object.__setattr__(self, "_hp", hp)
+        object.__setattr__(self, "consumed", [])
+
+    def serve(self, data, transport):
+        consumed, close = self._hp.serve(data, transport)
+        self.consumed.append(consumed)
+        return consumed, close
+
+    def __getattr__(self, name: str):
+        return getattr(self._hp, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._hp, name, value)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
+def test_no_fastpath_env_leaves_hits_and_plain_misses_to_the_general_path(monkeypatch, fast):
+    """EDGECORE_NO_FASTPATH=1 (Env(fast=False)): HitPath.serve answers nothing, so a fresh plain hit is
+    answered by the general path, and a plain miss over an idle pooled connection is no PlainMiss."""
+    made = collections.Counter()
+    orig = protocol.PlainMiss.__init__
+
+    def counted(self, *a, **kw):
+        made["plain"] += 1
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(protocol.PlainMiss, "__init__", counted)
+    env = Env(monkeypatch, fast)
+    try:
+        hp = ServeSpy(env.ctx.hitpath)
+        env.ctx.hitpath = hp
+        p, t = env.warm()
+        p.data_received(get(b"/m"))  # a miss, with an idle pooled connection at hand
+        env.run_until(lambda: len(responses(t.data)) == 2)
+        p.data_received(get(b"/m"))  # a fresh plain hit
+        env.run_until(lambda: len(responses(t.data)) == 3)
+        miss, hit = responses(t.data)[1:]
+        assert STORED_60.fullmatch(_cs(miss)), _cs(miss)
+        assert hit.body == b"/m" and _cs(hit).startswith(b"edgecore; hit; ttl=")
+        assert len(env.script.heads_for(b"/m")) == 1
+        assert made["plain"] == (1 if fast else 0)
+        assert sum(hp.consumed) == (len(get(b"/m")) if fast else 0), hp.consumed
+    finally:
+        env.close()
+
+
+def test_no_fastpath_is_said_in_the_startup_log(origin, path):
+    e = Edge(origin.url, path=path)
+    try:
+        assert get_e2e(e.port, "/log?body=up").body == b"up"
+    finally:
+        e.stop()
+    said = any("fast paths: off (EDGECORE_NO_FASTPATH)" in line for line in e.lines)
+    assert said == (path == "general"), e.lines
 
 
 # ---------------------------------------------------------------------- a real edgecore process
