@@ -3,8 +3,9 @@
 End-to-end tests run once per path (`path`: "fast", "general"): "general" starts edgecore with
 EDGECORE_NO_FASTPATH=1, so the general Python path answers everything that the C fast paths (fresh hits in
 HitPath.serve, plain misses in PlainMiss) answer on "fast"; both are held to the same assertions. Run one
-path only with `-k fast` or `-k general`. With EDGECORE_NO_FASTPATH=1 in pytest's own environment, "fast"
-and the tests of the C path itself (marked `fast_only`) skip.
+path only with `--path fast` or `--path general` (tests that are not per path run either way). With
+EDGECORE_NO_FASTPATH=1 in pytest's own environment, "fast" and the tests of the C path itself (the
+`fast_only` marker, the spies on PlainMiss) skip.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ NO_FASTPATH_SET = "EDGECORE_NO_FASTPATH is set for this run: the C fast paths ar
 FAST_ONLY_MODULES = {"test_hitpath.py": "tests HitPath.serve, the C fast path itself"}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--path", choices=PATHS, default=None, help="run the per-path (end-to-end) tests on this path only"
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fast_only(reason): tests the C fast path itself; skipped when EDGECORE_NO_FASTPATH is set"
@@ -37,10 +44,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    only = config.getoption("--path")
+    keep, drop = [], []
     for item in items:
         reason = FAST_ONLY_MODULES.get(item.path.name)
         if reason is not None:
             item.add_marker(pytest.mark.fast_only(reason))
+        callspec = getattr(item, "callspec", None)
+        on = callspec.params.get("path", only) if callspec is not None else only
+        (keep if only is None or on == only else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

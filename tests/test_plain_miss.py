@@ -1243,10 +1243,10 @@ class ServeSpy:
         setattr(self._hp, name, value)
 
 
-@pytest.mark.parametrize("fast", [True, False], ids=["fast", "general"])
-def test_no_fastpath_env_leaves_hits_and_plain_misses_to_the_general_path(monkeypatch, fast):
+def test_no_fastpath_env_leaves_hits_and_plain_misses_to_the_general_path(monkeypatch, path):
     """EDGECORE_NO_FASTPATH=1 (Env(fast=False)): HitPath.serve answers nothing, so a fresh plain hit is
     answered by the general path, and a plain miss over an idle pooled connection is no PlainMiss."""
+    fast = path == "fast"
     made = collections.Counter()
     orig = protocol.PlainMiss.__init__
 
