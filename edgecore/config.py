@@ -37,6 +37,7 @@ def fastpath_disabled() -> bool:
     everything, as AIOHTTP_NO_EXTENSIONS does for aiohttp. Read when a worker's HitPath is made."""
     return os.environ.get("EDGECORE_NO_FASTPATH", "") not in ("", "0")
 
+
 def parse_size(value: Any) -> int:
     """'64MiB' -> 67108864; ints pass through. Raises ValueError with the reason."""
     if isinstance(value, bool):
