@@ -68,7 +68,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def path(request: pytest.FixtureRequest) -> str:
     """Which path answers: "fast" (the C fast paths on) or "general" (EDGECORE_NO_FASTPATH=1)."""
     if request.param == "fast" and fastpath_disabled():
-        pytest.skip(NO_FASTPATH_SET)
+        pytest.skip(f"the fast path: {NO_FASTPATH_SET}")
     return request.param
 
 
