@@ -31,6 +31,13 @@ _UNITS = {
 }
 
 
+def fastpath_disabled() -> bool:
+    """EDGECORE_NO_FASTPATH set (to anything but "" or "0"): the C fast paths (fresh hits in HitPath.serve,
+    and the plain misses that start from its miss result) are off and the general Python path answers
+    everything, as AIOHTTP_NO_EXTENSIONS does for aiohttp. Read when a worker's HitPath is made."""
+    return os.environ.get("EDGECORE_NO_FASTPATH", "") not in ("", "0")
+
+
 def parse_size(value: Any) -> int:
     """'64MiB' -> 67108864; ints pass through. Raises ValueError with the reason."""
     if isinstance(value, bool):

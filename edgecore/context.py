@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from . import entry, keys, policy
 from ._hitpath import HitPath
 from .cache import Cache
-from .config import Config
+from .config import Config, fastpath_disabled
 from .errors import EdgeError
 from .flights import Flights
 from .metrics import (
@@ -155,13 +155,6 @@ class Connection(Protocol):
     def abort(self) -> None: ...
 
 
-def fastpath_enabled() -> bool:
-    """False when EDGECORE_NO_FASTPATH is set (to anything but "" or "0"): the general path answers all."""
-    import os
-
-    return os.environ.get("EDGECORE_NO_FASTPATH", "") in ("", "0")
-
-
 class Context:
     """Everything a worker's connections share."""
 
@@ -242,7 +235,7 @@ def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: ke
         bail_fields=HIT_PATH_BAIL_FIELDS,
         fetch_drop=FETCH_DROP_FIELDS,
         large_body=LARGE_BODY,
-        enabled=default_opts and probe.endswith(b"1:h/") and fastpath_enabled(),
+        enabled=default_opts and probe.endswith(b"1:h/") and not fastpath_disabled(),
     )
 
 

@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from .cache import Cache
-from .config import Config
+from .config import Config, fastpath_disabled
 from .metrics import C_DRAINING, C_STOPPING, F_PID, F_READY, SharedCounters
 
 log = logging.getLogger("edgecore")
@@ -131,6 +131,8 @@ class Supervisor:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload: operations issue
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self._wake_w)
+        if fastpath_disabled():
+            log.info("fast paths: off (EDGECORE_NO_FASTPATH)")
         for slot in range(self.nworkers):
             self._fork(slot)
         self._fork(self.admin_slot)

@@ -162,14 +162,26 @@ def get(
         c.close()
 
 
+def path_env(path: str | None) -> dict[str, str]:
+    """The environment that makes an edgecore process answer on `path`: "fast" (the C fast paths on),
+    "general" (EDGECORE_NO_FASTPATH=1: the general Python path answers everything) or None (as inherited)."""
+    if path is None:
+        return {}
+    if path not in ("fast", "general"):
+        raise ValueError(f"path is 'fast', 'general' or None, not {path!r}")
+    return {"EDGECORE_NO_FASTPATH": "1" if path == "general" else "0"}
+
+
 @dataclass
 class Edge:
-    """A real `python -m edgecore serve` process on 127.0.0.1 with ephemeral ports."""
+    """A real `python -m edgecore serve` process on 127.0.0.1 with ephemeral ports; `env` is added to the
+    inherited environment (after `path`'s, see path_env)."""
 
     upstream: str
     args: list[str] = field(default_factory=list)
     workers: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    path: str | None = None  # "fast", "general" or None: as EDGECORE_NO_FASTPATH is inherited
     main: list[str] = field(default_factory=lambda: [sys.executable, "-m", "edgecore"])  # the program
 
     def __post_init__(self) -> None:
@@ -190,7 +202,7 @@ class Edge:
             "5",
             *self.args,
         ]
-        env = dict(os.environ, PYTHONPATH=ROOT, **self.env)
+        env = {**os.environ, "PYTHONPATH": ROOT, **path_env(self.path), **self.env}
         self.proc = subprocess.Popen(
             cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=ROOT
         )

@@ -70,8 +70,8 @@ def test_purge_rejects_bad_bodies(edge):
     assert edge.admin("/purge", "GET").status == 405
 
 
-def test_admin_token_and_drain(origin):
-    e = Edge(origin.url, args=["--admin-token", "s3cret"])
+def test_admin_token_and_drain(origin, path):
+    e = Edge(origin.url, path=path, args=["--admin-token", "s3cret"])
     try:
         assert e.admin("/drain", "POST").status == 401
         assert e.admin("/drain", "POST", headers={"Authorization": "Bearer wrong"}).status == 401
@@ -151,14 +151,14 @@ def test_purge_command_calls_the_admin_endpoint(edge, origin, uniq):
     assert bad.returncode == 2
 
 
-def test_stats_hits_and_misses_count_client_requests(origin, uniq):
+def test_stats_hits_and_misses_count_client_requests(origin, uniq, path):
     """/stats cache.hits and cache.misses count client requests, however many lookups are behind them."""
-    e = Edge(origin.url)
+    e = Edge(origin.url, path=path)
     try:
         t = f"{uniq}?cc=max-age=60"
         get(e.port, t)  # miss
         for _ in range(3):
-            get(e.port, t)  # hits (the C path)
+            get(e.port, t)  # hits (the C path, on "fast")
         get(e.port, t, headers={"Cache-Control": "max-stale=5"})  # a hit through the Python path
         get(e.port, f"{uniq}/u?cc=private")  # a miss that is not stored
         get(e.port, t, method="POST", body=b"x")  # neither: not the cache path

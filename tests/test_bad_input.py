@@ -58,10 +58,10 @@ def test_garbage_after_a_good_pipelined_request(edge, uniq):
         c.close()
 
 
-def test_body_larger_than_limit_is_413(origin):
+def test_body_larger_than_limit_is_413(origin, path):
     from client import Edge
 
-    e = Edge(origin.url, env={"EDGECORE_MAX_BODY_SIZE": "1KiB"})
+    e = Edge(origin.url, path=path, env={"EDGECORE_MAX_BODY_SIZE": "1KiB"})
     try:
         r, closed = _send_raw(e.port, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n")
         assert r.status == 413 and closed
@@ -79,14 +79,14 @@ def test_slow_client_does_not_stall_others(edge, uniq):
         slow.close()
 
 
-def test_silent_clients_are_closed_after_client_timeout(origin):
+def test_silent_clients_are_closed_after_client_timeout(origin, path):
     """Slow-loris: a client that stops inside its request head, or idles on keep-alive, is closed once
     client_timeout passes (checked once a second), while answering clients are not."""
     import time
 
     from client import Edge
 
-    e = Edge(origin.url, env={"EDGECORE_CLIENT_TIMEOUT": "1"})
+    e = Edge(origin.url, path=path, env={"EDGECORE_CLIENT_TIMEOUT": "1"})
     try:
         stuck, idle = Conn(e.port), Conn(e.port)
         t0 = time.monotonic()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+
+from client import path_env
 
 from edgecore import __version__
 
@@ -14,12 +17,13 @@ def test_version():
     assert r.returncode == 0 and r.stdout.strip() == f"edgecore {__version__}"
 
 
-def test_demo_prints_a_summary():
+def test_demo_prints_a_summary(path):
     r = subprocess.run(
         [sys.executable, "-m", "edgecore", "demo", "--requests", "300"],
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, **path_env(path)},
     )
     assert r.returncode == 0, r.stderr[-2000:]
     m = re.search(r"requests: 300\s+hits: (\d+)\s+misses: (\d+)\s+hit ratio: ([\d.]+)%", r.stdout)

@@ -68,7 +68,7 @@ class Origin(asyncio.Protocol):
 
 
 @pytest.fixture
-def edge():
+def edge(on_path):  # once per path: make_context reads EDGECORE_NO_FASTPATH
     loop = asyncio.new_event_loop()
     Origin.seen, Origin.script, Origin.gate = [], [], None
     server = loop.run_until_complete(loop.create_server(Origin, "127.0.0.1", 0))

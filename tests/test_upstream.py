@@ -13,10 +13,11 @@ from origin import body_bytes
 
 
 @pytest.fixture(scope="module")
-def quick(origin):
+def quick(origin, path):
     """edgecore with short upstream timeouts."""
     e = Edge(
         origin.url,
+        path=path,
         env={"EDGECORE_RESPONSE_TIMEOUT": "1", "EDGECORE_IDLE_TIMEOUT": "1", "EDGECORE_CONNECT_TIMEOUT": "1"},
     )
     yield e
@@ -31,8 +32,8 @@ def _closed_port() -> int:
     return port
 
 
-def test_unreachable_upstream_is_502():
-    e = Edge(f"http://127.0.0.1:{_closed_port()}")
+def test_unreachable_upstream_is_502(path):
+    e = Edge(f"http://127.0.0.1:{_closed_port()}", path=path)
     try:
         r = get(e.port, "/x")
         assert r.status == 502

@@ -13,8 +13,8 @@ from client import Edge, get
 
 
 @pytest.fixture(scope="module")
-def two(origin):
-    e = Edge(origin.url, workers=2)
+def two(origin, path):
+    e = Edge(origin.url, workers=2, path=path)
     yield e
     e.stop()
 
@@ -40,8 +40,8 @@ def test_killed_worker_is_replaced(two, uniq):
         assert get(two.port, f"{uniq}/{i}?body=up").body == b"up"
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_0(origin, uniq):
-    e = Edge(origin.url)
+def test_sigterm_finishes_in_flight_requests_and_exits_0(origin, uniq, path):
+    e = Edge(origin.url, path=path)
     out = {}
 
     def slow() -> None:
