@@ -35,7 +35,6 @@ __all__ = [
     "normalise_weighted",
     "secondary_key",
     "split_list",
-    "upstream_request_headers",
 ]
 
 
@@ -414,21 +413,3 @@ def secondary_key(primary: bytes, vary: tuple[bytes, ...], req_headers: Headers)
             v = w if w is not None else normalise_field_value(lines)
             parts.append(b"%d:%s=%d:%s" % (len(name), name, len(v), v))
     return b"".join(parts)
-
-
-def upstream_request_headers(req_headers: Headers, keep: frozenset[bytes] = frozenset()) -> Headers:
-    """The client's fields that may be forwarded upstream: no hop-by-hop or Connection-listed field
-    (RFC 9110 7.6.1) and no unkeyed routing field (cache poisoning) unless it is in `keep` (i.e. keyed)."""
-    listed: set[bytes] = set()
-    for name, value in req_headers:
-        if name == b"connection":
-            for e in split_list(value):
-                listed.add(e.lower())
-    out: Headers = []
-    for name, value in req_headers:
-        if name in HOP_BY_HOP or name in listed:
-            continue
-        if name in UNKEYED_REQUEST_FIELDS and name not in keep:
-            continue
-        out.append((name, value))
-    return out
