@@ -3,9 +3,9 @@
 Owns: the byte layout of cached values. A value is META (fixed struct) + a complete HTTP/1.1 response
 (status line, stored header fields, Content-Length, blank line, body) ready to be written to a client
 with `Age` and `Cache-Status` spliced in right after the status line.
-Invariants: only complete bodies are encoded (the caller checked); the stored head never carries hop-by-hop
-fields, Age, Cache-Status or Transfer-Encoding; a Vary marker entry is told apart by its cache flags, not by
-its bytes. No I/O.
+Invariants: only complete bodies are encoded (the caller checked); the stored head never carries a
+fields.HOP_BY_HOP field (Transfer-Encoding and Proxy-Authenticate included), Age or Cache-Status; a
+Vary marker entry is told apart by its cache flags, not by its bytes. No I/O.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import os
 import struct
 from typing import NamedTuple
 
+from .fields import HOP_BY_HOP, Headers
 from .policy import Freshness
-
-Headers = list[tuple[bytes, bytes]]
 
 VERSION = 1
 # cache-level flags (the slab cache's `flags` int)
@@ -33,20 +32,9 @@ META = struct.Struct("<BBHHIddddddff")
 HIT = struct.Struct("<4xHIdd")  # statusline_len, head_len, fresh_until, birth: what a fresh hit needs
 M = META.size
 
-_SKIP_STORE = frozenset(
-    (
-        b"age",
-        b"cache-status",
-        b"content-length",
-        b"transfer-encoding",
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"upgrade",
-    )
-)
+# Never stored (RFC 9110 7.6.1, 11.7; RFC 9111 3.1): hop-by-hop fields, Age and Cache-Status (written when
+# serving), Content-Length (written from the body).
+SKIP_STORE = HOP_BY_HOP | {b"age", b"cache-status", b"content-length"}
 
 
 class Meta(NamedTuple):
@@ -80,7 +68,7 @@ def _render(status: int, reason: bytes, headers: Headers, body_len: int) -> tupl
         status_line = _STATUS_200_OK
     else:
         status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"")
-    lines = [b": ".join(field) for field in headers if field[0] not in _SKIP_STORE]
+    lines = [b": ".join(field) for field in headers if field[0] not in SKIP_STORE]
     lines.append(b"content-length: %d\r\n\r\n" % body_len)
     return status_line, b"\r\n".join(lines)
 

@@ -1,5 +1,5 @@
 """Tables for edgecore.keys: primary keys (RFC 9111 2, RFC 9110 4.2.3), Vary and secondary keys
-(RFC 9111 4.1)."""
+(RFC 9111 4.1). List splitting (RFC 9110 5.6.1) is tabled in test_fields.py."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from edgecore.keys import (
     parse_vary,
     primary_key,
     secondary_key,
-    split_list,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -294,19 +293,6 @@ NORMALISE = [
 @pytest.mark.parametrize(("lines", "expected"), NORMALISE)
 def test_normalise_field_value(lines: list[bytes], expected: bytes) -> None:
     assert normalise_field_value(lines) == expected
-
-
-SPLIT = [
-    (b"a, b", [b"a", b"b"]),  # RFC 9110 5.6.1
-    (b' "a,b" , c', [b'"a,b"', b"c"]),  # RFC 9110 5.6.4: commas inside quoted strings
-    (b'"a\\",b", c', [b'"a\\",b"', b"c"]),  # quoted-pair
-    (b",,", []),
-]
-
-
-@pytest.mark.parametrize(("value", "expected"), SPLIT)
-def test_split_list(value: bytes, expected: list[bytes]) -> None:
-    assert split_list(value) == expected
 
 
 WEIGHTED = [
