@@ -1,17 +1,21 @@
 """HTTP caching decisions, sans-IO: storable? fresh for how long? reusable for this request? stale allowed?
+kept for how long?
 
 Standards: RFC 9111 (HTTP Caching), RFC 5861 (stale-while-revalidate, stale-if-error), RFC 9213 (targeted
 cache control), RFC 9110 9.3.3 (POST responses), 8.7 (Content-Location).
 
-Owns: the store decision and the Freshness record kept beside a stored response; the reuse decision; serving
-stale on error; validators for revalidation; field updates from a 304 or a HEAD; invalidation after unsafe
-methods; Age. Field syntax (Cache-Control, targeted fields, dates, entity tags) is fields.py's; client
-conditionals and ranges are conditional.py's; Cache-Status is cachestatus.py's.
+Owns: every store / reuse / stale / retention decision: the store decision (including the object size limit
+and Vary: *) and the Freshness record kept beside a stored response; the reuse decision; serving stale on
+error (which statuses, which windows); how long past its freshness an entry is kept; whether the stored head
+differs from the one this client gets; validators for revalidation; field updates from a 304 or a HEAD;
+invalidation after unsafe methods; Age. Field syntax (Cache-Control, targeted fields, dates, entity tags)
+is fields.py's; client conditionals and ranges are conditional.py's; Cache-Status is cachestatus.py's.
 Invariants: every refusal to store or reuse is a named Reason (cachestatus spells it for Cache-Status and
 metrics); times are plain floats (seconds since the epoch) passed in by the caller; a Freshness holds only
 floats and bools; when in doubt the answer is "do not store" / "go upstream".
-Never: I/O, reading a clock, asyncio, or imports from edgecore modules other than errors, fields and keys;
-never a regex on the per-request path (parse_request, decide_use, current_age).
+Never: I/O, reading a clock, asyncio, or imports from edgecore modules other than errors, fields and keys
+(config only for type checking); never a regex on the per-request path (parse_request, decide_use,
+current_age).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from .fields import (
@@ -39,6 +44,9 @@ from .fields import (
 )
 from .keys import normalise_host, parse_vary, primary_key
 
+if TYPE_CHECKING:
+    from .config import Config
+
 __all__ = [
     "Reason",
     "Options",
@@ -47,9 +55,16 @@ __all__ = [
     "Use",
     "DELTA_MAX",
     "HEURISTIC_STATUSES",
+    "ERROR_STATUSES",
+    "STALE_KEEP",
+    "DEFAULT_MAX_OBJECT_SIZE",
+    "options_for",
     "decide_store",
     "current_age",
     "storable_headers",
+    "stored_head_differs",
+    "retention",
+    "serves_stale_on",
     "parse_request",
     "decide_use",
     "may_serve_stale_on_error",
@@ -99,6 +114,9 @@ class Use(enum.Enum):
     ONLY_IF_CACHED_FAIL = enum.auto()  # answer 504 without going upstream (5.2.1.7)
 
 
+DEFAULT_MAX_OBJECT_SIZE = 1 << 20  # config.max_object_size's default
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     shared: bool = True  # a shared cache (s-maxage, proxy-revalidate, private, Authorization apply)
@@ -107,10 +125,17 @@ class Options:
     heuristic_fraction: float = 0.1  # of (Date - Last-Modified), RFC 9111 4.2.2
     heuristic_max: float = 86400.0  # cap on a heuristic lifetime
     stale_if_error_default: float = 0.0  # window to serve stale on upstream errors without stale-if-error
-    max_object_size: int | None = None  # bodies above this are not stored (TOO_LARGE)
+    max_object_size: int = DEFAULT_MAX_OBJECT_SIZE  # bodies above this are not stored (TOO_LARGE)
 
 
 DEFAULT_OPTIONS = Options()
+
+
+def options_for(cfg: Config) -> Options:
+    """The policy options a configuration asks for (cdn_cache_control, max_object_size)."""
+    return Options(
+        targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control), max_object_size=cfg.max_object_size
+    )
 
 
 @dataclass(slots=True)
@@ -161,6 +186,13 @@ _UNDERSTOOD = frozenset(
 
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _OWS = b" \t"
+
+# RFC 5861 4: the "errors" stale-if-error covers (a 500, 502, 503 or 504 from upstream; a failed exchange is
+# one too, the caller's to map).
+ERROR_STATUSES = frozenset((500, 502, 503, 504))
+
+# Seconds a stale response with validators is kept past its freshness so that it can be revalidated.
+STALE_KEEP = 600.0
 
 
 def _delta(value: bytes | None) -> float | None:
@@ -236,7 +268,8 @@ def decide_store(
     Returns (Freshness, None) to store, or (None, Reason). Only GET responses are stored: a HEAD response
     updates a stored GET response through head_update (4.3.5). After merge_304 or head_update, call this again
     with the merged headers (and the stored status) to get the refreshed Freshness.
-    `body_length`, when known, is checked against Content-Length (INCOMPLETE) and opts.max_object_size.
+    `body_length`, when known, is checked against Content-Length (INCOMPLETE); either is checked against
+    opts.max_object_size (TOO_LARGE: a Content-Length alone is enough). Vary: * gives VARY_STAR (4.1).
     A POST response (method b"POST", `post_target` = (host, target) of the request) is stored for later GETs
     only with explicit freshness and a Content-Location that is its own target URI (RFC 9110 9.3.3).
     """
@@ -330,7 +363,7 @@ def decide_store(
             return None, Reason.INCOMPLETE
         if body_length is None:
             body_length = int(cl)
-    if opts.max_object_size is not None and body_length is not None and body_length > opts.max_object_size:
+    if body_length is not None and body_length > opts.max_object_size:
         return None, Reason.TOO_LARGE
 
     # 4.2.3: age calculation.
@@ -436,6 +469,45 @@ def storable_headers(resp_headers: Headers, strip: frozenset[bytes] | tuple[byte
     return [f for f in resp_headers if f[0] not in HOP_BY_HOP and f[0] not in drop]
 
 
+def stored_head_differs(resp_headers: Headers) -> bool:
+    """Would the stored head differ from the one this client gets? True when a Cache-Control or targeted
+    field (any name ending in "cache-control") has a qualified no-cache="..." (5.2.2.4) or private="..."
+    (5.2.2.7) naming at least one field: storable_headers leaves those out of the stored response, but the
+    client that caused the fetch is sent the response as received."""
+    for name, value in resp_headers:
+        if name[-13:] == b"cache-control":
+            if len(value) <= MEMO_MAX_LEN:
+                d = cache_control_line(value)[0]
+            elif 0x3D not in value:  # no "=": nothing qualified
+                continue
+            else:
+                d = cache_control([value])[0]
+            v = d.get(b"no-cache")
+            if v and split_list(v):
+                return True
+            v = d.get(b"private")
+            if v and split_list(v):
+                return True
+    return False
+
+
+def retention(f: Freshness, has_validators: bool, now: float, stale_keep: float = STALE_KEEP) -> float:
+    """Seconds past its freshness (fresh_until = response_time - initial_age + lifetime, as entry.encode
+    computes it) that a stored response is kept: long enough for stale-while-revalidate (RFC 5861 3) and
+    stale-if-error (RFC 5861 4), and with validators `stale_keep` seconds so that it can be revalidated
+    (RFC 9111 4.3) rather than fetched whole; with validators at least until now + 1 (a response stale on
+    arrival is still kept to be revalidated)."""
+    keep = f.stale_while_revalidate
+    if f.stale_if_error > keep:
+        keep = f.stale_if_error
+    if not has_validators:
+        return keep
+    if stale_keep > keep:
+        keep = stale_keep
+    least = now + 1.0 - (f.response_time - f.initial_age + f.lifetime)
+    return keep if keep >= least else least
+
+
 # --------------------------------------------------------------------------------------------------------
 # Reusing (RFC 9111 4, 4.2.4, 5.2.1; RFC 5861)
 # --------------------------------------------------------------------------------------------------------
@@ -525,6 +597,11 @@ def decide_use(f: Freshness, req: RequestControl, now: float) -> tuple[Use, Reas
     if req.only_if_cached:
         return Use.ONLY_IF_CACHED_FAIL, Reason.ONLY_IF_CACHED
     return Use.VALIDATE, reason
+
+
+def serves_stale_on(status: int) -> bool:
+    """Is this upstream status an error stale-if-error applies to (RFC 5861 4: 500, 502, 503, 504)?"""
+    return status in ERROR_STATUSES
 
 
 def may_serve_stale_on_error(f: Freshness, req: RequestControl, now: float) -> bool:

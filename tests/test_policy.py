@@ -13,10 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgecore.config import build
 from edgecore.fields import parse_cache_control
 from edgecore.keys import Headers
 from edgecore.policy import (
     DELTA_MAX,
+    ERROR_STATUSES,
+    STALE_KEEP,
     Freshness,
     Options,
     Reason,
@@ -30,8 +33,12 @@ from edgecore.policy import (
     matches_304,
     may_serve_stale_on_error,
     merge_304,
+    options_for,
     parse_request,
+    retention,
+    serves_stale_on,
     storable_headers,
+    stored_head_differs,
     validators_for,
 )
 
@@ -559,13 +566,17 @@ def test_store_allowed(case: str, status: int, req: tuple, resp: tuple, expected
 
 
 BODY = [
-    # (Content-Length, body_length, max_object_size, reason); RFC 9111 3.3 and the size limit
+    # (Content-Length, body_length, max_object_size or None for the default, reason); RFC 9111 3.3 and the
+    # size limit (Options.max_object_size, 1 MiB by default: config.max_object_size's default)
     ("5", 5, None, None),
     ("5", 4, None, Reason.INCOMPLETE),
     ("5", 6, None, Reason.INCOMPLETE),
     (None, 10, 5, Reason.TOO_LARGE),
     ("10", None, 5, Reason.TOO_LARGE),
     (None, 5, 5, None),
+    (str(1 << 20), None, None, None),  # the default limit, from Content-Length alone
+    (str((1 << 20) + 1), None, None, Reason.TOO_LARGE),
+    (None, (1 << 20) + 1, None, Reason.TOO_LARGE),  # from the body length alone
 ]
 
 
@@ -579,7 +590,7 @@ def test_body_checks(cl: str | None, body: int | None, limit: int | None, reason
         resp,
         request_time=T,
         response_time=T,
-        opts=Options(max_object_size=limit),
+        opts=DEFAULT if limit is None else Options(max_object_size=limit),
         body_length=body,
     )
     assert why is reason and (f is None) is (reason is not None)
@@ -1289,3 +1300,83 @@ def test_one_cache_control_line_or_several_decide_alike(
     long, long_kept = _store([", ".join(members) + "," * 300], status, auth)  # over the memo's length limit
     assert one == two == long
     assert one_kept == long_kept
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Would the stored head differ from the client's (5.2.2.4, 5.2.2.7), how long an entry is kept (RFC 5861,
+# 4.3), which upstream errors stale-if-error covers (RFC 5861 4)
+# ---------------------------------------------------------------------------------------------------------
+
+HEAD_DIFFERS = [
+    # (response fields, differs?)
+    (((CC, "max-age=60"),), False),
+    ((), False),
+    (((CC, 'max-age=60, no-cache="set-cookie"'),), True),  # 5.2.2.4: the named field is not stored
+    (((CC, "private=set-cookie, max-age=60"),), True),  # 5.2.2.7: token form of the qualified directive
+    (((CC, 'PRIVATE="x-a"'),), True),  # 5.2: directive names are case-insensitive
+    (((CC, "max-age=60"), (CC, 'no-cache="x-a"')), True),  # RFC 9110 5.3: any line
+    (((CDN, 'private="x-a"'), (CC, "max-age=60")), True),  # RFC 9213: a targeted field too
+    (((CC, "no-cache, max-age=60"),), False),  # 5.2.2.4: unqualified: the whole response, stored as is
+    (((CC, 'no-cache="", max-age=60'),), False),  # an empty list names no field
+    (((CC, 'x-ext="no-cache=\\"a\\"", max-age=60'),), False),  # 5.2: inside a quoted string, not a directive
+    (((CC, "max-age=60, " + "x" * 300 + ', private="x-a"'),), True),  # a long line (not memoised)
+    (((CC, "max-age=60, " + "x" * 300),), False),
+    ((("X-Note", 'no-cache="a"'),), False),  # only cache-control fields count
+]
+
+
+@pytest.mark.parametrize(("resp", "expected"), HEAD_DIFFERS)
+def test_stored_head_differs(resp: tuple, expected: bool) -> None:
+    assert stored_head_differs(H(*resp)) is expected
+
+
+def _fresh(lifetime: float, swr: float = 0.0, sie: float = 0.0, initial_age: float = 0.0) -> Freshness:
+    return Freshness(lifetime, initial_age, T, stale_while_revalidate=swr, stale_if_error=sie)
+
+
+RETENTION = [
+    # (freshness, has validators, now, stale_keep, seconds kept past fresh_until)
+    (_fresh(60), False, T, STALE_KEEP, 0.0),  # nothing to revalidate with, no stale window: gone when stale
+    (_fresh(60, swr=30), False, T, STALE_KEEP, 30.0),  # RFC 5861 3
+    (_fresh(60, swr=30, sie=90), False, T, STALE_KEEP, 90.0),  # RFC 5861 4: the longer window
+    (_fresh(60), True, T, STALE_KEEP, 600.0),  # 4.3: kept to be revalidated
+    (_fresh(60, sie=3600), True, T, STALE_KEEP, 3600.0),
+    (_fresh(60), True, T, 120.0, 120.0),  # stale_keep is configurable
+    (_fresh(0, initial_age=10), True, T + 5000, 0.0, 5011.0),  # stale on arrival: kept until now + 1
+    (_fresh(0), False, T + 5000, STALE_KEEP, 0.0),
+]
+
+
+@pytest.mark.parametrize(("f", "validators", "now", "keep", "expected"), RETENTION)
+def test_retention(f: Freshness, validators: bool, now: float, keep: float, expected: float) -> None:
+    assert retention(f, validators, now, keep) == pytest.approx(expected)
+
+
+def test_retention_default_keep() -> None:
+    assert STALE_KEEP == 600.0 and retention(_fresh(60), True, T) == 600.0
+
+
+ERROR_STATUS = [
+    (500, True),  # RFC 5861 4: 500, 502, 503, 504
+    (502, True),
+    (503, True),
+    (504, True),
+    (501, False),
+    (404, False),
+    (200, False),
+    (505, False),
+]
+
+
+@pytest.mark.parametrize(("status", "expected"), ERROR_STATUS)
+def test_serves_stale_on(status: int, expected: bool) -> None:
+    assert serves_stale_on(status) is expected and (status in ERROR_STATUSES) is expected
+
+
+def test_options_for_config() -> None:
+    cfg = build(
+        {"upstream": ["http://a:1"], "max_object_size": "2KiB", "cdn_cache_control": ["cdn-cache-control"]}
+    )
+    opts = options_for(cfg)
+    assert opts.max_object_size == 2048 and opts.targeted_fields == (b"cdn-cache-control",)
+    assert Options().max_object_size == 1 << 20 == build({"upstream": ["http://a:1"]}).max_object_size
