@@ -1,11 +1,15 @@
 """The stored form of a cached response: what goes into a slab-cache value, and back.
 
-Owns: the byte layout of cached values. A value is META (fixed struct) + a complete HTTP/1.1 response
-(status line, stored header fields, Content-Length, blank line, body) ready to be written to a client
-with `Age` and `Cache-Status` spliced in right after the status line.
+Owns: the byte layout of cached values, and the layout constants the C paths use (META_SIZE and the OFF_*
+offsets, computed from the META struct format: the C paths are handed them, they never restate them).
+A value is META (fixed struct) + a complete HTTP/1.1 response (status line, stored header fields,
+Content-Length, blank line, body) ready to be written to a client with `Age` and `Cache-Status` spliced in
+right after the status line.
 Invariants: only complete bodies are encoded (the caller checked); the stored head never carries a
 fields.HOP_BY_HOP field (Transfer-Encoding and Proxy-Authenticate included), Age or Cache-Status; a
-Vary marker entry is told apart by its cache flags, not by its bytes. No I/O.
+Vary marker entry is told apart by its cache flags, not by its bytes.
+Never: I/O, clocks, policy decisions (what is storable and for how long is policy's), or a layout fact
+written down twice.
 """
 
 from __future__ import annotations
@@ -27,11 +31,6 @@ FLAG_RESPONSE = 4  # a response that needs policy on every use (no-cache, ...)
 E_MUST_REVALIDATE = 1
 E_NO_CACHE = 2
 
-#           ver flags status statusline_len head_len fresh_until birth resp_time lifetime init_age swr sie
-META = struct.Struct("<BBHHIddddddff")
-HIT = struct.Struct("<4xHIdd")  # statusline_len, head_len, fresh_until, birth: what a fresh hit needs
-M = META.size
-
 # Never stored (RFC 9110 7.6.1, 11.7; RFC 9111 3.1): hop-by-hop fields, Age and Cache-Status (written when
 # serving), Content-Length (written from the body).
 SKIP_STORE = HOP_BY_HOP | {b"age", b"cache-status", b"content-length"}
@@ -51,6 +50,25 @@ class Meta(NamedTuple):
     request_time: float
     swr: float
     sie: float
+
+
+# One struct code per Meta field, in order; little-endian, no padding ("<").
+_META_CODES = "BBHHIddddddff"
+META = struct.Struct("<" + _META_CODES)
+META_SIZE = M = META.size
+assert len(_META_CODES) == len(Meta._fields)
+
+
+def _offset(field: str) -> int:
+    """Byte offset of a META field: the size of the fields before it (no padding with "<")."""
+    return struct.calcsize("<" + _META_CODES[: Meta._fields.index(field)])
+
+
+# What the C fresh-hit path reads: statusline_len (u16), head_len (u32), fresh_until, birth (doubles).
+OFF_STATUSLINE_LEN = _offset("statusline_len")
+OFF_HEAD_LEN = _offset("head_len")
+OFF_FRESH_UNTIL = _offset("fresh_until")
+OFF_BIRTH = _offset("birth")
 
 
 def render_head(status: int, reason: bytes, headers: Headers, body_len: int) -> tuple[bytes, int]:
