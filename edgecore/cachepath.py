@@ -35,8 +35,8 @@ log = logging.getLogger("edgecore.cachepath")
 
 _CACHEABLE_METHODS = frozenset((b"GET", b"HEAD"))
 _UNSAFE_KEEP = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))  # methods that invalidate nothing
-_STALE_REVALIDATE = cachestatus.render(fwd=b"stale", detail=b"stale-while-revalidate")
-_STALE_IF_ERROR = cachestatus.render(fwd=b"stale", detail=b"stale-if-error")
+_STALE_REVALIDATE = cachestatus.render(fwd=b"stale", detail=cachestatus.STALE_WHILE_REVALIDATE)
+_STALE_IF_ERROR = cachestatus.render(fwd=b"stale", detail=cachestatus.STALE_IF_ERROR)
 
 
 async def handle(c: Client, r: Request) -> None:
@@ -59,7 +59,7 @@ async def cache_path(c: Client, r: Request) -> None:
     rc = policy.parse_request(r.headers)
     key, found, fwd = lookup(ctx, r, now)
     if rc.no_store:
-        await pass_through(c, r, Outcome.BYPASS, fwd=b"request", detail=b"request-no-store")
+        await pass_through(c, r, Outcome.BYPASS, fwd=b"request", detail=cachestatus.REQUEST_NO_STORE)
         return
     if found is not None:
         value = found[0]
@@ -84,7 +84,7 @@ async def cache_path(c: Client, r: Request) -> None:
     if rc.only_if_cached:
         raise NotCached("only-if-cached and nothing stored fits")  # RFC 9111 5.2.1.7
     if ctx.flights.uncacheable(key):
-        await pass_through(c, r, Outcome.UNCACHEABLE, fwd=fwd, detail=b"hit-for-miss")
+        await pass_through(c, r, Outcome.UNCACHEABLE, fwd=fwd, detail=cachestatus.HIT_FOR_MISS)
         return
     await miss(c, r, key, fwd)
 
@@ -223,7 +223,7 @@ async def miss(c: Client, r: Request, key: bytes, fwd: bytes) -> None:
             ctx.counters.inc(F_WAITING, -1)
         if result is not None and serve_collapsed(c, r):
             return
-        await pass_through(c, r, Outcome.UNCACHEABLE, fwd=fwd, detail=b"collapsed-uncacheable")
+        await pass_through(c, r, Outcome.UNCACHEABLE, fwd=fwd, detail=cachestatus.COLLAPSED_UNCACHEABLE)
         return
     if not ctx.flights.lock(flight, key):
         # another worker process is fetching this key: wait for it (nginx's proxy_cache_lock), then
@@ -279,7 +279,9 @@ async def revalidate(
         if sink.mismatch:
             await miss(c, r, key, b"stale")
         elif sink.stale_on_error:
-            cs = cachestatus.render(fwd=b"stale", fwd_status=sink.status or 0, detail=b"stale-if-error")
+            cs = cachestatus.render(
+                fwd=b"stale", fwd_status=sink.status or 0, detail=cachestatus.STALE_IF_ERROR
+            )
             serve_stored(c, r, value, m, time.time(), Outcome.STALE, cs)
     except UpstreamError:
         f = entry.freshness(m)

@@ -176,7 +176,7 @@ class Context:
             loop, cfg.hit_for_miss_ttl, cache if cfg.workers != 1 else None, lock_ttl=cfg.response_timeout
         )
         self.key_opts = keys.options_for(cfg)
-        self.policy_opts = policy.Options(targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control))
+        self.policy_opts = policy.options_for(cfg)
         self.connections: set[Connection] = set()
         self._draining = False
         self.hitpath = make_hitpath(cfg, cache, counters, self.key_opts)

@@ -1,11 +1,15 @@
 """The stored form of a cached response: what goes into a slab-cache value, and back.
 
-Owns: the byte layout of cached values. A value is META (fixed struct) + a complete HTTP/1.1 response
-(status line, stored header fields, Content-Length, blank line, body) ready to be written to a client
-with `Age` and `Cache-Status` spliced in right after the status line.
-Invariants: only complete bodies are encoded (the caller checked); the stored head never carries hop-by-hop
-fields, Age, Cache-Status or Transfer-Encoding; a Vary marker entry is told apart by its cache flags, not by
-its bytes. No I/O.
+Owns: the byte layout of cached values, and the layout constants the C paths use (META_SIZE and the OFF_*
+offsets, computed from the META struct format: the C paths are handed them, they never restate them).
+A value is META (fixed struct) + a complete HTTP/1.1 response (status line, stored header fields,
+Content-Length, blank line, body) ready to be written to a client with `Age` and `Cache-Status` spliced in
+right after the status line.
+Invariants: only complete bodies are encoded (the caller checked); the stored head never carries a
+fields.HOP_BY_HOP field (Transfer-Encoding and Proxy-Authenticate included), Age or Cache-Status; a
+Vary marker entry is told apart by its cache flags, not by its bytes.
+Never: I/O, clocks, policy decisions (what is storable and for how long is policy's), or a layout fact
+written down twice.
 """
 
 from __future__ import annotations
@@ -14,9 +18,8 @@ import os
 import struct
 from typing import NamedTuple
 
+from .fields import HOP_BY_HOP, Headers
 from .policy import Freshness
-
-Headers = list[tuple[bytes, bytes]]
 
 VERSION = 1
 # cache-level flags (the slab cache's `flags` int)
@@ -28,25 +31,9 @@ FLAG_RESPONSE = 4  # a response that needs policy on every use (no-cache, ...)
 E_MUST_REVALIDATE = 1
 E_NO_CACHE = 2
 
-#           ver flags status statusline_len head_len fresh_until birth resp_time lifetime init_age swr sie
-META = struct.Struct("<BBHHIddddddff")
-HIT = struct.Struct("<4xHIdd")  # statusline_len, head_len, fresh_until, birth: what a fresh hit needs
-M = META.size
-
-_SKIP_STORE = frozenset(
-    (
-        b"age",
-        b"cache-status",
-        b"content-length",
-        b"transfer-encoding",
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"upgrade",
-    )
-)
+# Never stored (RFC 9110 7.6.1, 11.7; RFC 9111 3.1): hop-by-hop fields, Age and Cache-Status (written when
+# serving), Content-Length (written from the body).
+SKIP_STORE = HOP_BY_HOP | {b"age", b"cache-status", b"content-length"}
 
 
 class Meta(NamedTuple):
@@ -65,6 +52,25 @@ class Meta(NamedTuple):
     sie: float
 
 
+# One struct code per Meta field, in order; little-endian, no padding ("<").
+_META_CODES = "BBHHIddddddff"
+META = struct.Struct("<" + _META_CODES)
+META_SIZE = M = META.size
+assert len(_META_CODES) == len(Meta._fields)
+
+
+def _offset(field: str) -> int:
+    """Byte offset of a META field: the size of the fields before it (no padding with "<")."""
+    return struct.calcsize("<" + _META_CODES[: Meta._fields.index(field)])
+
+
+# What the C fresh-hit path reads: statusline_len (u16), head_len (u32), fresh_until, birth (doubles).
+OFF_STATUSLINE_LEN = _offset("statusline_len")
+OFF_HEAD_LEN = _offset("head_len")
+OFF_FRESH_UNTIL = _offset("fresh_until")
+OFF_BIRTH = _offset("birth")
+
+
 def render_head(status: int, reason: bytes, headers: Headers, body_len: int) -> tuple[bytes, int]:
     """(head bytes ending in the blank line, length of the status line incl. CRLF)."""
     status_line, fields = _render(status, reason, headers, body_len)
@@ -80,7 +86,7 @@ def _render(status: int, reason: bytes, headers: Headers, body_len: int) -> tupl
         status_line = _STATUS_200_OK
     else:
         status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"")
-    lines = [b": ".join(field) for field in headers if field[0] not in _SKIP_STORE]
+    lines = [b": ".join(field) for field in headers if field[0] not in SKIP_STORE]
     lines.append(b"content-length: %d\r\n\r\n" % body_len)
     return status_line, b"\r\n".join(lines)
 
@@ -164,14 +170,3 @@ def decode_vary(value: bytes) -> tuple[bytes, tuple[bytes, ...]]:
     """-> (generation, field names)."""
     gen, _, names = value.partition(b"\n")
     return gen, tuple(names.split(b"\n")) if names else ()
-
-
-def _offset(field: str) -> int:
-    """Byte offset of a META field: the size of the fields before it (no padding with "<")."""
-    return struct.calcsize("<" + META.format[1 : Meta._fields.index(field) + 1])
-
-
-OFF_STATUSLINE_LEN = _offset("statusline_len")
-OFF_HEAD_LEN = _offset("head_len")
-OFF_FRESH_UNTIL = _offset("fresh_until")
-OFF_BIRTH = _offset("birth")

@@ -7,8 +7,8 @@ Invariants: the encoding is unambiguous (every variable part is length-prefixed,
 key starts with b"V" and a primary key never does), so two requests that differ in a keyed part never share a
 key; two requests that are equivalent per RFC 9110 4.2.3 (host case, default port, percent-encoding of
 unreserved characters, empty path) share one; absent and empty field values are distinct in a secondary key.
-Never: I/O, clocks, asyncio, or imports from edgecore modules other than errors; never a regex on the plain
-path of primary_key (it runs on every request).
+Never: I/O, clocks, asyncio, or imports from edgecore modules other than errors and fields; never a regex
+on the plain path of primary_key (it runs on every request).
 """
 
 from __future__ import annotations
@@ -17,15 +17,14 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .fields import Headers, split_list
+
 if TYPE_CHECKING:
     from .config import Config
-
-Headers = list[tuple[bytes, bytes]]
 
 __all__ = [
     "Headers",
     "KeyOptions",
-    "HOP_BY_HOP",
     "UNKEYED_REQUEST_FIELDS",
     "normalise_host",
     "normalise_target",
@@ -34,8 +33,6 @@ __all__ = [
     "normalise_field_value",
     "normalise_weighted",
     "secondary_key",
-    "split_list",
-    "upstream_request_headers",
 ]
 
 
@@ -57,19 +54,6 @@ def options_for(cfg: Config) -> KeyOptions:
         sort_query=cfg.key_sort_query, drop_params=tuple(p.encode() for p in cfg.key_drop_params)
     )
 
-
-# RFC 9110 7.6.1 (and the classic Keep-Alive / Proxy-Connection): meaningful for one connection only.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
 
 # Request fields that some origins and frameworks use to build absolute URLs, pick a host, a scheme, a path or
 # a method. None of them is in the key, so letting them through would let one client poison the entry every
@@ -233,40 +217,6 @@ def primary_key(
     return b"%d:%s%d:%s%d:%s%s" % (len(tenant), tenant, len(cls), cls, len(h), h, t)
 
 
-def split_list(value: bytes) -> list[bytes]:
-    """Split a list field value (RFC 9110 5.6.1), commas in quoted strings kept; strip OWS, drop empties."""
-    if 0x22 not in value:  # no '"'
-        out = []
-        for e in value.split(b","):
-            e = e.strip(_OWS)
-            if e:
-                out.append(e)
-        return out
-    items: list[bytes] = []
-    start = 0
-    in_q = False
-    esc = False
-    for i, c in enumerate(value):
-        if in_q:
-            if esc:
-                esc = False
-            elif c == 0x5C:  # backslash
-                esc = True
-            elif c == 0x22:
-                in_q = False
-        elif c == 0x22:
-            in_q = True
-        elif c == 0x2C:  # comma
-            e = value[start:i].strip(_OWS)
-            if e:
-                items.append(e)
-            start = i + 1
-    e = value[start:].strip(_OWS)
-    if e:
-        items.append(e)
-    return items
-
-
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
@@ -414,21 +364,3 @@ def secondary_key(primary: bytes, vary: tuple[bytes, ...], req_headers: Headers)
             v = w if w is not None else normalise_field_value(lines)
             parts.append(b"%d:%s=%d:%s" % (len(name), name, len(v), v))
     return b"".join(parts)
-
-
-def upstream_request_headers(req_headers: Headers, keep: frozenset[bytes] = frozenset()) -> Headers:
-    """The client's fields that may be forwarded upstream: no hop-by-hop or Connection-listed field
-    (RFC 9110 7.6.1) and no unkeyed routing field (cache poisoning) unless it is in `keep` (i.e. keyed)."""
-    listed: set[bytes] = set()
-    for name, value in req_headers:
-        if name == b"connection":
-            for e in split_list(value):
-                listed.add(e.lower())
-    out: Headers = []
-    for name, value in req_headers:
-        if name in HOP_BY_HOP or name in listed:
-            continue
-        if name in UNKEYED_REQUEST_FIELDS and name not in keep:
-            continue
-        out.append((name, value))
-    return out

@@ -135,15 +135,11 @@ class PlainMiss:
         the C path took only such requests), it is small, and the stored head is what this client gets."""
         status, _, fields, _, clen, _ = h
         ctx = self.proto.ctx
-        if clen > FLUSH_AT or clen > ctx.cfg.max_object_size:
+        if clen > FLUSH_AT or policy.stored_head_differs(fields):
             return False
-        for n, v in fields:
+        for n, _ in fields:
             if n == b"vary":
                 return False
-            if n.endswith(b"cache-control"):
-                lv = v.lower()
-                if b"no-cache=" in lv or b"private=" in lv:
-                    return False
         fresh, _ = policy.decide_store(
             b"GET",
             status,

@@ -1,31 +1,51 @@
-"""HTTP caching decisions, sans-IO: storable? fresh for how long? reusable for this request?
+"""HTTP caching decisions, sans-IO: storable? fresh for how long? reusable for this request? stale allowed?
+kept for how long?
 
-Standards: RFC 9111 (HTTP Caching), RFC 9110 (Semantics: conditionals 13, ranges 14, dates 5.6.7),
-RFC 5861 (stale-while-revalidate, stale-if-error), RFC 9213 (targeted cache control), RFC 9211 (Cache-Status).
+Standards: RFC 9111 (HTTP Caching), RFC 5861 (stale-while-revalidate, stale-if-error), RFC 9213 (targeted
+cache control), RFC 9110 9.3.3 (POST responses), 8.7 (Content-Location).
 
-Owns: parsing of Cache-Control and targeted fields (CDN-Cache-Control, Edgecore-Cache-Control), HTTP dates,
-Age; the store decision and the Freshness record kept beside a stored response; the reuse decision; serving
-stale on error; validators for revalidation; header updates from a 304 or a HEAD; the client's own conditional
-requests; invalidation after unsafe methods; single byte ranges; the Cache-Status field value.
-Invariants: every refusal to store or reuse is a named Reason (its lower-cased name goes into Cache-Status
-detail and metrics); times are plain floats (seconds since the epoch) passed in by the caller; a Freshness
-holds only floats and bools; when in doubt the answer is "do not store" / "go upstream".
-Never: I/O, reading a clock, asyncio, or imports from edgecore modules other than errors and keys; never a
-regex on the per-request path (parse_request, decide_use, current_age).
+Owns: every store / reuse / stale / retention decision: the store decision (including the object size limit
+and Vary: *) and the Freshness record kept beside a stored response; the reuse decision; serving stale on
+error (which statuses, which windows); how long past its freshness an entry is kept; whether the stored head
+differs from the one this client gets; validators for revalidation; field updates from a 304 or a HEAD;
+invalidation after unsafe methods; Age. Field syntax (Cache-Control, targeted fields, dates, entity tags)
+is fields.py's; client conditionals and ranges are conditional.py's; Cache-Status is cachestatus.py's.
+Invariants: every refusal to store or reuse is a named Reason (cachestatus spells it for Cache-Status and
+metrics); times are plain floats (seconds since the epoch) passed in by the caller; a Freshness holds only
+floats and bools; when in doubt the answer is "do not store" / "go upstream".
+Never: I/O, reading a clock, asyncio, or imports from edgecore modules other than errors, fields and keys
+(config only for type checking); never a regex on the per-request path (parse_request, decide_use,
+current_age).
 """
 
 from __future__ import annotations
 
-import calendar
 import enum
 import functools
-import re
-import time
 from dataclasses import dataclass
-from email.utils import formatdate
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
-from .keys import HOP_BY_HOP, Headers, normalise_host, parse_vary, primary_key, split_list
+from .fields import (
+    HOP_BY_HOP,
+    MEMO_MAX_LEN,
+    Directives,
+    Headers,
+    cache_control,
+    cache_control_line,
+    connection_tokens,
+    etag_parts,
+    etag_strong_match,
+    etag_weak_match,
+    first,
+    parse_http_date,
+    parse_targeted,
+    split_list,
+)
+from .keys import normalise_host, parse_vary, primary_key
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = [
     "Reason",
@@ -35,11 +55,16 @@ __all__ = [
     "Use",
     "DELTA_MAX",
     "HEURISTIC_STATUSES",
-    "parse_cache_control",
-    "parse_http_date",
+    "ERROR_STATUSES",
+    "STALE_KEEP",
+    "DEFAULT_MAX_OBJECT_SIZE",
+    "options_for",
     "decide_store",
     "current_age",
     "storable_headers",
+    "stored_head_differs",
+    "retention",
+    "serves_stale_on",
     "parse_request",
     "decide_use",
     "may_serve_stale_on_error",
@@ -47,20 +72,14 @@ __all__ = [
     "merge_304",
     "matches_304",
     "head_update",
-    "client_not_modified",
-    "origin_preconditions",
-    "not_modified_headers",
     "invalidation_targets",
     "content_location_is_target",
-    "parse_range",
-    "range_not_satisfiable",
-    "if_range_matches",
-    "cache_status",
 ]
 
 
 class Reason(enum.Enum):
-    """Why a response is not stored, or a stored response not reused as is. `.detail` goes in Cache-Status."""
+    """Why a response is not stored, or a stored response not reused as is. cachestatus.detail(reason) is its
+    one spelling in Cache-Status detail and metrics (the name, lower-cased, "_" as "-")."""
 
     # storing (RFC 9111 3)
     METHOD = enum.auto()  # request method not cacheable here (only GET is stored; HEAD updates, 4.3.5)
@@ -83,12 +102,6 @@ class Reason(enum.Enum):
     NO_CACHE = enum.auto()  # response no-cache: always revalidate (5.2.2.4)
     MUST_REVALIDATE = enum.auto()  # stale and must-revalidate, proxy-revalidate, s-maxage (5.2.2.2, 5.2.2.8)
     ONLY_IF_CACHED = enum.auto()  # request only-if-cached and nothing fits: 504 (5.2.1.7)
-    PRECONDITION = enum.auto()  # If-Match / If-Unmodified-Since: for the origin to evaluate (RFC 9111 4.3.2)
-    RANGE = enum.auto()  # a Range request the cache does not answer (multiple ranges, If-Range mismatch)
-
-    @property
-    def detail(self) -> str:
-        return self.name.lower()
 
 
 class Use(enum.Enum):
@@ -101,6 +114,9 @@ class Use(enum.Enum):
     ONLY_IF_CACHED_FAIL = enum.auto()  # answer 504 without going upstream (5.2.1.7)
 
 
+DEFAULT_MAX_OBJECT_SIZE = 1 << 20  # config.max_object_size's default
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     shared: bool = True  # a shared cache (s-maxage, proxy-revalidate, private, Authorization apply)
@@ -109,10 +125,17 @@ class Options:
     heuristic_fraction: float = 0.1  # of (Date - Last-Modified), RFC 9111 4.2.2
     heuristic_max: float = 86400.0  # cap on a heuristic lifetime
     stale_if_error_default: float = 0.0  # window to serve stale on upstream errors without stale-if-error
-    max_object_size: int | None = None  # bodies above this are not stored (TOO_LARGE)
+    max_object_size: int = DEFAULT_MAX_OBJECT_SIZE  # bodies above this are not stored (TOO_LARGE)
 
 
 DEFAULT_OPTIONS = Options()
+
+
+def options_for(cfg: Config) -> Options:
+    """The policy options a configuration asks for (cdn_cache_control, max_object_size)."""
+    return Options(
+        targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control), max_object_size=cfg.max_object_size
+    )
 
 
 @dataclass(slots=True)
@@ -164,281 +187,12 @@ _UNDERSTOOD = frozenset(
 _SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 _OWS = b" \t"
 
+# RFC 5861 4: the "errors" stale-if-error covers (a 500, 502, 503 or 504 from upstream; a failed exchange is
+# one too, the caller's to map).
+ERROR_STATUSES = frozenset((500, 502, 503, 504))
 
-# --------------------------------------------------------------------------------------------------------
-# Cache-Control (RFC 9111 5.2) and targeted fields (RFC 9213 2.1, RFC 8941 dictionaries)
-# --------------------------------------------------------------------------------------------------------
-
-Directives = dict[bytes, bytes | None]
-
-
-def _unquote(q: bytes) -> bytes | None:
-    """A quoted-string (RFC 9110 5.6.4) -> its content, None when malformed."""
-    if len(q) < 2 or q[:1] != b'"' or q[-1:] != b'"':
-        return None
-    inner = q[1:-1]
-    if 0x5C not in inner:  # no backslash (int needles: see primary_key in keys)
-        return None if 0x22 in inner else inner
-    out = bytearray()
-    it = iter(inner)
-    for c in it:
-        if c == 0x5C:
-            nxt = next(it, None)
-            if nxt is None:
-                return None
-            out.append(nxt)
-        elif c == 0x22:
-            return None
-        else:
-            out.append(c)
-    return bytes(out)
-
-
-def parse_cache_control(lines: list[bytes]) -> tuple[Directives, frozenset[bytes]]:
-    """Cache-Control field lines -> ({name: value or None}, names seen with invalid syntax).
-
-    RFC 9111 5.2: names are case-insensitive; token or quoted-string arguments (both accepted, 5.2);
-    no whitespace around "=" ("max-age =5" and "max-age= 5" are invalid); a quoted phrase never counts as a
-    directive; the first occurrence of a directive wins (4.2.1).
-    """
-    d, bad = _cc(lines)
-    return dict(d), bad
-
-
-# Field values repeat heavily across responses ("public, max-age=3600"): a bounded memo of short ones.
-# Memoised results are shared: internal callers treat them as read-only.
-_MEMO_MAX_LEN = 256
-
-
-def _cc(lines: list[bytes]) -> tuple[Directives, frozenset[bytes]]:
-    if len(lines) == 1 and len(lines[0]) <= _MEMO_MAX_LEN:
-        return _cc_memo(lines[0])
-    return _parse_cc(lines)
-
-
-@functools.lru_cache(maxsize=1024)
-def _cc_memo(line: bytes) -> tuple[Directives, frozenset[bytes]]:
-    return _parse_cc((line,))
-
-
-def _parse_cc(lines: list[bytes] | tuple[bytes, ...]) -> tuple[Directives, frozenset[bytes]]:
-    d: Directives = {}
-    bad: set[bytes] = set()
-    for line in lines:
-        for elem in split_list(line):
-            eq = elem.find(b"=")
-            raw_name = elem if eq == -1 else elem[:eq]
-            words = raw_name.split()
-            if not words:
-                continue
-            name = words[0].lower()
-            if name in d or name in bad:  # 4.2.1: the first occurrence wins
-                continue
-            if len(words) != 1 or raw_name[-1:] in (b" ", b"\t") or 0x22 in raw_name:
-                bad.add(name)  # "max-age =5", "max-age 5", a stray quote
-                continue
-            if eq == -1:
-                d[name] = None
-                continue
-            value = elem[eq + 1 :]
-            if value[:1] in (b" ", b"\t", b""):  # "max-age= 5", "max-age="
-                bad.add(name)
-            elif value[:1] == b'"':
-                uq = _unquote(value)
-                if uq is None:
-                    bad.add(name)
-                else:
-                    d[name] = uq
-            elif 0x22 in value or 0x20 in value or 0x09 in value:  # '"', SP, HTAB
-                bad.add(name)
-            else:
-                d[name] = value
-    return d, frozenset(bad)
-
-
-_SF_KEY_FIRST = frozenset(b"abcdefghijklmnopqrstuvwxyz*")
-_SF_KEY = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_-.*")
-_SF_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz:/")
-_ALPHA = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_DIGITS = frozenset(b"0123456789")
-_B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
-
-
-class _SFError(ValueError):
-    pass
-
-
-def _sf_key(s: bytes, i: int) -> tuple[bytes, int]:
-    if i >= len(s) or s[i] not in _SF_KEY_FIRST:
-        raise _SFError("key")
-    j = i + 1
-    while j < len(s) and s[j] in _SF_KEY:
-        j += 1
-    return s[i:j], j
-
-
-def _sf_bare_item(s: bytes, i: int) -> tuple[tuple[str, bytes], int]:
-    """RFC 8941 4.2.3.1 -> ((type, raw value), next index)."""
-    if i >= len(s):
-        raise _SFError("item")
-    c = s[i]
-    if c == 0x2D or c in _DIGITS:  # number
-        j = i + 1 if c == 0x2D else i
-        start = j
-        while j < len(s) and s[j] in _DIGITS:
-            j += 1
-        if j == start:
-            raise _SFError("number")
-        if j < len(s) and s[j] == 0x2E:  # decimal
-            if j - start > 12:
-                raise _SFError("decimal")
-            k = j + 1
-            while k < len(s) and s[k] in _DIGITS:
-                k += 1
-            if k == j + 1 or k - j - 1 > 3:
-                raise _SFError("decimal")
-            return ("decimal", s[i:k]), k
-        if j - start > 15:
-            raise _SFError("integer")
-        return ("integer", s[i:j]), j
-    if c == 0x22:  # string
-        out = bytearray()
-        j = i + 1
-        while j < len(s):
-            ch = s[j]
-            if ch == 0x5C:
-                if j + 1 >= len(s) or s[j + 1] not in (0x22, 0x5C):
-                    raise _SFError("escape")
-                out.append(s[j + 1])
-                j += 2
-                continue
-            if ch == 0x22:
-                return ("string", bytes(out)), j + 1
-            if ch < 0x20 or ch > 0x7E:
-                raise _SFError("string")
-            out.append(ch)
-            j += 1
-        raise _SFError("string")
-    if c in _ALPHA or c == 0x2A:  # token
-        j = i + 1
-        while j < len(s) and s[j] in _SF_TOKEN:
-            j += 1
-        return ("token", s[i:j]), j
-    if c == 0x3A:  # byte sequence
-        end = s.find(b":", i + 1)
-        if end == -1 or any(ch not in _B64 for ch in s[i + 1 : end]):
-            raise _SFError("bytes")
-        return ("bytes", s[i + 1 : end]), end + 1
-    if c == 0x3F:  # boolean
-        if s[i + 1 : i + 2] in (b"0", b"1"):
-            return ("boolean", s[i + 1 : i + 2]), i + 2
-        raise _SFError("boolean")
-    raise _SFError("item")
-
-
-def _sf_params(s: bytes, i: int) -> int:
-    while i < len(s) and s[i] == 0x3B:  # ";"
-        i += 1
-        while i < len(s) and s[i] == 0x20:
-            i += 1
-        _, i = _sf_key(s, i)
-        if i < len(s) and s[i] == 0x3D:
-            _, i = _sf_bare_item(s, i + 1)
-    return i
-
-
-def _sf_dictionary(value: bytes) -> dict[bytes, tuple[str, bytes]]:
-    """RFC 8941 4.2.2 (dictionary), parameters parsed and discarded; inner lists typed "list"."""
-    s = value.strip(b" ")
-    out: dict[bytes, tuple[str, bytes]] = {}
-    i = 0
-    n = len(s)
-    if n == 0:
-        raise _SFError("empty")
-    while i < n:
-        key, i = _sf_key(s, i)
-        item: tuple[str, bytes]
-        if i < n and s[i] == 0x3D:
-            i += 1
-            if i < n and s[i] == 0x28:  # inner list
-                j = i + 1
-                while True:
-                    while j < n and s[j] == 0x20:
-                        j += 1
-                    if j >= n:
-                        raise _SFError("list")
-                    if s[j] == 0x29:
-                        j += 1
-                        break
-                    _, j = _sf_bare_item(s, j)
-                    j = _sf_params(s, j)
-                    if j < n and s[j] not in (0x20, 0x29):
-                        raise _SFError("list")
-                item, i = ("list", s[i:j]), j
-            else:
-                item, i = _sf_bare_item(s, i)
-        else:
-            item = ("boolean", b"1")
-        i = _sf_params(s, i)
-        out[key] = item  # RFC 8941: a later duplicate key overwrites
-        while i < n and s[i] in (0x20, 0x09):
-            i += 1
-        if i >= n:
-            break
-        if s[i] != 0x2C:
-            raise _SFError("separator")
-        i += 1
-        while i < n and s[i] in (0x20, 0x09):
-            i += 1
-        if i >= n:
-            raise _SFError("trailing comma")
-    return out
-
-
-_DELTA_DIRECTIVES = (b"max-age", b"s-maxage", b"stale-while-revalidate", b"stale-if-error")
-_FLAG_DIRECTIVES = (
-    b"no-store",
-    b"public",
-    b"must-revalidate",
-    b"proxy-revalidate",
-    b"must-understand",
-    b"immutable",
-    b"no-transform",
-)
-
-
-def _parse_targeted(lines: list[bytes]) -> Directives | None:
-    """A targeted field (RFC 9213 2.1) -> directives, or None when it must be ignored (empty, not a valid
-    Structured Fields dictionary, or a known directive of the wrong type)."""
-    try:
-        sf = _sf_dictionary(b", ".join(lines))
-    except _SFError:
-        return None
-    d: Directives = {}
-    for key, (typ, raw) in sf.items():
-        if key in _DELTA_DIRECTIVES:
-            if typ != "integer" or raw[:1] == b"-":
-                return None
-            d[key] = raw
-        elif key in _FLAG_DIRECTIVES:
-            if typ != "boolean":
-                return None
-            if raw == b"1":
-                d[key] = None
-        elif key in (b"no-cache", b"private"):
-            if typ == "boolean":
-                if raw == b"1":
-                    d[key] = None
-            elif typ == "string":
-                d[key] = raw
-            else:
-                return None
-        elif typ == "boolean":
-            if raw == b"1":
-                d[key] = None
-        else:
-            d[key] = raw
-    return d
+# Seconds a stale response with validators is kept past its freshness so that it can be revalidated.
+STALE_KEEP = 600.0
 
 
 def _delta(value: bytes | None) -> float | None:
@@ -454,119 +208,17 @@ def _delta(value: bytes | None) -> float | None:
 _DELTA_MAX_F = float(DELTA_MAX)
 
 
-# --------------------------------------------------------------------------------------------------------
-# HTTP-date (RFC 9110 5.6.7)
-# --------------------------------------------------------------------------------------------------------
-
-_MONTHS = {
-    b"jan": 1,
-    b"feb": 2,
-    b"mar": 3,
-    b"apr": 4,
-    b"may": 5,
-    b"jun": 6,
-    b"jul": 7,
-    b"aug": 8,
-    b"sep": 9,
-    b"oct": 10,
-    b"nov": 11,
-    b"dec": 12,
-}
-_MON = rb"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
-_IMF_RE = re.compile(
-    rb"(?:mon|tue|wed|thu|fri|sat|sun), (\d\d) " + _MON + rb" (\d{4}) (\d\d):(\d\d):(\d\d) gmt",
-    re.IGNORECASE,
-)
-_RFC850_RE = re.compile(
-    rb"(?:monday|tuesday|wednesday|thursday|friday|saturday|sunday), (\d\d)-"
-    + _MON
-    + rb"-(\d\d) (\d\d):(\d\d):(\d\d) gmt",
-    re.IGNORECASE,
-)
-_ASCTIME_RE = re.compile(
-    rb"(?:mon|tue|wed|thu|fri|sat|sun) " + _MON + rb" ( \d|\d\d) (\d\d):(\d\d):(\d\d) (\d{4})",
-    re.IGNORECASE,
-)
-_DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-
-
-def http_date(t: float) -> bytes:
-    """IMF-fixdate (RFC 9110 5.6.7) of a POSIX time, e.g. b"Sun, 06 Nov 1994 08:49:37 GMT"."""
-    return formatdate(t, usegmt=True).encode("ascii")
-
-
-def parse_http_date(value: bytes, now: float | None = None) -> float | None:
-    """An HTTP-date (IMF-fixdate, rfc850-date or asctime-date; names case-insensitive) -> epoch seconds.
-
-    None when invalid (the caller treats an invalid Expires as already expired, RFC 9111 5.3). A two-digit
-    rfc850 year more than 50 years ahead of `now` means the past century (RFC 9110 5.6.7).
-    """
-    if len(value) == 29:  # the IMF-fixdate length: the common case, memoised (no `now` dependence)
-        return _imf_memo(value)
-    return _parse_http_date(value, now)
-
-
-@functools.lru_cache(maxsize=1024)
-def _imf_memo(value: bytes) -> float | None:
-    return _parse_http_date(value, None)
-
-
-def _parse_http_date(value: bytes, now: float | None) -> float | None:
-    v = value.strip(_OWS)
-    m = _IMF_RE.fullmatch(v)
-    if m is not None:
-        day, mon, year, hh, mm, ss = (
-            m.group(1),
-            m.group(2),
-            int(m.group(3)),
-            m.group(4),
-            m.group(5),
-            m.group(6),
-        )
-    else:
-        m = _RFC850_RE.fullmatch(v)
-        if m is not None:
-            day, mon, hh, mm, ss = m.group(1), m.group(2), m.group(4), m.group(5), m.group(6)
-            yy = int(m.group(3))
-            ref = time.gmtime(now).tm_year if now is not None else 2000
-            year = ref - ref % 100 + yy
-            if now is not None:
-                if year > ref + 50:
-                    year -= 100
-            elif yy >= 70:
-                year -= 100
-        else:
-            m = _ASCTIME_RE.fullmatch(v)
-            if m is None:
-                return None
-            mon, day, hh, mm, ss, year = (
-                m.group(1),
-                m.group(2),
-                m.group(3),
-                m.group(4),
-                m.group(5),
-                int(m.group(6)),
-            )
-    d, h, mi, s = int(day), int(hh), int(mm), int(ss)
-    month = _MONTHS[mon.lower()]
-    if not (1 <= d <= _DAYS_IN_MONTH[month - 1]) or h > 23 or mi > 59 or s > 60:
-        return None
-    if month == 2 and d == 29 and not calendar.isleap(year):
-        return None
-    return float(calendar.timegm((year, month, d, h, mi, min(s, 59), 0, 0, 0)))
-
-
 def _parse_age(values: list[bytes]) -> float:
     """Age (RFC 9111 5.1) is a singleton holding one delta-seconds. Sent as a list (several members or
     lines), its first member is used (RFC 9110 5.5: a recipient of a list where a singleton belongs may use
     one member; the first is the one an upstream cache wrote). An invalid first member is ignored (0)."""
     if not values:
         return 0.0
-    first = values[0]
-    comma = first.find(b",")
+    member = values[0]
+    comma = member.find(b",")
     if comma != -1:
-        first = first[:comma]
-    a = _delta(first.strip(_OWS))
+        member = member[:comma]
+    a = _delta(member.strip(_OWS))
     return a if a is not None else 0.0
 
 
@@ -584,12 +236,12 @@ def _select_directives(
         for name in opts.targeted_fields:
             lines = targeted.get(name)
             if lines:
-                d = _parse_targeted(lines)
+                d = parse_targeted(lines)
                 if d is not None:
                     return d, frozenset(), True
     if not cc_lines:
         return {}, frozenset(), False
-    d, bad = _cc(cc_lines)
+    d, bad = cache_control(cc_lines)
     return d, bad, False
 
 
@@ -616,7 +268,8 @@ def decide_store(
     Returns (Freshness, None) to store, or (None, Reason). Only GET responses are stored: a HEAD response
     updates a stored GET response through head_update (4.3.5). After merge_304 or head_update, call this again
     with the merged headers (and the stored status) to get the refreshed Freshness.
-    `body_length`, when known, is checked against Content-Length (INCOMPLETE) and opts.max_object_size.
+    `body_length`, when known, is checked against Content-Length (INCOMPLETE); either is checked against
+    opts.max_object_size (TOO_LARGE: a Content-Length alone is enough). Vary: * gives VARY_STAR (4.1).
     A POST response (method b"POST", `post_target` = (host, target) of the request) is stored for later GETs
     only with explicit freshness and a Content-Location that is its own target URI (RFC 9110 9.3.3).
     """
@@ -637,7 +290,7 @@ def decide_store(
     for name, value in req_headers:
         if name == b"authorization":
             authorization = True
-        elif name == b"cache-control" and b"no-store" in _cc([value])[0]:
+        elif name == b"cache-control" and b"no-store" in cache_control([value])[0]:
             return None, Reason.REQUEST_NO_STORE
 
     # One pass over the response fields; most are none of these (one set lookup each).
@@ -677,8 +330,8 @@ def decide_store(
         else:  # content-length
             content_length.append(value)
 
-    if targeted is None and len(cc_lines) == 1 and len(cc_lines[0]) <= _MEMO_MAX_LEN:
-        d, bad = _cc_memo(cc_lines[0])  # the common case of _select_directives
+    if targeted is None and len(cc_lines) == 1 and len(cc_lines[0]) <= MEMO_MAX_LEN:
+        d, bad = cache_control_line(cc_lines[0])  # the common case of _select_directives
         from_targeted = False
     else:
         d, bad, from_targeted = _select_directives(cc_lines, targeted, opts)
@@ -710,7 +363,7 @@ def decide_store(
             return None, Reason.INCOMPLETE
         if body_length is None:
             body_length = int(cl)
-    if opts.max_object_size is not None and body_length is not None and body_length > opts.max_object_size:
+    if body_length is not None and body_length > opts.max_object_size:
         return None, Reason.TOO_LARGE
 
     # 4.2.3: age calculation.
@@ -797,17 +450,15 @@ def storable_headers(resp_headers: Headers, strip: frozenset[bytes] | tuple[byte
         if name == b"connection":
             # the usual values name only hop-by-hop fields (the exact bytes are checked first: no lower())
             if value != b"keep-alive" and value != b"close":
-                lv = value.lower()
-                if lv != b"keep-alive" and lv != b"close":
-                    drop.update(e.lower() for e in split_list(value))
+                drop.update(connection_tokens(value))
         elif name[-13:] == b"cache-control":
-            if len(value) <= _MEMO_MAX_LEN:
-                d = _cc_memo(value)[0]  # a qualified no-cache / private shows in the memoised parse
+            if len(value) <= MEMO_MAX_LEN:
+                d = cache_control_line(value)[0]  # a qualified no-cache / private shows in the memoised parse
             else:
                 lv = value.lower()
                 if lv.find(b"no-cache=") == -1 and lv.find(b"private=") == -1:
                     continue
-                d = _parse_cc((value,))[0]
+                d = cache_control([value])[0]
             for key in (b"no-cache", b"private"):
                 v = d.get(key)
                 if v:
@@ -816,6 +467,45 @@ def storable_headers(resp_headers: Headers, strip: frozenset[bytes] | tuple[byte
     if not drop:
         return [f for f in resp_headers if f[0] not in HOP_BY_HOP]
     return [f for f in resp_headers if f[0] not in HOP_BY_HOP and f[0] not in drop]
+
+
+def stored_head_differs(resp_headers: Headers) -> bool:
+    """Would the stored head differ from the one this client gets? True when a Cache-Control or targeted
+    field (any name ending in "cache-control") has a qualified no-cache="..." (5.2.2.4) or private="..."
+    (5.2.2.7) naming at least one field: storable_headers leaves those out of the stored response, but the
+    client that caused the fetch is sent the response as received."""
+    for name, value in resp_headers:
+        if name[-13:] == b"cache-control":
+            if len(value) <= MEMO_MAX_LEN:
+                d = cache_control_line(value)[0]
+            elif 0x3D not in value:  # no "=": nothing qualified
+                continue
+            else:
+                d = cache_control([value])[0]
+            v = d.get(b"no-cache")
+            if v and split_list(v):
+                return True
+            v = d.get(b"private")
+            if v and split_list(v):
+                return True
+    return False
+
+
+def retention(f: Freshness, has_validators: bool, now: float, stale_keep: float = STALE_KEEP) -> float:
+    """Seconds past its freshness (fresh_until = response_time - initial_age + lifetime, as entry.encode
+    computes it) that a stored response is kept: long enough for stale-while-revalidate (RFC 5861 3) and
+    stale-if-error (RFC 5861 4), and with validators `stale_keep` seconds so that it can be revalidated
+    (RFC 9111 4.3) rather than fetched whole; with validators at least until now + 1 (a response stale on
+    arrival is still kept to be revalidated)."""
+    keep = f.stale_while_revalidate
+    if f.stale_if_error > keep:
+        keep = f.stale_if_error
+    if not has_validators:
+        return keep
+    if stale_keep > keep:
+        keep = stale_keep
+    least = now + 1.0 - (f.response_time - f.initial_age + f.lifetime)
+    return keep if keep >= least else least
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -838,7 +528,7 @@ def parse_request(req_headers: Headers) -> RequestControl:
             pragma_no_cache = any(e.lower() == b"no-cache" for e in split_list(value))
     if cc is None:
         return _PRAGMA_NO_CACHE if pragma_no_cache else _NO_REQUEST_DIRECTIVES
-    if len(cc) == 1 and len(cc[0]) <= _MEMO_MAX_LEN:
+    if len(cc) == 1 and len(cc[0]) <= MEMO_MAX_LEN:
         return _request_memo(cc[0])  # RequestControl is frozen: safe to share
     return _request_control(cc)
 
@@ -852,7 +542,7 @@ def _request_memo(line: bytes) -> RequestControl:
 
 
 def _request_control(cc: list[bytes]) -> RequestControl:
-    d, _ = _cc(cc)
+    d, _ = cache_control(cc)
     if not d:
         return _NO_REQUEST_DIRECTIVES
     max_stale: float | None = None
@@ -909,6 +599,11 @@ def decide_use(f: Freshness, req: RequestControl, now: float) -> tuple[Use, Reas
     return Use.VALIDATE, reason
 
 
+def serves_stale_on(status: int) -> bool:
+    """Is this upstream status an error stale-if-error applies to (RFC 5861 4: 500, 502, 503, 504)?"""
+    return status in ERROR_STATUSES
+
+
 def may_serve_stale_on_error(f: Freshness, req: RequestControl, now: float) -> bool:
     """Upstream failed (5xx, timeout, refused): may the stale stored response be served instead?
 
@@ -939,47 +634,15 @@ def may_serve_stale_on_error(f: Freshness, req: RequestControl, now: float) -> b
 # --------------------------------------------------------------------------------------------------------
 
 
-def _first(headers: Headers, field: bytes) -> bytes | None:
-    for name, value in headers:
-        if name == field:
-            return value
-    return None
-
-
-def _etag_parts(tag: bytes) -> tuple[bool, bytes]:
-    """(weak, opaque-tag) of an entity-tag (RFC 9110 8.8.3); lenient: an unquoted tag is quoted, a lower-case
-    weakness flag accepted; anything else is compared as opaque bytes."""
-    t = tag.strip(_OWS)
-    weak = False
-    if t[:2] in (b"W/", b"w/"):
-        weak = True
-        t = t[2:]
-    if t[:1] != b'"' and b'"' not in t:
-        t = b'"' + t + b'"'
-    return weak, t
-
-
-def _weak_match(a: bytes, b: bytes) -> bool:
-    """Weak comparison (RFC 9110 8.8.3.2): opaque tags equal, weakness ignored."""
-    return _etag_parts(a)[1] == _etag_parts(b)[1]
-
-
-def _strong_match(a: bytes, b: bytes) -> bool:
-    """Strong comparison (RFC 9110 8.8.3.2): both strong and opaque tags equal."""
-    wa, ta = _etag_parts(a)
-    wb, tb = _etag_parts(b)
-    return not wa and not wb and ta == tb
-
-
 def validators_for(stored_headers: Headers) -> Headers:
     """Conditional fields for revalidating a stored response upstream (RFC 9111 4.3.1): If-None-Match with
     its ETag (quoted if the origin sent it unquoted), If-Modified-Since with its Last-Modified."""
     out: Headers = []
-    etag = _first(stored_headers, b"etag")
+    etag = first(stored_headers, b"etag")
     if etag is not None and etag.strip(_OWS):
-        weak, opaque = _etag_parts(etag)
+        weak, opaque = etag_parts(etag)
         out.append((b"if-none-match", (b"W/" if weak else b"") + opaque))
-    lm = _first(stored_headers, b"last-modified")
+    lm = first(stored_headers, b"last-modified")
     if lm is not None and parse_http_date(lm) is not None:
         out.append((b"if-modified-since", lm.strip(_OWS)))
     return out
@@ -989,17 +652,17 @@ def matches_304(stored_headers: Headers, resp_304_headers: Headers) -> bool:
     """Does this 304 apply to this stored response (RFC 9111 4.3.4)? A strong ETag in the 304 must equal the
     stored one; a weak ETag must match weakly; else a Last-Modified must equal the stored one; a 304 with
     neither applies (the caller passes only the response it validated)."""
-    new_etag = _first(resp_304_headers, b"etag")
+    new_etag = first(resp_304_headers, b"etag")
     if new_etag is not None:
-        old = _first(stored_headers, b"etag")
+        old = first(stored_headers, b"etag")
         if old is None:
             return False
-        if _etag_parts(new_etag)[0]:
-            return _weak_match(new_etag, old)
-        return _strong_match(new_etag, old)
-    new_lm = _first(resp_304_headers, b"last-modified")
+        if etag_parts(new_etag)[0]:
+            return etag_weak_match(new_etag, old)
+        return etag_strong_match(new_etag, old)
+    new_lm = first(resp_304_headers, b"last-modified")
     if new_lm is not None:
-        old_lm = _first(stored_headers, b"last-modified")
+        old_lm = first(stored_headers, b"last-modified")
         a, b = parse_http_date(new_lm), (parse_http_date(old_lm) if old_lm is not None else None)
         return a is not None and a == b
     return True
@@ -1028,60 +691,12 @@ def head_update(status: int, stored_headers: Headers, head_headers: Headers) -> 
     if status != 200:
         return None
     for field in (b"etag", b"last-modified", b"content-length"):
-        new = _first(head_headers, field)
+        new = first(head_headers, field)
         if new is not None:
-            old = _first(stored_headers, field)
+            old = first(stored_headers, field)
             if old is None or old.strip(_OWS) != new.strip(_OWS):
                 return None
     return merge_304(stored_headers, head_headers)
-
-
-def origin_preconditions(req_headers: Headers) -> bool:
-    """If-Match / If-Unmodified-Since present: preconditions the origin evaluates (RFC 9111 4.3.2), so the
-    request is forwarded rather than answered from cache."""
-    return any(n == b"if-match" or n == b"if-unmodified-since" for n, _ in req_headers)
-
-
-def client_not_modified(req_headers: Headers, stored_headers: Headers) -> bool:
-    """Answer a client's GET/HEAD with 304 from the stored response (RFC 9111 4.3.2; RFC 9110 13.1.2,
-    13.1.3, 13.2.2)? If-None-Match (weak comparison; "*" matches) takes precedence over If-Modified-Since;
-    IMS is ignored unless it is a single valid date, and uses Last-Modified or else the stored Date."""
-    inm: list[bytes] = []
-    ims: list[bytes] = []
-    for name, value in req_headers:
-        if name == b"if-none-match":
-            inm.append(value)
-        elif name == b"if-modified-since":
-            ims.append(value)
-    if inm:
-        etag = _first(stored_headers, b"etag")
-        for line in inm:
-            for tag in split_list(line):
-                if tag == b"*":
-                    return True
-                if etag is not None and _weak_match(tag, etag):
-                    return True
-        return False
-    if len(ims) != 1:
-        return False
-    since = parse_http_date(ims[0])
-    if since is None:
-        return False
-    lm = _first(stored_headers, b"last-modified")
-    when = parse_http_date(lm) if lm is not None else None
-    if when is None:
-        d = _first(stored_headers, b"date")
-        when = parse_http_date(d) if d is not None else None
-    return when is not None and when <= since
-
-
-# RFC 9110 15.4.5: what a 304 carries from the stored response.
-_304_FIELDS = frozenset({b"cache-control", b"content-location", b"date", b"etag", b"expires", b"vary"})
-
-
-def not_modified_headers(stored_headers: Headers) -> Headers:
-    """The stored fields a 304 sent to the client carries (RFC 9110 15.4.5)."""
-    return [(n, v) for n, v in stored_headers if n in _304_FIELDS]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1111,7 +726,7 @@ def _same_origin_target(base_host: bytes, base_target: bytes, ref: bytes) -> byt
 def content_location_is_target(resp_headers: Headers, host: bytes, target: bytes) -> bool:
     """Does the response's Content-Location identify the request's own target URI (RFC 9110 8.7, 9.3.3)?
     Compared after resolving it against the target and normalising both (RFC 9110 4.2.3)."""
-    ref = _first(resp_headers, b"content-location")
+    ref = first(resp_headers, b"content-location")
     if ref is None:
         return False
     t = _same_origin_target(host, target, ref)
@@ -1130,141 +745,10 @@ def invalidation_targets(
         return []
     out = [target]
     for field in (b"location", b"content-location"):
-        ref = _first(resp_headers, field)
+        ref = first(resp_headers, field)
         if ref is None:
             continue
         t = _same_origin_target(host, target, ref)
         if t is not None and t not in out:
             out.append(t)
     return out
-
-
-# --------------------------------------------------------------------------------------------------------
-# Ranges (RFC 9110 14)
-# --------------------------------------------------------------------------------------------------------
-
-
-def parse_range(value: bytes, length: int) -> tuple[int, int] | None:
-    """A single byte range (RFC 9110 14.1.2) against a representation of `length` bytes -> (first, last),
-    inclusive and clamped; None when not "bytes", several ranges, invalid or unsatisfiable (the caller then
-    serves the full response, RFC 9110 14.2 lets a server ignore Range)."""
-    unit, eq, spec = value.strip(_OWS).partition(b"=")
-    if not eq or unit.strip(_OWS).lower() != b"bytes" or length <= 0:
-        return None
-    specs = [s for s in (p.strip(_OWS) for p in spec.split(b",")) if s]
-    if len(specs) != 1:
-        return None
-    first_b, dash, last_b = specs[0].partition(b"-")
-    first_b, last_b = first_b.strip(_OWS), last_b.strip(_OWS)
-    if not dash:
-        return None
-    if not first_b:  # suffix-range
-        if not last_b.isdigit():
-            return None
-        n = int(last_b)
-        if n == 0:
-            return None
-        return max(0, length - n), length - 1
-    if not first_b.isdigit():
-        return None
-    first = int(first_b)
-    if last_b:
-        if not last_b.isdigit():
-            return None
-        last = int(last_b)
-        if last < first:
-            return None
-        last = min(last, length - 1)
-    else:
-        last = length - 1
-    if first >= length:
-        return None
-    return first, last
-
-
-def range_not_satisfiable(value: bytes, length: int) -> bool:
-    """True only for a valid bytes range-set none of whose ranges is satisfiable (RFC 9110 14.1.2): the case
-    for a 416 (15.5.17). Several ranges, other units or invalid syntax give False: serve the full response."""
-    unit, eq, spec = value.strip(_OWS).partition(b"=")
-    if not eq or unit.strip(_OWS).lower() != b"bytes":
-        return False
-    specs = [s for s in (p.strip(_OWS) for p in spec.split(b",")) if s]
-    if not specs:
-        return False
-    for one in specs:
-        first_b, dash, last_b = one.partition(b"-")
-        first_b, last_b = first_b.strip(_OWS), last_b.strip(_OWS)
-        if not dash:
-            return False
-        if not first_b:  # suffix-range: satisfiable when non-zero
-            if not last_b.isdigit() or int(last_b) > 0:
-                return False
-            continue
-        if not first_b.isdigit() or (last_b and (not last_b.isdigit() or int(last_b) < int(first_b))):
-            return False  # invalid: the Range field is ignored
-        if int(first_b) < length:
-            return False
-    return True
-
-
-def if_range_matches(value: bytes, stored_headers: Headers) -> bool:
-    """If-Range (RFC 9110 13.1.5): an entity-tag must strongly match the stored ETag; a date must equal the
-    stored Last-Modified, which must be strong (at least a second before the stored Date)."""
-    v = value.strip(_OWS)
-    if v[:1] == b'"' or v[:2] == b"W/":
-        etag = _first(stored_headers, b"etag")
-        return etag is not None and _strong_match(v, etag)
-    since = parse_http_date(v)
-    lm_b = _first(stored_headers, b"last-modified")
-    lm = parse_http_date(lm_b) if lm_b is not None else None
-    if since is None or lm is None or since != lm:
-        return False
-    date_b = _first(stored_headers, b"date")
-    date = parse_http_date(date_b) if date_b is not None else None
-    return date is not None and lm <= date - 1
-
-
-# --------------------------------------------------------------------------------------------------------
-# Cache-Status (RFC 9211)
-# --------------------------------------------------------------------------------------------------------
-
-_FWD = frozenset({"bypass", "method", "uri-miss", "vary-miss", "miss", "request", "stale", "partial"})
-_SF_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~:/0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-
-
-def cache_status(
-    *,
-    hit: bool,
-    fwd: str | None = None,
-    fwd_status: int | None = None,
-    stored: bool = False,
-    ttl: int | None = None,
-    collapsed: bool = False,
-    detail: str | None = None,
-) -> bytes:
-    """The Cache-Status member of this cache (RFC 9211 2), e.g. b"edgecore; hit; ttl=42",
-    b"edgecore; fwd=miss; stored". `detail` is written as a token when it is one, else a string."""
-    parts = ["edgecore"]
-    if hit:
-        parts.append("hit")
-    if fwd is not None:
-        if fwd not in _FWD:
-            raise ValueError(f"fwd={fwd!r} is not an RFC 9211 forward reason")
-        parts.append("fwd=" + fwd)
-    if fwd_status is not None:
-        parts.append(f"fwd-status={fwd_status:d}")
-    if stored:
-        parts.append("stored")
-    if ttl is not None:
-        parts.append(f"ttl={ttl:d}")
-    if collapsed:
-        parts.append("collapsed")
-    if detail:
-        if (detail[0].isalpha() or detail[0] == "*") and all(c in _SF_TOKEN_CHARS for c in detail):
-            parts.append("detail=" + detail)
-        else:
-            esc = (
-                "".join(c for c in detail if 0x20 <= ord(c) <= 0x7E).replace("\\", "\\\\").replace('"', '\\"')
-            )
-            parts.append('detail="' + esc + '"')
-    return "; ".join(parts).encode("ascii")

@@ -373,7 +373,9 @@ class ClientProtocol(asyncio.Protocol):
             body = f"{status} {e.reason}: {e}\n".encode()
         if status < 500 or status == 505:
             r.keep_alive = False
-        cs = cachestatus.render(fwd=b"bypass" if status < 500 else b"miss", detail=e.detail.encode())
+        cs = cachestatus.render(
+            fwd=b"bypass" if status < 500 else b"miss", detail=cachestatus.error_detail(e)
+        )
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
             b"cache-status: %s\r\n%s\r\n" % (status, e.reason.encode(), len(body), cs, r.connection_field())

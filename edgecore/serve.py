@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from . import entry, policy
+from . import conditional, entry
 from .context import LARGE_BODY, Client, Request
 from .fields import first
 from .metrics import Outcome
@@ -38,17 +38,21 @@ def serve_stored(
     dyn = b"age: %d\r\ncache-status: %s\r\n%s" % (age, cache_status, conn)
     if r.slow and m.status == 200 and r.method in _CACHEABLE_METHODS:
         stored = entry.headers(value, m)
-        if policy.client_not_modified(r.headers, stored):
+        if conditional.client_not_modified(r.headers, stored):
             c.write(_head_304(stored, dyn))
             _close_unless_keep_alive(c, r)
             return
         rng = first(r.headers, b"range")
         ir = first(r.headers, b"if-range")
-        if rng is not None and r.method == b"GET" and (ir is None or policy.if_range_matches(ir, stored)):
+        if (
+            rng is not None
+            and r.method == b"GET"
+            and (ir is None or conditional.if_range_matches(ir, stored))
+        ):
             total = len(value) - head_end
-            span = policy.parse_range(rng, total)
+            span = conditional.parse_range(rng, total)
             if span is None:
-                if policy.range_not_satisfiable(rng, total):  # else: the full 200 (RFC 9110 14.2)
+                if conditional.range_not_satisfiable(rng, total):  # else: the full 200 (RFC 9110 14.2)
                     c.write(
                         b"HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */%d\r\n"
                         b"content-length: 0\r\n%s\r\n" % (total, dyn)
@@ -83,7 +87,7 @@ def serve_stored(
 
 
 def _head_304(stored: Headers, dyn: bytes) -> bytes:
-    fields = b"".join(n + b": " + v + b"\r\n" for n, v in policy.not_modified_headers(stored))
+    fields = b"".join(n + b": " + v + b"\r\n" for n, v in conditional.not_modified_headers(stored))
     return b"HTTP/1.1 304 Not Modified\r\n" + fields + dyn + b"\r\n"
 
 

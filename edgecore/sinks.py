@@ -20,22 +20,21 @@ import asyncio
 import time
 from typing import Any
 
-from . import entry, keys, policy
+from . import cachestatus, entry, keys, policy
 from .cache import MAX_TAGS, Cache
 from .context import Client, Context, Request
 from .errors import EdgeError
-from .fields import HOP_BY_HOP, connection_listed, first
+from .fields import HOP_BY_HOP, connection_listed, first, http_date
 from .metrics import F_UPSTREAM_ERRORS, Outcome
 from .serve import serve_stored
 from .upstream import VIA, Exchange
 
 Headers = list[tuple[bytes, bytes]]
 
-_ERROR_STATUSES = frozenset((500, 502, 503, 504))
+_REVALIDATED = cachestatus.render(fwd=b"stale", fwd_status=304)
 FLUSH_AT = 64 << 10  # pending response bytes that are written without waiting for the end of a read
 # response fields never relayed as received: hop-by-hop (RFC 9110 7.6.1), framing (re-done), our own
 _RESPONSE_SKIP = HOP_BY_HOP | {b"content-length", b"cache-status"}
-_STALE_KEEP = 600.0  # seconds a stale response with validators is kept for revalidation
 
 
 def invalidate(ctx: Context, r: Request, status: int, headers: Headers) -> None:
@@ -69,8 +68,7 @@ def stored_form(
     if via:
         stored_headers.append((b"via", via))
     value, birth, fresh_until, flags = entry.encode(status, reason, stored_headers, body, fresh, request_time)
-    keep = max(fresh.stale_while_revalidate, fresh.stale_if_error, _STALE_KEEP if validators else 0.0)
-    expires = max(fresh_until + keep, time.time() + 1.0) if validators else fresh_until + keep
+    expires = fresh_until + policy.retention(fresh, validators, time.time())
     return value, birth, expires, flags
 
 
@@ -166,12 +164,7 @@ class StreamSink:
             self._done = asyncio.get_running_loop().create_future()
 
     def cache_status(self) -> bytes:
-        s = b"edgecore; fwd=" + self.fwd
-        if self.status is not None:
-            s += b"; fwd-status=%d" % self.status
-        if self.detail:
-            s += b"; detail=" + self.detail
-        return s
+        return cachestatus.render(fwd=self.fwd, fwd_status=self.status, detail=self.detail)
 
     def interim(self, status: int, reason: bytes, headers: Headers) -> None:
         """Relay a 1xx (RFC 9110 15.2) to an HTTP/1.1 client before the final response; never stored.
@@ -335,7 +328,7 @@ class StoreSink(StreamSink):
         if status == 304 and self.stored is not None:
             self._validated(headers, now)
             return
-        if status in _ERROR_STATUSES and self.stored is not None and self.rc is not None:
+        if policy.serves_stale_on(status) and self.stored is not None and self.rc is not None:
             f = entry.freshness(self.stored[1])
             if policy.may_serve_stale_on_error(f, self.rc, now):  # RFC 5861 4, RFC 9111 4.2.4
                 self.stale_on_error = self.validated = True
@@ -353,17 +346,13 @@ class StoreSink(StreamSink):
             opts=ctx.policy_opts,
             post_target=(self.r.host, self.r.target) if post else None,
         )
-        clen = first(headers, b"content-length")
-        if fresh is not None and clen is not None and clen.isdigit() and int(clen) > ctx.cfg.max_object_size:
-            fresh, why = None, policy.Reason.TOO_LARGE
-        vary = keys.parse_vary([v for n, v in headers if n == b"vary"]) if fresh is not None else ()
-        if vary is None:
-            fresh, why = None, policy.Reason.VARY_STAR
-        self.vary = vary or ()
+        self.vary = (
+            (keys.parse_vary([v for n, v in headers if n == b"vary"]) or ()) if fresh is not None else ()
+        )
         if fresh is None:
             if not post:
                 self.outcome = Outcome.UNCACHEABLE
-            self.detail = why.name.lower().replace("_", "-").encode() if why is not None else None
+            self.detail = cachestatus.detail(why) if why is not None else None
             if self.stored is not None:
                 ctx.cache.delete(self.key)
             if self.flight is not None:
@@ -376,8 +365,8 @@ class StoreSink(StreamSink):
             ctx.flights.forget_uncacheable(self.key)
             # a whole small body is stored first and then served like a hit: one rendering of the head.
             # Not when the stored head would differ from what this client gets (qualified no-cache/private).
-            cc = b",".join(v for n, v in headers if n.endswith(b"cache-control")).lower()
-            self.deferred = clen is not None and b"no-cache=" not in cc and b"private=" not in cc
+            clen = first(headers, b"content-length")
+            self.deferred = clen is not None and not policy.stored_head_differs(headers)
         p = self.proto
         if p is None:
             return
@@ -387,10 +376,13 @@ class StoreSink(StreamSink):
             super().head(status, reason, headers, keep_alive)
 
     def cache_status(self) -> bytes:
-        s = super().cache_status()
-        if self.fresh is not None and self.status is not None:
-            s += b"; stored; ttl=%d" % max(0, int(self.fresh.lifetime - self.fresh.initial_age))
-        return s
+        f = self.fresh
+        if f is None or self.status is None:
+            return super().cache_status()
+        ttl = max(0, int(f.lifetime - f.initial_age))
+        return cachestatus.render(
+            fwd=self.fwd, fwd_status=self.status, stored=True, ttl=ttl, detail=self.detail
+        )
 
     def body(self, chunk: bytes) -> None:
         if self.validated:
@@ -475,7 +467,7 @@ class StoreSink(StreamSink):
             return
         merged = policy.merge_304(stored, headers)
         if not any(n == b"date" for n, _ in merged):
-            merged.append((b"date", policy.http_date(now)))
+            merged.append((b"date", http_date(now)))
         fresh, why = policy.decide_store(
             b"GET",
             m.status,
@@ -508,7 +500,5 @@ class StoreSink(StreamSink):
                     self.request_time,
                 )[0]
             nm = entry.meta(new_value)
-            serve_stored(
-                p, self.r, new_value, nm, now, Outcome.REVALIDATED, b"edgecore; fwd=stale; fwd-status=304"
-            )
+            serve_stored(p, self.r, new_value, nm, now, Outcome.REVALIDATED, _REVALIDATED)
         self.started = True

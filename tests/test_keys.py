@@ -1,5 +1,5 @@
 """Tables for edgecore.keys: primary keys (RFC 9111 2, RFC 9110 4.2.3), Vary and secondary keys
-(RFC 9111 4.1), and the upstream request filter (RFC 9110 7.6.1, cache poisoning)."""
+(RFC 9111 4.1). List splitting (RFC 9110 5.6.1) is tabled in test_fields.py."""
 
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from edgecore.keys import (
     parse_vary,
     primary_key,
     secondary_key,
-    split_list,
-    upstream_request_headers,
 )
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,45 +293,6 @@ NORMALISE = [
 @pytest.mark.parametrize(("lines", "expected"), NORMALISE)
 def test_normalise_field_value(lines: list[bytes], expected: bytes) -> None:
     assert normalise_field_value(lines) == expected
-
-
-SPLIT = [
-    (b"a, b", [b"a", b"b"]),  # RFC 9110 5.6.1
-    (b' "a,b" , c', [b'"a,b"', b"c"]),  # RFC 9110 5.6.4: commas inside quoted strings
-    (b'"a\\",b", c', [b'"a\\",b"', b"c"]),  # quoted-pair
-    (b",,", []),
-]
-
-
-@pytest.mark.parametrize(("value", "expected"), SPLIT)
-def test_split_list(value: bytes, expected: list[bytes]) -> None:
-    assert split_list(value) == expected
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Upstream request fields: no header that is not keyed may change the response (cache poisoning)
-# ---------------------------------------------------------------------------------------------------------
-
-UPSTREAM = [
-    ([(b"accept", b"*/*")], [(b"accept", b"*/*")]),
-    ([(b"x-forwarded-host", b"evil.example")], []),  # unkeyed input
-    ([(b"x-original-url", b"/admin")], []),
-    ([(b"x-http-method-override", b"DELETE")], []),
-    ([(b"forwarded", b"host=evil")], []),
-    ([(b"connection", b"close"), (b"keep-alive", b"5"), (b"te", b"trailers")], []),  # RFC 9110 7.6.1
-    ([(b"connection", b"x-secret"), (b"x-secret", b"1"), (b"a", b"2")], [(b"a", b"2")]),  # Connection-listed
-    ([(b"upgrade", b"websocket"), (b"transfer-encoding", b"chunked")], []),
-]
-
-
-@pytest.mark.parametrize(("headers", "expected"), UPSTREAM)
-def test_upstream_request_headers(headers: list, expected: list) -> None:
-    assert upstream_request_headers(headers) == expected
-
-
-def test_upstream_request_headers_keeps_a_keyed_field() -> None:
-    hdrs = [(b"x-forwarded-proto", b"https")]
-    assert upstream_request_headers(hdrs, keep=frozenset({b"x-forwarded-proto"})) == hdrs
 
 
 WEIGHTED = [

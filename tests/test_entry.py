@@ -1,0 +1,82 @@
+"""Tables for edgecore.entry: the stored form never carries a hop-by-hop field (RFC 9110 7.6.1, 11.7;
+RFC 9111 3.1), and the layout constants the C paths are handed agree with the META struct."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from edgecore import entry
+from edgecore.fields import HOP_BY_HOP
+from edgecore.policy import Freshness
+
+T = 1_700_000_000.0
+F = Freshness(lifetime=60.0, initial_age=2.0, response_time=T, stale_while_revalidate=5.0, stale_if_error=7.0)
+
+
+def _stored(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, entry.Meta]:
+    value, _, _, _ = entry.encode(200, b"OK", headers, b"body", F, T - 0.5)
+    return value, entry.meta(value)
+
+
+@pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
+def test_no_hop_by_hop_field_is_stored(name: bytes) -> None:
+    # RFC 9110 7.6.1, 11.7.1 (a hit must never carry Proxy-Authenticate), RFC 9111 3.1
+    value, m = _stored([(b"content-type", b"text/plain"), (name, b"x"), (b"x-a", b"1")])
+    assert entry.headers(value, m) == [(b"content-type", b"text/plain"), (b"x-a", b"1")]
+    assert b"\r\n" + name + b":" not in value[entry.M : entry.M + m.head_len].lower()
+
+
+NEVER_STORED = [
+    (b"age", b"5"),  # RFC 9111 5.1: written when serving
+    (b"cache-status", b"upstream; hit"),  # RFC 9211 2: ours is written when serving
+    (b"content-length", b"999"),  # RFC 9110 8.6: written from the stored body
+]
+
+
+@pytest.mark.parametrize("field", NEVER_STORED)
+def test_own_fields_are_not_stored(field: tuple[bytes, bytes]) -> None:
+    value, m = _stored([field, (b"x-a", b"1")])
+    assert entry.headers(value, m) == [(b"x-a", b"1")]
+    head = value[entry.M : entry.M + m.head_len]
+    assert head.count(b"content-length:") == 1 and b"content-length: 4\r\n" in head
+
+
+def test_skip_store_is_hop_by_hop_plus_our_own() -> None:
+    assert HOP_BY_HOP | {b"age", b"cache-status", b"content-length"} == entry.SKIP_STORE
+
+
+OFFSETS = [
+    # (constant, META field, its struct code)
+    ("OFF_STATUSLINE_LEN", "statusline_len", "H"),
+    ("OFF_HEAD_LEN", "head_len", "I"),
+    ("OFF_FRESH_UNTIL", "fresh_until", "d"),
+    ("OFF_BIRTH", "birth", "d"),
+]
+
+
+@pytest.mark.parametrize(("const", "field", "code"), OFFSETS)
+def test_offsets_match_the_struct(const: str, field: str, code: str) -> None:
+    fmt = entry.META.format
+    assert fmt[0] == "<"  # no padding: an offset is the sum of the sizes of the fields before it
+    i = entry.Meta._fields.index(field)
+    off = getattr(entry, const)
+    assert off == struct.calcsize(fmt[: i + 1]) == sum(struct.calcsize("<" + c) for c in fmt[1 : i + 1])
+    assert fmt[i + 1] == code
+    value, _, fresh_until, _ = entry.encode(200, b"OK", [(b"x-a", b"1")], b"body", F, T)
+    (got,) = struct.unpack_from("<" + code, value, off)
+    assert got == getattr(entry.meta(value), field)
+    if field == "fresh_until":
+        assert got == fresh_until
+
+
+def test_meta_size() -> None:
+    assert entry.META_SIZE == entry.M == entry.META.size == struct.calcsize(entry.META.format)
+    # the values ext/hitpath.pyx restates today (DEF OFF_SL = 4, ...) until it is handed these
+    offsets = (entry.OFF_STATUSLINE_LEN, entry.OFF_HEAD_LEN, entry.OFF_FRESH_UNTIL, entry.OFF_BIRTH)
+    assert offsets == (4, 6, 10, 18)
+
+
+def test_hit_struct_is_gone() -> None:
+    assert not hasattr(entry, "HIT")  # it restated the layout; the OFF_* constants replace it
