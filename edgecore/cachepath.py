@@ -72,7 +72,9 @@ async def cache_path(c: Client, r: Request) -> None:
             serve_stored(c, r, value, m, now, outcome, cachestatus.render(hit=True, ttl=ttl))
             return
         if use is policy.Use.STALE_REVALIDATE:
-            serve_stored(c, r, value, m, now, Outcome.STALE, _STALE_REVALIDATE)
+            serve_stored(
+                c, r, value, m, now, Outcome.STALE, _STALE_REVALIDATE, cachestatus.STALE_WHILE_REVALIDATE
+            )
             background_refresh(c, r, key, value, m)
             return
         if use is policy.Use.VALIDATE and not rc.only_if_cached:
@@ -282,11 +284,13 @@ async def revalidate(
             cs = cachestatus.render(
                 fwd=b"stale", fwd_status=sink.status or 0, detail=cachestatus.STALE_IF_ERROR
             )
-            serve_stored(c, r, value, m, time.time(), Outcome.STALE, cs)
+            serve_stored(c, r, value, m, time.time(), Outcome.STALE, cs, cachestatus.STALE_IF_ERROR)
     except UpstreamError:
         f = entry.freshness(m)
         if not sink.started and policy.may_serve_stale_on_error(f, rc, time.time()):
-            serve_stored(c, r, value, m, time.time(), Outcome.STALE, _STALE_IF_ERROR)
+            serve_stored(
+                c, r, value, m, time.time(), Outcome.STALE, _STALE_IF_ERROR, cachestatus.STALE_IF_ERROR
+            )
             return
         raise
 

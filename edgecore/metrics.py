@@ -22,6 +22,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .cachestatus import ALL_DETAILS
+
 
 class Outcome(enum.IntEnum):
     """How a proxied request was answered; `.name.lower()` is the `cache_status` label."""
@@ -68,8 +70,12 @@ F_READY = F_DUR_BUCKETS + len(DURATION_BUCKETS) + 1  # 1 while the worker listen
 F_PID = F_READY + 1
 F_WAITING = F_PID + 1  # requests waiting on another request's fetch right now (gauge)
 F_SERVED = F_WAITING + 1  # client requests answered by this process
-SLOT_WORDS = 48
-assert F_SERVED < SLOT_WORDS
+# responses by the detail of their Cache-Status (every cache decision's named reason), then one for others
+DECISIONS = (*(d.decode("ascii") for d in ALL_DETAILS), "other")
+F_DECISIONS = F_SERVED + 1  # .. + len(DECISIONS)
+_DECISION_INDEX = {d: F_DECISIONS + i for i, d in enumerate(ALL_DETAILS)}
+_DECISION_OTHER = F_DECISIONS + len(ALL_DETAILS)
+SLOT_WORDS = (F_DECISIONS + len(DECISIONS) + 7) // 8 * 8
 
 # control block (first slot)
 C_DRAINING = 0
@@ -128,13 +134,16 @@ class SlotCounters:
         self.b = base
         self._bucket_base = base + F_DUR_BUCKETS
 
-    def request(self, outcome: int, seconds: float) -> None:
+    def request(self, outcome: int, seconds: float, detail: bytes | None = None) -> None:
+        """One response answered: its outcome, duration, and the detail of its Cache-Status if it has one."""
         w = self.words
         b = self.b
         w[b + outcome] += 1
         w[b + F_SERVED] += 1
         w[b + F_DUR_SUM_NS] += int(seconds * 1e9)
         w[self._bucket_base + bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        if detail is not None:
+            w[b + _DECISION_INDEX.get(detail, _DECISION_OTHER)] += 1
 
     def inc(self, field: int, n: int = 1) -> None:
         self.words[self.b + field] += n
@@ -183,6 +192,15 @@ class EdgeCollector(Collector):
             buckets=buckets,
             sum_value=c.total(F_DUR_SUM_NS) / 1e9,
         )
+        decisions = CounterMetricFamily(
+            "edgecore_cache_decisions",
+            "Responses by the named reason in their Cache-Status detail (why not stored, not reused, "
+            "served stale, or refused)",
+            labels=["reason"],
+        )
+        for i, d in enumerate(DECISIONS):
+            decisions.add_metric([d], c.total(F_DECISIONS + i))
+        yield decisions
         yield CounterMetricFamily(
             "edgecore_upstream_requests", "Requests sent upstream", value=c.total(F_UPSTREAM)
         )

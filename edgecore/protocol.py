@@ -359,7 +359,8 @@ class ClientProtocol(asyncio.Protocol):
 
     def error(self, r: Request, e: EdgeError) -> None:
         """The one place an EdgeError becomes a response: its own status, reason and Cache-Status detail."""
-        self.ctx.counters.request(Outcome.ERROR, time.time() - r.t0 if r.t0 else 0.0)
+        detail = cachestatus.error_detail(e)
+        self.ctx.counters.request(Outcome.ERROR, time.time() - r.t0 if r.t0 else 0.0, detail)
         if isinstance(e, UpstreamError):
             self.ctx.counters.inc(F_UPSTREAM_ERRORS)
         if self.closing:
@@ -373,9 +374,7 @@ class ClientProtocol(asyncio.Protocol):
             body = f"{status} {e.reason}: {e}\n".encode()
         if status < 500 or status == 505:
             r.keep_alive = False
-        cs = cachestatus.render(
-            fwd=b"bypass" if status < 500 else b"miss", detail=cachestatus.error_detail(e)
-        )
+        cs = cachestatus.render(fwd=b"bypass" if status < 500 else b"miss", detail=detail)
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
             b"cache-status: %s\r\n%s\r\n" % (status, e.reason.encode(), len(body), cs, r.connection_field())

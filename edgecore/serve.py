@@ -23,12 +23,19 @@ _CACHEABLE_METHODS = frozenset((b"GET", b"HEAD"))
 
 
 def serve_stored(
-    c: Client, r: Request, value: bytes, m: entry.Meta, now: float, outcome: Outcome, cache_status: bytes
+    c: Client,
+    r: Request,
+    value: bytes,
+    m: entry.Meta,
+    now: float,
+    outcome: Outcome,
+    cache_status: bytes,
+    detail: bytes | None = None,
 ) -> None:
     """A stored response to the client, with conditional (RFC 9110 13) and range (RFC 9110 14)
     handling when the request asks for them. Counted before it is written: whoever has the response
-    can already see it in the metrics."""
-    c.ctx.counters.request(outcome, time.time() - r.t0)
+    can already see it in the metrics (with `detail`, the Cache-Status detail, when it has one)."""
+    c.ctx.counters.request(outcome, time.time() - r.t0, detail)
     age = max(0, int(now - m.birth))
     conn = r.connection_field()
     mo = entry.M

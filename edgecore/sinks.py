@@ -253,7 +253,9 @@ class StreamSink:
         p = self.proto
         if p is not None:
             p.couple(None)
-            p.ctx.counters.request(self.outcome, time.time() - self.r.t0)  # before the last write
+            p.ctx.counters.request(
+                self.outcome, time.time() - self.r.t0, self.detail
+            )  # before the last write
             if self.chunked_out:
                 self.out.append(b"0\r\n\r\n")
             self.flush()

@@ -41,6 +41,38 @@ def test_metrics_has_the_contract_names(edge, uniq):
     assert hits and float(hits[0].split()[-1]) >= 1
 
 
+def _decisions(edge) -> dict[str, float]:
+    out = {}
+    for line in edge.admin("/metrics").body.decode().splitlines():
+        if line.startswith("edgecore_cache_decisions_total{"):
+            out[line.split('reason="', 1)[1].split('"', 1)[0]] = float(line.split()[-1])
+    return out
+
+
+def test_metrics_count_every_cache_decision_by_its_cache_status_reason(edge, uniq):
+    """Each named reason a response's Cache-Status gives (RFC 9211 detail) is counted under that spelling;
+    every spelling is there from the start (a dashboard sees zeros, not gaps)."""
+    from edgecore.cachestatus import ALL_DETAILS
+
+    before = _decisions(edge)
+    assert set(before) == {d.decode() for d in ALL_DETAILS} | {"other"}
+    got = [
+        get(edge.port, f"{uniq}/p?cc=private"),
+        get(edge.port, f"{uniq}/n?cc=no-store"),
+        get(edge.port, f"{uniq}/n2?cc=no-store"),
+        get(edge.port, f"{uniq}/r", headers={"Cache-Control": "no-store"}),
+    ]
+    assert [r.cache_status.rsplit("detail=", 1)[1] for r in got] == [
+        "private",
+        "no-store",
+        "no-store",
+        "request-no-store",
+    ]
+    after = _decisions(edge)
+    changed = {k: after[k] - before[k] for k in after if after[k] != before[k]}
+    assert changed == {"private": 1, "no-store": 2, "request-no-store": 1}
+
+
 def test_stats_fields_and_counts(edge, origin, uniq):
     before = edge.stats()
     get(edge.port, f"{uniq}?cc=max-age=60")
