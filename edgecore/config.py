@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -174,8 +174,6 @@ class Config:
     key_sort_query: bool = False  # cache key: query parameters sorted by name
     key_drop_params: tuple[str, ...] = ()  # cache key: query parameters left out (e.g. utm_source)
     log_level: str = "info"
-    access_log: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
@@ -200,7 +198,6 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "key_sort_query": _parse_bool,
     "key_drop_params": _parse_params,
     "log_level": lambda v: _choice(v, ("debug", "info", "warning", "error")),
-    "access_log": _parse_bool,
 }
 KEYS = tuple(_PARSERS)
 
