@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from . import cachestatus, entry, keys, policy
 from .cache import MAX_TAGS, Cache
 from .context import Client, Context, Request
 from .errors import EdgeError
 from .fields import HOP_BY_HOP, connection_listed, first, http_date
+from .flights import Flight
 from .metrics import F_UPSTREAM_ERRORS, Outcome
 from .serve import serve_stored
 from .upstream import VIA, Exchange
@@ -294,7 +294,7 @@ class StoreSink(StreamSink):
         r: Request,
         key: bytes,
         fwd: bytes,
-        flight: Any,
+        flight: Flight | None,
         stored: tuple[bytes, entry.Meta, Headers] | None = None,
         rc: policy.RequestControl | None = None,
     ) -> None:
