@@ -11,12 +11,16 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import mmh3
 import pytest
 
-from edgecore.cache import Cache
+from edgecore.cache import Cache, debug_cache_class
 from edgecore.errors import EdgeError
+
+if TYPE_CHECKING:
+    from edgecore.cache import DebugCache
 
 FAR = 4e9  # 2096: fresh for any lookup below
 
@@ -24,6 +28,14 @@ FAR = 4e9  # 2096: fresh for any lookup below
 @pytest.fixture
 def cache() -> Iterator[Cache]:
     c = Cache(8 << 20, 256 * 1024)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def dcache() -> Iterator[DebugCache]:
+    """The same cache on edgecore._slabcache_debug, for tests that look at the mapping's bytes."""
+    c = debug_cache_class()(8 << 20, 256 * 1024)
     yield c
     c.close()
 
@@ -52,12 +64,12 @@ def test_expired_entry_dies_at_lookup_boundary(cache: Cache) -> None:
     assert cache.lookup(b"k", 0.0) is None  # removed, not just hidden
 
 
-def test_delete(cache: Cache) -> None:
-    cache.store(b"k", b"secret-bytes-123", 0.0, FAR)
-    assert cache.delete(b"k") is True
-    assert cache.delete(b"k") is False
-    assert cache.lookup(b"k", 1.0) is None
-    assert not cache._test_contains(b"secret-bytes-123")
+def test_delete(dcache: DebugCache) -> None:
+    dcache.store(b"k", b"secret-bytes-123", 0.0, FAR)
+    assert dcache.delete(b"k") is True
+    assert dcache.delete(b"k") is False
+    assert dcache.lookup(b"k", 1.0) is None
+    assert not dcache._test_contains(b"secret-bytes-123")
 
 
 @pytest.mark.parametrize("n", [0, 1, 15_000, 16_300, 16_384, 16_500, 40_000, 100_000, 256 * 1024 - 20])
@@ -103,31 +115,31 @@ def test_hash_is_mmh3() -> None:
         assert Cache.hash64(k) == mmh3.hash64(k, 0, signed=False)[0]
 
 
-def test_purge_tag_tenant_prefix_counts_and_zeroes(cache: Cache) -> None:
+def test_purge_tag_tenant_prefix_counts_and_zeroes(dcache: DebugCache) -> None:
     for i in range(50):
         tags = (Cache.tag_id("even"),) if i % 2 == 0 else (Cache.tag_id("odd"),)
-        cache.store(b"/t/%d" % i, b"payload-%05d-marker" % i, 0.0, FAR, tenant=1 + i % 3, tags=tags)
-    assert cache.purge_tag(Cache.tag_id("even")) == 25
-    assert cache.lookup(b"/t/0", 1.0) is None and cache.lookup(b"/t/1", 1.0) is not None
-    assert not cache._test_contains(b"payload-00000-marker")
-    assert cache._test_contains(b"payload-00001-marker")
+        dcache.store(b"/t/%d" % i, b"payload-%05d-marker" % i, 0.0, FAR, tenant=1 + i % 3, tags=tags)
+    assert dcache.purge_tag(Cache.tag_id("even")) == 25
+    assert dcache.lookup(b"/t/0", 1.0) is None and dcache.lookup(b"/t/1", 1.0) is not None
+    assert not dcache._test_contains(b"payload-00000-marker")
+    assert dcache._test_contains(b"payload-00001-marker")
     left_tenant_2 = sum(1 for i in range(1, 50, 2) if 1 + i % 3 == 2)
-    assert cache.purge_tenant(2) == left_tenant_2
-    assert cache.purge_tenant(2) == 0
+    assert dcache.purge_tenant(2) == left_tenant_2
+    assert dcache.purge_tenant(2) == 0
     by_prefix = sum(1 for i in range(1, 50, 2) if str(i).startswith("1") and 1 + i % 3 != 2)
-    assert cache.purge_prefix(b"/t/1") == by_prefix
-    s = cache.stats()
+    assert dcache.purge_prefix(b"/t/1") == by_prefix
+    s = dcache.stats()
     assert s["purged"] == 25 + left_tenant_2 + by_prefix
     assert s["items"] == sum(1 for i in range(1, 50, 2) if 1 + i % 3 != 2 and not str(i).startswith("1"))
 
 
-def test_purge_of_large_chained_object_zeroes_every_chunk(cache: Cache) -> None:
+def test_purge_of_large_chained_object_zeroes_every_chunk(dcache: DebugCache) -> None:
     marker = b"CHAINED-MARKER-"
     value = b"".join(marker + b"%06d" % i for i in range(8000))  # ~170 KB over several chunks
-    cache.store(b"/big", value, 0.0, FAR, tags=(5,))
-    assert cache._test_contains(marker + b"007999")
-    assert cache.purge_tag(5) == 1
-    assert not cache._test_contains(marker)
+    dcache.store(b"/big", value, 0.0, FAR, tags=(5,))
+    assert dcache._test_contains(marker + b"007999")
+    assert dcache.purge_tag(5) == 1
+    assert not dcache._test_contains(marker)
 
 
 def test_sweep_is_bounded_and_removes_expired(cache: Cache) -> None:
