@@ -36,7 +36,7 @@ cdef int pick_donor(sctx *c, uint32_t cls, bint strict) noexcept nogil:
         mine = (<double>cs.demand) * scale - <double>cs.npages
         if mine < 1.0:
             return -1
-    for d in range(c.h.nclasses):
+    for d in range(<int>c.h.nclasses):
         if <uint32_t>d == cls:
             continue
         cs = &sh.classes[d]

@@ -20,6 +20,7 @@ cdef class SlabCache:
         cdef layout_plan p
         cdef void *m
         cdef int rc
+        memset(&p, 0, sizeof(p))
         sizes = layout_plan_for(&p, capacity_bytes, max_object_size, shards, avg_object_size, growth)
         self.base = NULL
         self.h = NULL

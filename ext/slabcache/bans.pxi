@@ -31,7 +31,7 @@ cdef bint bans_kill(header_t *h, slot_hdr *s) noexcept nogil:
     cdef uint32_t i
     if sc_load32(&h.nbans_active) == 0:
         return False
-    for i in range(MAX_BANS):
+    for i in range(<uint32_t>MAX_BANS):
         if sc_load32(&h.bans[i].active) and ban_matches(&h.bans[i], s):
             return True
     return False
@@ -39,7 +39,7 @@ cdef bint bans_kill(header_t *h, slot_hdr *s) noexcept nogil:
 cdef void bans_retire_orphans(header_t *h) noexcept nogil:
     """Bans whose purging process died are complete once a full sweep pass began after them."""
     cdef uint32_t i
-    for i in range(MAX_BANS):
+    for i in range(<uint32_t>MAX_BANS):
         if h.bans[i].active and not sc_pid_alive(h.bans[i].owner_pid) \
                 and h.sweep_pass >= h.bans[i].registered_pass + 2:
             sc_store32(&h.bans[i].active, 0)
@@ -52,13 +52,13 @@ cdef int ban_register(header_t *h, uint32_t kind, uint64_t ident, const char *pr
     cdef ban_t *b
     if global_lock(h, &h.ban_lock):
         raise CacheError("ban lock unrecoverable")
-    for i in range(MAX_BANS):
+    for i in range(<uint32_t>MAX_BANS):
         if not h.bans[i].active:
             slot = i
             break
     if slot == MAX_BANS:
         bans_retire_orphans(h)
-        for i in range(MAX_BANS):
+        for i in range(<uint32_t>MAX_BANS):
             if not h.bans[i].active:
                 slot = i
                 break

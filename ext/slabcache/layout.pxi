@@ -118,7 +118,7 @@ cdef int layout_write(char *base, const layout_plan *p, list sizes) noexcept:
     h.nclasses = <uint32_t>len(sizes)
     h.page_size = <uint32_t>page
     h.avg_hint = <uint32_t>p.avg
-    for i in range(len(sizes)):
+    for i in range(<size_t>len(sizes)):
         h.class_size[i] = <uint32_t>sizes[i]
         h.class_per_page[i] = <uint32_t>(page // <size_t>sizes[i])
     h.shards_off = hdr_bytes

@@ -36,7 +36,7 @@ cdef inline void shard_unlock(sctx *c) noexcept nogil:
 
 cdef void bans_recount(header_t *h) noexcept nogil:
     cdef uint32_t n = 0, i
-    for i in range(MAX_BANS):
+    for i in range(<uint32_t>MAX_BANS):
         if h.bans[i].active:
             n += 1
     sc_store32(&h.nbans_active, n)

@@ -104,6 +104,7 @@ cdef void page_steal(sctx *c, uint32_t donor, uint32_t cls) noexcept nogil:
     cdef char *p
     cdef slot_hdr *s
     cdef slot_hdr *t
+    cand[0] = 0     # always overwritten: a donor has pages, so one of its lists is non-empty
     if ds.small_tail:
         cand[ncand] = page_of(c, ds.small_tail)
         ncand += 1
