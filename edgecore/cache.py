@@ -17,6 +17,8 @@ The extension's methods, as the proxy calls them:
     purge_tag(tag: int) -> int;  purge_tenant(tenant: int) -> int;  purge_prefix(prefix: bytes) -> int
     sweep(budget: int = 1024) -> int
     stats() -> dict;  layout() -> dict;  shard_of(key: bytes) -> int;  close() -> None
+Their precise signatures are in edgecore/_slabcache.pyi, which mypy checks callers against.
+
 Tests that need the extension's `_test_*` hooks use `debug_cache_class()`: the same Cache on
 edgecore._slabcache_debug, built from the same source plus the hooks; production never imports it.
 """
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Cache", "DEFAULT_MAX_OBJECT_SIZE", "MAX_TAGS", "debug_cache_class"]
 
+# Facts the extension also knows (ext/slabcache.pxd, SlabCache.__cinit__'s defaults);
+# tests/test_cache.py::test_python_facts_match_the_extension fails if they ever differ.
 DEFAULT_MAX_OBJECT_SIZE = 1 << 20
 MAX_TAGS = 8
 

@@ -7,6 +7,7 @@ Must never: sleep, or leave a mapping open (every cache is closed by its fixture
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections import defaultdict
@@ -16,7 +17,9 @@ from typing import TYPE_CHECKING
 import mmh3
 import pytest
 
-from edgecore.cache import Cache, debug_cache_class
+from edgecore import entry
+from edgecore._slabcache import SlabCache
+from edgecore.cache import DEFAULT_MAX_OBJECT_SIZE, MAX_TAGS, Cache, debug_cache_class
 from edgecore.errors import EdgeError
 
 if TYPE_CHECKING:
@@ -321,3 +324,68 @@ def test_store_only_if_absent_is_a_test_and_set():
         assert c.delete(b"lock")
         assert c.store(b"lock", b"d", now + 6, now + 9, only_if_absent=True)  # released: free again
         assert c.store(b"lock", b"e", now + 6, now + 9)  # plain store replaces
+
+
+# ---------------------------------------------------------------- facts Python shares with the extension
+
+
+def test_python_facts_match_the_extension() -> None:
+    """Every constant edgecore/*.py duplicates from ext/slabcache.pxd or SlabCache.__cinit__ is the same."""
+    consts = debug_cache_class()._test_constants()
+    # MAX_TAGS (protocol.py truncates a response's tags to it): the pxd's bound, and the production module's
+    assert consts["MAX_TAGS"] == MAX_TAGS
+    with Cache(8 << 20, 256 * 1024) as c:
+        assert c.store(b"/tags/max", b"v", 0.0, FAR, tags=tuple(range(1, MAX_TAGS + 1)))
+        with pytest.raises(ValueError, match=f"at most {MAX_TAGS} tags"):
+            c.store(b"/tags/over", b"v", 0.0, FAR, tags=tuple(range(1, MAX_TAGS + 2)))
+    # Cache.__init__'s defaults are documentation only: __cinit__ applies its own. They must agree, or a
+    # Cache built with "the defaults" would not be the cache its signature promises.
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(Cache.__init__).parameters.items()
+        if p.default is not p.empty
+    }
+    assert defaults["max_object_size"] == DEFAULT_MAX_OBJECT_SIZE
+    for cap in (8 << 20, 64 << 20):
+        with Cache(cap) as implicit, Cache(cap, **defaults) as explicit:
+            raw = SlabCache(cap)
+            try:
+                assert implicit.layout() == explicit.layout() == raw.layout()
+                assert implicit.stats()["max_object_size"] == raw.stats()["max_object_size"]
+                assert implicit.stats()["max_object_size"] == DEFAULT_MAX_OBJECT_SIZE
+            finally:
+                raw.close()
+    # stored flags are a u16 in the slot header: every flag edgecore.entry stores must fit
+    for name, value in vars(entry).items():
+        if name.startswith("FLAG_") and isinstance(value, int):
+            assert 0 <= value <= consts["FLAGS_MAX"], name
+    # tag and tenant ids are 63-bit, inside what store/purge_tag/purge_tenant accept
+    assert 0 <= Cache.tag_id(b"\xff" * 40) < 2**64
+
+
+def test_production_module_has_no_test_hooks() -> None:
+    hooks = [n for n in dir(Cache) if n.startswith("_test_")]
+    assert hooks == []
+    import edgecore._slabcache as prod
+
+    assert not hasattr(prod, "DebugSlabCache")
+    assert {n for n in dir(debug_cache_class()) if n.startswith("_test_")} == {
+        "_test_contains",
+        "_test_hold_shard_lock",
+        "_test_constants",
+    }
+
+
+def test_debug_module_is_the_same_cache() -> None:
+    """edgecore._slabcache_debug is compiled from the same parts: same geometry, same answers."""
+    debug = debug_cache_class()
+    for args in [(8 << 20, 256 * 1024), (64 << 20, 1 << 20, 4, 2048, 1.2)]:
+        with Cache(*args) as a, debug(*args) as b:
+            assert a.layout() == b.layout()
+            for c in (a, b):
+                c.store(b"/same/1", b"x" * 100_000, 0.0, FAR, flags=7, tenant=3, tags=(9,))
+                c.store(b"/same/2", b"y", 0.0, 10.0)
+            assert a.lookup(b"/same/1", 1.0) == b.lookup(b"/same/1", 1.0)
+            assert a.lookup(b"/same/2", 11.0) is None and b.lookup(b"/same/2", 11.0) is None
+            sa, sb = a.stats(), b.stats()
+            assert sa == sb

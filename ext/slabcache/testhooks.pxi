@@ -1,6 +1,6 @@
 # slabcache/testhooks.pxi -- TEST ONLY: hooks into the mapping, compiled only into edgecore._slabcache_debug.
 #
-# Owns: class DebugSlabCache(SlabCache), which adds the _test_* methods to the
+# Owns: class DebugSlabCache(SlabCache), which adds the _test_* methods (and _test_constants) to the
 # production class; tests reach it through edgecore.cache.debug_cache_class().
 # Invariants: nothing in the production module (ext/slabcache.pyx) includes this file, and nothing here
 # changes how the cache itself behaves: a hook only reads the mapping, or holds a lock the way a worker
@@ -44,3 +44,11 @@ cdef class DebugSlabCache(SlabCache):
             shard_wipe(&c)
         shard_unlock(&c)
 
+    @staticmethod
+    def _test_constants():
+        """TEST ONLY: the layout constants of slabcache.pxd that Python code mirrors or relies on."""
+        return {
+            "MAX_TAGS": MAX_TAGS, "MAX_BANS": MAX_BANS, "BAN_PREFIX_MAX": BAN_PREFIX_MAX,
+            "HDR_SIZE": HDR_SIZE, "MAX_CLASSES": MAX_CLASSES, "MIN_PAGE": MIN_PAGE, "MAX_PAGE": MAX_PAGE,
+            "SC_MAGIC": SC_MAGIC, "SC_VERSION": SC_VERSION, "FLAGS_MAX": 0xFFFF,
+        }
