@@ -4,7 +4,8 @@
 # Invariants: a shard's pages are assigned in order (pages_used grows to npages and never shrinks except by
 # a lock-recovery wipe); pagedesc[page] is the class a page is carved into (PAGE_UNASSIGNED before);
 # once every page is assigned, a class with no free slot takes a page from the class holding the most pages
-# beyond its share of decayed recent demand (page_steal), or else evicts within itself.
+# beyond its share of decayed recent demand (page_steal) -- if it has no page at all, or is itself at least
+# a page below its share and the donor a page above -- or else evicts within itself.
 
 cdef void page_carve(sctx *c, uint32_t page, uint32_t cls) noexcept nogil:
     cdef class_state *cs = &c.sh.classes[cls]

@@ -2,9 +2,10 @@
 #
 # Owns: evict_in_class.
 # Invariants: new objects enter the small (probationary) queue, or the main queue if the ghost remembers
-# them; the small queue is drained while it holds >= 10% of the class's objects; an object referenced while
-# small is promoted, one in main with freq > 0 is reinserted with one bit less; one eviction takes at most
-# EVICT_STEPS_MAX such steps, then evicts the tail regardless. Small-queue victims go to the ghost.
+# them; the small queue is drained while it holds >= 10% of the class's objects (or main is empty); an
+# object referenced while small is promoted, one in main with freq > 0 is reinserted with one bit less;
+# one eviction takes at most EVICT_STEPS_MAX such steps, then evicts the tail regardless. Small-queue
+# victims go to the ghost.
 
 cdef int evict_in_class(sctx *c, uint32_t cls) noexcept nogil:
     """S3-FIFO over one (shard, class): evict exactly one object. Returns 0 when the class holds none."""
