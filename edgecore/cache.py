@@ -17,30 +17,39 @@ The extension's methods, as the proxy calls them:
     purge_tag(tag: int) -> int;  purge_tenant(tenant: int) -> int;  purge_prefix(prefix: bytes) -> int
     sweep(budget: int = 1024) -> int
     stats() -> dict;  layout() -> dict;  shard_of(key: bytes) -> int;  close() -> None
+Their precise signatures are in edgecore/_slabcache.pyi, which mypy checks callers against.
+
+Tests that need the extension's `_test_*` hooks use `debug_cache_class()`: the same Cache on
+edgecore._slabcache_debug, built from the same source plus the hooks; production never imports it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import mmh3
 
 from edgecore._slabcache import SlabCache
 
-__all__ = ["Cache", "DEFAULT_MAX_OBJECT_SIZE", "MAX_TAGS"]
+if TYPE_CHECKING:
+    from edgecore._slabcache_debug import DebugSlabCache
 
+__all__ = ["Cache", "DEFAULT_MAX_OBJECT_SIZE", "MAX_TAGS", "debug_cache_class"]
+
+# Facts the extension also knows (ext/slabcache.pxd, SlabCache.__cinit__'s defaults);
+# tests/test_cache.py::test_python_facts_match_the_extension fails if they ever differ.
 DEFAULT_MAX_OBJECT_SIZE = 1 << 20
 MAX_TAGS = 8
 
+if TYPE_CHECKING:
+    _FaceBase = SlabCache
+else:
+    _FaceBase = object
 
-class Cache(SlabCache):
-    """One cache for all worker processes, bounded to exactly `capacity_bytes` of shared memory.
 
-    `max_object_size` bounds key + value bytes (at most capacity_bytes/8); larger objects are refused by
-    `store` (the proxy streams them through uncached). `shards=0` chooses a power of two giving every shard
-    at least 64 pages. `avg_object_size` sizes the index (buckets = data bytes / avg / 0.75): caching many
-    objects much smaller than it fills the index before the memory.
-    """
+class _CacheFace(_FaceBase):
+    """What Cache adds to the extension type (a mixin at run time, typed against SlabCache), shared by
+    Cache and the debug-backed DebugCache so the two cannot drift apart."""
 
     def __init__(
         self,
@@ -59,8 +68,43 @@ class Cache(SlabCache):
         data = name.encode() if isinstance(name, str) else bytes(name)
         return int(mmh3.hash64(data, 0, signed=False)[0]) & 0x7FFF_FFFF_FFFF_FFFF
 
-    def __enter__(self) -> Cache:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+class Cache(_CacheFace, SlabCache):
+    """One cache for all worker processes, bounded to exactly `capacity_bytes` of shared memory.
+
+    `max_object_size` bounds key + value bytes (at most capacity_bytes/8); larger objects are refused by
+    `store` (the proxy streams them through uncached). `shards=0` chooses a power of two giving every shard
+    at least 64 pages. `avg_object_size` sizes the index (buckets = data bytes / avg / 0.75): caching many
+    objects much smaller than it fills the index before the memory.
+    """
+
+
+_DEBUG_DOC = "Cache on edgecore._slabcache_debug: the same cache plus the `_test_*` hooks (tests only)."
+
+if TYPE_CHECKING:
+
+    class DebugCache(_CacheFace, DebugSlabCache):
+        """Cache on edgecore._slabcache_debug: the same cache plus the `_test_*` hooks (tests only)."""
+
+
+_debug_cache: type[DebugCache] | None = None
+
+
+def debug_cache_class() -> type[DebugCache]:
+    """For tests: the Cache type on edgecore._slabcache_debug (the same parts compiled with the `_test_*`
+    hooks). Imported on first use, so production processes never load the debug module."""
+    global _debug_cache
+    if _debug_cache is None:
+        from edgecore._slabcache_debug import DebugSlabCache
+
+        # the class declared under TYPE_CHECKING above, made here so that importing edgecore.cache
+        # does not load the debug module
+        body = {"__module__": __name__, "__qualname__": "DebugCache", "__doc__": _DEBUG_DOC}
+        _debug_cache = cast("type[DebugCache]", type("DebugCache", (_CacheFace, DebugSlabCache), body))
+    return _debug_cache

@@ -1,7 +1,8 @@
 /* slabcache_support.h -- small C helpers for ext/slabcache.pyx.
  *
  * Owns: MurmurHash3 x64-128 (first 64-bit half, identical to mmh3.hash64(key, 0, signed=False)[0]),
- * process-shared robust mutexes, relaxed/acquire/release atomics on the shared mapping, the wall clock.
+ * process-shared robust mutexes, relaxed/acquire/release atomics on the shared mapping, the wall clock, and
+ * two pipe helpers for the debug module's test hooks.
  * Invariants: nothing here allocates, touches Python objects or blocks except sc_mutex_lock/sc_read_byte.
  * Must never: call back into Python, hold a pointer into the mapping beyond the call.
  */
@@ -106,7 +107,9 @@ static inline double sc_now(void) {
 }
 static inline int sc_pid_alive(int pid) { return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM); }
 
-/* Test hook: block until one byte (or EOF) arrives on fd. Returns bytes read or -1. */
+/* ---- test hooks only (ext/slabcache/testhooks.pxi, compiled into edgecore._slabcache_debug alone) ---- */
+
+/* Block until one byte (or EOF) arrives on fd. Returns bytes read or -1. */
 static inline int sc_read_byte(int fd) {
     char c;
     ssize_t n;
@@ -114,6 +117,7 @@ static inline int sc_read_byte(int fd) {
     return (int)n;
 }
 
+/* Write one byte ('L': "locked") to fd. Returns bytes written or -1. */
 static inline int sc_write_byte(int fd) {
     char c = 'L';
     ssize_t n;

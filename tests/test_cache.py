@@ -7,16 +7,23 @@ Must never: sleep, or leave a mapping open (every cache is closed by its fixture
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import mmh3
 import pytest
 
-from edgecore.cache import Cache
+from edgecore import entry
+from edgecore._slabcache import SlabCache
+from edgecore.cache import DEFAULT_MAX_OBJECT_SIZE, MAX_TAGS, Cache, debug_cache_class
 from edgecore.errors import EdgeError
+
+if TYPE_CHECKING:
+    from edgecore.cache import DebugCache
 
 FAR = 4e9  # 2096: fresh for any lookup below
 
@@ -24,6 +31,14 @@ FAR = 4e9  # 2096: fresh for any lookup below
 @pytest.fixture
 def cache() -> Iterator[Cache]:
     c = Cache(8 << 20, 256 * 1024)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def dcache() -> Iterator[DebugCache]:
+    """The same cache on edgecore._slabcache_debug, for tests that look at the mapping's bytes."""
+    c = debug_cache_class()(8 << 20, 256 * 1024)
     yield c
     c.close()
 
@@ -52,12 +67,12 @@ def test_expired_entry_dies_at_lookup_boundary(cache: Cache) -> None:
     assert cache.lookup(b"k", 0.0) is None  # removed, not just hidden
 
 
-def test_delete(cache: Cache) -> None:
-    cache.store(b"k", b"secret-bytes-123", 0.0, FAR)
-    assert cache.delete(b"k") is True
-    assert cache.delete(b"k") is False
-    assert cache.lookup(b"k", 1.0) is None
-    assert not cache._test_contains(b"secret-bytes-123")
+def test_delete(dcache: DebugCache) -> None:
+    dcache.store(b"k", b"secret-bytes-123", 0.0, FAR)
+    assert dcache.delete(b"k") is True
+    assert dcache.delete(b"k") is False
+    assert dcache.lookup(b"k", 1.0) is None
+    assert not dcache._test_contains(b"secret-bytes-123")
 
 
 @pytest.mark.parametrize("n", [0, 1, 15_000, 16_300, 16_384, 16_500, 40_000, 100_000, 256 * 1024 - 20])
@@ -103,31 +118,31 @@ def test_hash_is_mmh3() -> None:
         assert Cache.hash64(k) == mmh3.hash64(k, 0, signed=False)[0]
 
 
-def test_purge_tag_tenant_prefix_counts_and_zeroes(cache: Cache) -> None:
+def test_purge_tag_tenant_prefix_counts_and_zeroes(dcache: DebugCache) -> None:
     for i in range(50):
         tags = (Cache.tag_id("even"),) if i % 2 == 0 else (Cache.tag_id("odd"),)
-        cache.store(b"/t/%d" % i, b"payload-%05d-marker" % i, 0.0, FAR, tenant=1 + i % 3, tags=tags)
-    assert cache.purge_tag(Cache.tag_id("even")) == 25
-    assert cache.lookup(b"/t/0", 1.0) is None and cache.lookup(b"/t/1", 1.0) is not None
-    assert not cache._test_contains(b"payload-00000-marker")
-    assert cache._test_contains(b"payload-00001-marker")
+        dcache.store(b"/t/%d" % i, b"payload-%05d-marker" % i, 0.0, FAR, tenant=1 + i % 3, tags=tags)
+    assert dcache.purge_tag(Cache.tag_id("even")) == 25
+    assert dcache.lookup(b"/t/0", 1.0) is None and dcache.lookup(b"/t/1", 1.0) is not None
+    assert not dcache._test_contains(b"payload-00000-marker")
+    assert dcache._test_contains(b"payload-00001-marker")
     left_tenant_2 = sum(1 for i in range(1, 50, 2) if 1 + i % 3 == 2)
-    assert cache.purge_tenant(2) == left_tenant_2
-    assert cache.purge_tenant(2) == 0
+    assert dcache.purge_tenant(2) == left_tenant_2
+    assert dcache.purge_tenant(2) == 0
     by_prefix = sum(1 for i in range(1, 50, 2) if str(i).startswith("1") and 1 + i % 3 != 2)
-    assert cache.purge_prefix(b"/t/1") == by_prefix
-    s = cache.stats()
+    assert dcache.purge_prefix(b"/t/1") == by_prefix
+    s = dcache.stats()
     assert s["purged"] == 25 + left_tenant_2 + by_prefix
     assert s["items"] == sum(1 for i in range(1, 50, 2) if 1 + i % 3 != 2 and not str(i).startswith("1"))
 
 
-def test_purge_of_large_chained_object_zeroes_every_chunk(cache: Cache) -> None:
+def test_purge_of_large_chained_object_zeroes_every_chunk(dcache: DebugCache) -> None:
     marker = b"CHAINED-MARKER-"
     value = b"".join(marker + b"%06d" % i for i in range(8000))  # ~170 KB over several chunks
-    cache.store(b"/big", value, 0.0, FAR, tags=(5,))
-    assert cache._test_contains(marker + b"007999")
-    assert cache.purge_tag(5) == 1
-    assert not cache._test_contains(marker)
+    dcache.store(b"/big", value, 0.0, FAR, tags=(5,))
+    assert dcache._test_contains(marker + b"007999")
+    assert dcache.purge_tag(5) == 1
+    assert not dcache._test_contains(marker)
 
 
 def test_sweep_is_bounded_and_removes_expired(cache: Cache) -> None:
@@ -309,3 +324,68 @@ def test_store_only_if_absent_is_a_test_and_set():
         assert c.delete(b"lock")
         assert c.store(b"lock", b"d", now + 6, now + 9, only_if_absent=True)  # released: free again
         assert c.store(b"lock", b"e", now + 6, now + 9)  # plain store replaces
+
+
+# ---------------------------------------------------------------- facts Python shares with the extension
+
+
+def test_python_facts_match_the_extension() -> None:
+    """Every constant edgecore/*.py duplicates from ext/slabcache.pxd or SlabCache.__cinit__ is the same."""
+    consts = debug_cache_class()._test_constants()
+    # MAX_TAGS (protocol.py truncates a response's tags to it): the pxd's bound, and the production module's
+    assert consts["MAX_TAGS"] == MAX_TAGS
+    with Cache(8 << 20, 256 * 1024) as c:
+        assert c.store(b"/tags/max", b"v", 0.0, FAR, tags=tuple(range(1, MAX_TAGS + 1)))
+        with pytest.raises(ValueError, match=f"at most {MAX_TAGS} tags"):
+            c.store(b"/tags/over", b"v", 0.0, FAR, tags=tuple(range(1, MAX_TAGS + 2)))
+    # Cache.__init__'s defaults are documentation only: __cinit__ applies its own. They must agree, or a
+    # Cache built with "the defaults" would not be the cache its signature promises.
+    defaults = {
+        k: p.default
+        for k, p in inspect.signature(Cache.__init__).parameters.items()
+        if p.default is not p.empty
+    }
+    assert defaults["max_object_size"] == DEFAULT_MAX_OBJECT_SIZE
+    for cap in (8 << 20, 64 << 20):
+        with Cache(cap) as implicit, Cache(cap, **defaults) as explicit:
+            raw = SlabCache(cap)
+            try:
+                assert implicit.layout() == explicit.layout() == raw.layout()
+                assert implicit.stats()["max_object_size"] == raw.stats()["max_object_size"]
+                assert implicit.stats()["max_object_size"] == DEFAULT_MAX_OBJECT_SIZE
+            finally:
+                raw.close()
+    # stored flags are a u16 in the slot header: every flag edgecore.entry stores must fit
+    for name, value in vars(entry).items():
+        if name.startswith("FLAG_") and isinstance(value, int):
+            assert 0 <= value <= consts["FLAGS_MAX"], name
+    # tag and tenant ids are 63-bit, inside what store/purge_tag/purge_tenant accept
+    assert 0 <= Cache.tag_id(b"\xff" * 40) < 2**64
+
+
+def test_production_module_has_no_test_hooks() -> None:
+    hooks = [n for n in dir(Cache) if n.startswith("_test_")]
+    assert hooks == []
+    import edgecore._slabcache as prod
+
+    assert not hasattr(prod, "DebugSlabCache")
+    assert {n for n in dir(debug_cache_class()) if n.startswith("_test_")} == {
+        "_test_contains",
+        "_test_hold_shard_lock",
+        "_test_constants",
+    }
+
+
+def test_debug_module_is_the_same_cache() -> None:
+    """edgecore._slabcache_debug is compiled from the same parts: same geometry, same answers."""
+    debug = debug_cache_class()
+    for args in [(8 << 20, 256 * 1024), (64 << 20, 1 << 20, 4, 2048, 1.2)]:
+        with Cache(*args) as a, debug(*args) as b:
+            assert a.layout() == b.layout()
+            for c in (a, b):
+                c.store(b"/same/1", b"x" * 100_000, 0.0, FAR, flags=7, tenant=3, tags=(9,))
+                c.store(b"/same/2", b"y", 0.0, 10.0)
+            assert a.lookup(b"/same/1", 1.0) == b.lookup(b"/same/1", 1.0)
+            assert a.lookup(b"/same/2", 11.0) is None and b.lookup(b"/same/2", 11.0) is None
+            sa, sb = a.stats(), b.stats()
+            assert sa == sb

@@ -15,11 +15,14 @@ import select
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from edgecore.cache import Cache
+from edgecore.cache import Cache, debug_cache_class
+
+if TYPE_CHECKING:
+    from edgecore.cache import DebugCache
 
 FAR = 4e9
 DEADLINE = 30.0
@@ -121,6 +124,14 @@ def cache() -> Iterator[Cache]:
     c.close()
 
 
+@pytest.fixture
+def dcache() -> Iterator[DebugCache]:
+    """The same cache on edgecore._slabcache_debug, for tests that hold a lock (_test_hold_shard_lock)."""
+    c = debug_cache_class()(16 << 20, 256 * 1024, shards=4)
+    yield c
+    c.close()
+
+
 def test_two_processes_store_and_read_at_once(cache: Cache) -> None:
     n = 3000
 
@@ -185,7 +196,7 @@ def test_purge_by_one_process_is_seen_by_all(cache: Cache) -> None:
     assert sum(cache.lookup(b"/p/%d" % i, 1.0) is not None for i in range(50, 200)) == 75
 
 
-def _keys_by_shard(cache: Cache, shard: int, n: int, other: bool = False) -> list[bytes]:
+def _keys_by_shard(cache: Cache | DebugCache, shard: int, n: int, other: bool = False) -> list[bytes]:
     out = []
     i = 0
     while len(out) < n and i < 100_000:
@@ -197,21 +208,21 @@ def _keys_by_shard(cache: Cache, shard: int, n: int, other: bool = False) -> lis
 
 
 @pytest.mark.parametrize("scribble", [True, False])
-def test_killed_lock_holder_does_not_wedge_the_cache(cache: Cache, scribble: bool) -> None:
-    victim_keys = _keys_by_shard(cache, 1, 20)
-    other_keys = _keys_by_shard(cache, 1, 20, other=True)
+def test_killed_lock_holder_does_not_wedge_the_cache(dcache: DebugCache, scribble: bool) -> None:
+    victim_keys = _keys_by_shard(dcache, 1, 20)
+    other_keys = _keys_by_shard(dcache, 1, 20, other=True)
     for k in victim_keys + other_keys:
-        assert cache.store(k, value_for(k), 0.0, FAR)
+        assert dcache.store(k, value_for(k), 0.0, FAR)
 
     def holder(inbox: int, outbox: int) -> Any:
         # takes shard 1's lock, (scribbles over the shard,) tells the parent, then blocks on the pipe forever
-        cache._test_hold_shard_lock(1, inbox, scribble, outbox)
+        dcache._test_hold_shard_lock(1, inbox, scribble, outbox)
         return {"unexpected": "released"}
 
     def waiter(inbox: int, outbox: int) -> Any:
         wait_byte(inbox)  # the holder has the lock: this lookup blocks inside pthread_mutex_lock
-        got = cache.lookup(victim_keys[0], 1.0)
-        stored = cache.store(victim_keys[1], b"after-recovery", 0.0, FAR)
+        got = dcache.lookup(victim_keys[0], 1.0)
+        stored = dcache.store(victim_keys[1], b"after-recovery", 0.0, FAR)
         return {"got": got is not None, "stored": stored}
 
     with children() as kids:
@@ -224,29 +235,29 @@ def test_killed_lock_holder_does_not_wedge_the_cache(cache: Cache, scribble: boo
         hold.kill()  # SIGKILL while holding the lock
         out = wait.result()  # the blocked waiter got EOWNERDEAD, repaired the shard and carried on
     assert out == {"got": False, "stored": True}  # the shard was wiped: its old entries are gone
-    assert cache.lookup(victim_keys[1], 1.0) == (b"after-recovery", 0.0, FAR, 0)
+    assert dcache.lookup(victim_keys[1], 1.0) == (b"after-recovery", 0.0, FAR, 0)
     for k in other_keys:  # other shards are untouched
-        assert cache.lookup(k, 1.0) == (value_for(k), 0.0, FAR, 0)
+        assert dcache.lookup(k, 1.0) == (value_for(k), 0.0, FAR, 0)
     for k in victim_keys[2:]:
-        assert cache.lookup(k, 1.0) is None
-        assert cache.store(k, value_for(k), 0.0, FAR)
-        assert cache.lookup(k, 1.0) == (value_for(k), 0.0, FAR, 0)
-    s = cache.stats()
+        assert dcache.lookup(k, 1.0) is None
+        assert dcache.store(k, value_for(k), 0.0, FAR)
+        assert dcache.lookup(k, 1.0) == (value_for(k), 0.0, FAR, 0)
+    s = dcache.stats()
     assert s["lock_recoveries"] == 1
     assert s["items"] == len(other_keys) + 1 + len(victim_keys[2:])
-    assert cache.purge_prefix(b"/shard/") == s["items"]  # walks the repaired shard fine
+    assert dcache.purge_prefix(b"/shard/") == s["items"]  # walks the repaired shard fine
 
 
-def test_killed_holder_recovered_by_the_parent_itself(cache: Cache) -> None:
-    k = _keys_by_shard(cache, 2, 1)[0]
-    cache.store(k, b"v", 0.0, FAR)
+def test_killed_holder_recovered_by_the_parent_itself(dcache: DebugCache) -> None:
+    k = _keys_by_shard(dcache, 2, 1)[0]
+    dcache.store(k, b"v", 0.0, FAR)
     with children() as kids:
-        kids.append(Child(lambda inbox, outbox: cache._test_hold_shard_lock(2, inbox, True, outbox)))
+        kids.append(Child(lambda inbox, outbox: dcache._test_hold_shard_lock(2, inbox, True, outbox)))
         assert kids[0].wait_signal() == b"L"
         kids[0].kill()
-    assert cache.lookup(k, 1.0) is None
-    assert cache.store(k, b"w", 0.0, FAR) and cache.lookup(k, 1.0) == (b"w", 0.0, FAR, 0)
-    assert cache.stats()["lock_recoveries"] == 1
+    assert dcache.lookup(k, 1.0) is None
+    assert dcache.store(k, b"w", 0.0, FAR) and dcache.lookup(k, 1.0) == (b"w", 0.0, FAR, 0)
+    assert dcache.stats()["lock_recoveries"] == 1
 
 
 def test_sweep_in_one_process_expires_for_all(cache: Cache) -> None:

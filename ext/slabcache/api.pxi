@@ -1,0 +1,314 @@
+# slabcache/api.pxi -- class SlabCache: the extension's Python face (edgecore.cache.Cache subclasses it).
+#
+# Owns: construction (mmap + layout.pxi), close, argument checking, and the call sequence of each method:
+# lookup/store/delete (the hot path, kept whole here so each is one C function), purges (bans.pxi), sweep
+# (sweep.pxi), stats/layout (stats.pxi), shard_of, hash64.
+# Invariants: a method holds at most one shard lock at a time and never runs Python code or raises while
+# holding it (lookup copies the value into a new bytes object under the lock; a failed allocation is
+# raised after unlocking); a closed cache raises ValueError("cache is closed"); only MemoryError,
+# ValueError and edgecore.errors.CacheError escape.
+
+cdef class SlabCache:
+    """The extension face; edgecore.cache.Cache subclasses it. See that module for the contract."""
+
+    cdef char *base
+    cdef header_t *h
+    cdef size_t size
+    cdef readonly int owner_pid
+
+    def __cinit__(self, capacity_bytes, max_object_size=1 << 20, shards=0, avg_object_size=1024, growth=1.125):
+        cdef layout_plan p
+        cdef void *m
+        cdef int rc
+        memset(&p, 0, sizeof(p))
+        sizes = layout_plan_for(&p, capacity_bytes, max_object_size, shards, avg_object_size, growth)
+        self.base = NULL
+        self.h = NULL
+        m = mmap(NULL, p.cap, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+        if m == MAP_FAILED:
+            raise MemoryError("mmap of %d bytes failed" % p.cap)
+        self.base = <char*>m
+        self.size = p.cap
+        self.owner_pid = getpid()
+        self.h = <header_t*>m
+        rc = layout_write(self.base, &p, sizes)
+        if rc == -1:
+            self._unmap()
+            raise CacheError("cannot initialise process-shared robust mutexes")
+        if rc == -2:
+            self._unmap()
+            raise CacheError("layout exceeds the mapping")
+
+    cdef void _unmap(self) noexcept:
+        if self.base != NULL:
+            munmap(self.base, self.size)
+        self.base = NULL
+        self.h = NULL
+
+    def __dealloc__(self):
+        self._unmap()
+
+    def close(self):
+        """Unmap the cache in this process (other processes keep their mapping)."""
+        self._unmap()
+
+    cdef inline header_t* _hdr(self) except NULL:
+        if self.h == NULL:
+            raise ValueError("cache is closed")
+        return self.h
+
+    # ------------------------------------------------------------ the hot path
+
+    def lookup(self, key, double now):
+        """(value, stored_at, expires, flags) or None. Expired or banned entries are removed."""
+        cdef header_t *h = self._hdr()
+        cdef sctx c
+        cdef const char *kp
+        cdef size_t kl
+        cdef uint64_t hv
+        cdef uint32_t pos
+        cdef slot_hdr *s
+        cdef PyObject *val
+        cdef double stored_at, expires
+        cdef int flags
+        if not PyBytes_Check(key):
+            raise ValueError("key must be bytes")
+        kp = PyBytes_AS_STRING(key)
+        kl = <size_t>PyBytes_GET_SIZE(key)
+        hv = sc_hash64(kp, kl)
+        ctx_init(&c, h, shard_of_hash(h, hv))
+        if shard_lock(&c):
+            raise CacheError("shard lock unrecoverable")
+        s = idx_find(&c, hv, kp, kl, &pos)
+        if s == NULL:
+            c.sh.misses += 1
+            shard_unlock(&c)
+            return None
+        if now >= s.expires:
+            slot_kill(&c, s, KILL_EXPIRE, pos)
+            c.sh.misses += 1
+            shard_unlock(&c)
+            return None
+        if bans_kill(h, s):
+            slot_kill(&c, s, KILL_PURGE, pos)
+            c.sh.misses += 1
+            shard_unlock(&c)
+            return None
+        if s.freq < FREQ_MAX:
+            s.freq += 1
+        c.sh.hits += 1
+        if s.nx & CHAINED:
+            val = _bytes_from(NULL, s.value_len)
+            if val != NULL:
+                chain_read(&c, s, PyBytes_AS_STRING(<object>val))
+        else:
+            val = _bytes_from(slot_key(s) + kl, s.value_len)
+        stored_at = s.stored_at
+        expires = s.expires
+        flags = s.flags
+        shard_unlock(&c)
+        if val == NULL:
+            raise MemoryError()
+        value = <object>val
+        Py_XDECREF(val)
+        return (value, stored_at, expires, flags)
+
+    def store(self, key, value, double stored_at, double expires, flags=0, tenant=0, tags=(),
+              bint only_if_absent=False):
+        """Store (replacing any entry for key). False when refused: too large or no room could be made.
+        With only_if_absent, also False when a live entry (expires > stored_at) holds the key: an atomic
+        test-and-set across processes (the proxy's cross-worker miss lock)."""
+        cdef header_t *h = self._hdr()
+        cdef sctx c
+        cdef const char *kp
+        cdef const char *vp
+        cdef size_t kl, vl, need, extra
+        cdef uint64_t hv, ten = 0
+        cdef uint64_t tagv[MAX_TAGS]
+        cdef uint32_t pos, ntags = 0, cls, i
+        cdef size_t nchunks
+        cdef slot_hdr *s
+        cdef class_state *cs
+        cdef char *dst
+        cdef int fl
+        if not PyBytes_Check(key):
+            raise ValueError("key must be bytes")
+        if not PyBytes_Check(value):
+            if isinstance(value, (bytearray, memoryview)):
+                value = bytes(value)
+            else:
+                raise ValueError("value must be bytes")
+        if type(flags) is not int or not (0 <= flags <= 0xFFFF):
+            raise ValueError("flags must be an int in 0..65535")
+        fl = flags
+        if tenant:
+            if type(tenant) is not int or not (0 < tenant <= 0xFFFFFFFFFFFFFFFF):
+                raise ValueError("tenant must be an int in 0..2**64-1")
+            ten = tenant
+        if tags:
+            if len(tags) > MAX_TAGS:
+                raise ValueError("at most %d tags" % MAX_TAGS)
+            for t in tags:
+                if type(t) is not int or not (0 <= t <= 0xFFFFFFFFFFFFFFFF):
+                    raise ValueError("tags must be ints in 0..2**64-1")
+                tagv[ntags] = t
+                ntags += 1
+        if not (expires == expires and stored_at == stored_at):
+            raise ValueError("times must not be NaN")
+        kp = PyBytes_AS_STRING(key)
+        kl = <size_t>PyBytes_GET_SIZE(key)
+        vp = PyBytes_AS_STRING(value)
+        vl = <size_t>PyBytes_GET_SIZE(value)
+        if kl == 0 or kl > 0xFFFF:
+            raise ValueError("key must be 1..65535 bytes")
+        extra = 8 * (ntags + (1 if ten else 0))
+        need = HDR_SIZE + extra + kl + vl
+        hv = sc_hash64(kp, kl)
+        ctx_init(&c, h, shard_of_hash(h, hv))
+        if kl + vl > h.max_object or kl > h.page_size // 4:
+            if shard_lock(&c) == 0:
+                s = idx_find(&c, hv, kp, kl, &pos)     # a refused replacement must not leave the old copy
+                if s != NULL:
+                    slot_kill(&c, s, KILL_REPLACE, pos)
+                c.sh.refused += 1
+                shard_unlock(&c)
+            return False
+        cls = class_for(h, need, &nchunks)
+        if shard_lock(&c):
+            raise CacheError("shard lock unrecoverable")
+        s = idx_find(&c, hv, kp, kl, &pos)
+        if s != NULL:
+            if only_if_absent and s.expires > stored_at:
+                shard_unlock(&c)
+                return False
+            slot_kill(&c, s, KILL_REPLACE, pos)
+        if c.sh.items >= c.sh.max_items:
+            if not evict_in_class(&c, cls):
+                for i in range(h.nclasses):
+                    if evict_in_class(&c, i):
+                        break
+        demand_note(&c, cls, nchunks + 1)
+        s = slot_alloc(&c, cls)
+        if s != NULL and nchunks:
+            s.state = SLOT_CHUNK      # not free, not queued: no eviction or steal can touch it meanwhile
+            s.prev = 0
+            if not chain_alloc(&c, s, nchunks, extra):
+                s = NULL
+        if s == NULL:
+            c.sh.refused += 1
+            shard_unlock(&c)
+            return False
+        s.stored_at = stored_at
+        s.expires = expires
+        s.value_len = <uint32_t>vl
+        s.key_len = <uint16_t>kl
+        s.flags = <uint16_t>fl
+        s.freq = 0
+        s.nx = <uint8_t>(ntags | (HAS_TENANT if ten else 0) | (CHAINED if nchunks else 0))
+        s.ban_seq = sc_load32(&h.ban_seq)
+        dst = (<char*>s) + HDR_SIZE
+        if ten:
+            memcpy(dst, &ten, 8)
+            dst += 8
+        if ntags:
+            memcpy(dst, tagv, 8 * ntags)
+            dst += 8 * ntags
+        if nchunks:
+            dst += chain_bytes(nchunks)   # chain_alloc wrote the table
+            extra += chain_bytes(nchunks) + nchunks * HDR_SIZE
+        memcpy(dst, kp, kl)
+        if nchunks:
+            chain_write(&c, s, dst + kl, vp, vl)
+        else:
+            memcpy(dst + kl, vp, vl)
+        cs = &c.sh.classes[cls]
+        if ghost_take(&c, hv):
+            s.state = SLOT_MAIN
+            list_push_head(c.data, &cs.main_head, &cs.main_tail, s)
+            cs.nmain += 1
+        else:
+            s.state = SLOT_SMALL
+            list_push_head(c.data, &cs.small_head, &cs.small_tail, s)
+            cs.nsmall += 1
+        idx_insert(&c, hv, slot_ref(c.data, s))
+        c.sh.items += 1
+        c.sh.data_bytes += kl + vl
+        c.sh.extra_bytes += extra
+        c.sh.slot_bytes += h.class_size[cls] + <uint64_t>nchunks * h.page_size
+        c.sh.stores += 1
+        shard_unlock(&c)
+        return True
+
+    def delete(self, key):
+        """Remove key (its bytes are zeroed). True if it was present."""
+        cdef header_t *h = self._hdr()
+        cdef sctx c
+        cdef uint64_t hv
+        cdef uint32_t pos
+        cdef slot_hdr *s
+        if not PyBytes_Check(key):
+            raise ValueError("key must be bytes")
+        hv = sc_hash64(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+        ctx_init(&c, h, shard_of_hash(h, hv))
+        if shard_lock(&c):
+            raise CacheError("shard lock unrecoverable")
+        s = idx_find(&c, hv, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key), &pos)
+        if s != NULL:
+            slot_kill(&c, s, KILL_DELETE, pos)
+        shard_unlock(&c)
+        return s != NULL
+
+    # ------------------------------------------------------------ purges and the sweep
+    # ------------------------------------------------------------ purges and the sweep
+
+    def purge_tag(self, tag):
+        """Invalidate every entry carrying tag; returns how many."""
+        if type(tag) is not int or not (0 <= tag <= 0xFFFFFFFFFFFFFFFF):
+            raise ValueError("tag must be an int in 0..2**64-1")
+        cdef header_t *h = self._hdr()
+        return ban_walk(h, ban_register(h, BAN_TAG, tag, NULL, 0))
+
+    def purge_tenant(self, tenant):
+        """Invalidate every entry of tenant (0 = entries stored without a tenant); returns how many."""
+        if type(tenant) is not int or not (0 <= tenant <= 0xFFFFFFFFFFFFFFFF):
+            raise ValueError("tenant must be an int in 0..2**64-1")
+        cdef header_t *h = self._hdr()
+        return ban_walk(h, ban_register(h, BAN_TENANT, tenant, NULL, 0))
+
+    def purge_prefix(self, prefix):
+        """Invalidate every entry whose key starts with prefix; returns how many."""
+        if not PyBytes_Check(prefix):
+            raise ValueError("prefix must be bytes")
+        if PyBytes_GET_SIZE(prefix) > BAN_PREFIX_MAX:
+            raise ValueError("prefix longer than %d bytes" % BAN_PREFIX_MAX)
+        cdef header_t *h = self._hdr()
+        return ban_walk(h, ban_register(h, BAN_PREFIX, 0, PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix)))
+
+    def sweep(self, int budget=1024):
+        """Visit up to `budget` slots from a shared cursor: remove expired entries and those covered by an
+        active ban (zeroing their bytes). Returns how many entries were removed."""
+        return sweep_run(self._hdr(), budget)
+
+    # ------------------------------------------------------------ introspection
+
+    def stats(self):
+        """Counters summed over all shards (all processes), plus fill per size class."""
+        return stats_dict(self._hdr())
+
+    def layout(self):
+        """Static geometry: shards, pages, buckets, class sizes."""
+        return layout_dict(self._hdr())
+
+    def shard_of(self, key):
+        """The shard index a key lives in (for tests and diagnostics)."""
+        cdef header_t *h = self._hdr()
+        if not PyBytes_Check(key):
+            raise ValueError("key must be bytes")
+        return shard_of_hash(h, sc_hash64(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key)))
+
+    @staticmethod
+    def hash64(key):
+        """The 64-bit key hash (MurmurHash3 x64-128, first half; equals mmh3.hash64(key, signed=False)[0])."""
+        if not PyBytes_Check(key):
+            raise ValueError("key must be bytes")
+        return sc_hash64(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))

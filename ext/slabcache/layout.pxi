@@ -1,0 +1,168 @@
+# slabcache/layout.pxi -- the geometry of the mapping: size classes, page size, shard count, and every
+# region's size and offset, computed once in the constructing process and written into the header.
+#
+# Owns: round_up, _class_sizes, _page_size_for, layout_plan_for (validate the constructor's arguments and
+# size everything), layout_write (write the header and shard tables into a fresh mapping), class_for (the
+# size class, and chunk count, of an object of a given size).
+# Invariants: the mapping is exactly capacity_bytes rounded down to 4 KiB; [header (4 KiB-aligned)]
+# [shard 0: shard_t (64-aligned), index (nbuckets u64), ghost (nbuckets u16), pagedesc (npages u8),
+# padding to 64, npages pages] [shard 1] ...; every shard has the same geometry; class sizes are 8-byte
+# multiples, strictly increasing, at most MAX_CLASSES, the last equal to the page size; nothing here
+# changes after construction, so it is read without locks.
+
+ctypedef struct layout_plan:
+    size_t cap, maxobj, avg, nsh, page, hdr_bytes, shard_bytes, npages, nb, meta
+
+cdef size_t round_up(size_t v, size_t a) noexcept nogil:
+    return (v + a - 1) // a * a
+
+def _class_sizes(size_t page_size, double factor=1.125):
+    """Size classes: geometric steps (factor) from 96 bytes, each then widened to the largest 8-byte multiple
+    that still fits the same number of slots in a page (so no page has a wasted tail), ending with one slot
+    per page. Objects larger than a page are chained over several page-sized slots."""
+    cdef list sizes = []
+    cdef size_t s = 96, v
+    while s < page_size:
+        v = (page_size // (page_size // s)) & ~(<size_t>7)
+        if not sizes or v > sizes[len(sizes) - 1]:
+            sizes.append(v)
+        s = max(v + 8, <size_t>(v * factor))
+    if sizes[len(sizes) - 1] != page_size:
+        sizes.append(page_size)
+    return sizes
+
+
+def _page_size_for(size_t capacity):
+    """64 KiB pages from 64 MiB up, 16 KiB below: enough pages per shard for every class in use."""
+    return MAX_PAGE if capacity >= (64 << 20) else MIN_PAGE
+
+
+cdef list layout_plan_for(layout_plan *p, capacity_bytes, max_object_size, shards, avg_object_size, growth):
+    """Check the constructor's arguments and size every region into *p; returns the class sizes.
+    Raises ValueError for arguments out of range, CacheError if the compiled layout is inconsistent."""
+    cdef size_t cap, maxobj, avg, nsh
+    cdef size_t page, hdr_bytes, shard_bytes, budget, per_page, npages, nb, meta, maxchunks
+    cdef double load = 0.75
+    if sizeof(slot_hdr) != HDR_SIZE:
+        raise CacheError("slot header layout mismatch")
+    if capacity_bytes < 65536:
+        raise ValueError("capacity_bytes must be at least 64 KiB")
+    if max_object_size < 64 or max_object_size > capacity_bytes // 8:
+        raise ValueError("max_object_size must be between 64 bytes and capacity_bytes/8")
+    if avg_object_size < 64:
+        raise ValueError("avg_object_size must be at least 64")
+    if shards < 0 or shards > 256:
+        raise ValueError("shards must be 0 (auto) .. 256")
+    cap = (<size_t>capacity_bytes) & ~(<size_t>4095)
+    maxobj = max_object_size
+    avg = avg_object_size
+    nsh = shards
+    page = _page_size_for(cap)
+    maxchunks = maxobj // (page - HDR_SIZE) + 1
+    if HDR_SIZE + 8 * (MAX_TAGS + 1) + chain_bytes(maxchunks) > page // 2:
+        raise ValueError("max_object_size too large for this capacity")
+    sizes = _class_sizes(page, growth)
+    while len(sizes) > MAX_CLASSES:
+        growth = growth * 1.05
+        sizes = _class_sizes(page, growth)
+    hdr_bytes = round_up(sizeof(header_t), 4096)
+    shard_bytes = round_up(sizeof(shard_t), 64)
+    if nsh == 0:
+        npages = (cap - hdr_bytes) // page
+        nsh = 1
+        while nsh < 64 and nsh * 2 * 256 <= npages:
+            nsh *= 2
+    budget = ((cap - hdr_bytes) // nsh) & ~(<size_t>63)
+    per_page = page + <size_t>((<double>page / avg / load) * 10.0 + 10.0) + 1
+    if budget < shard_bytes + 256:
+        raise ValueError("capacity_bytes too small for this many shards")
+    npages = (budget - shard_bytes - 256) // per_page
+    if npages < 2 * (maxchunks + 1):
+        raise ValueError("capacity_bytes too small for max_object_size with %d shard(s)" % nsh)
+    nb = max(<size_t>16, <size_t>(<double>npages * page / avg / load) + 1)
+    if nb > 0xFFFFFFF0 or npages * page // 8 >= 0xFFFFFFF0 or npages >= 0xFFFFFFF0:
+        raise ValueError("shard too large; use more shards")
+    meta = round_up(shard_bytes + nb * 8 + nb * 2 + npages, 64)
+    if meta + npages * page > budget:
+        npages -= 1
+        if npages < 1:
+            raise ValueError("capacity_bytes too small for max_object_size")
+        meta = round_up(shard_bytes + nb * 8 + nb * 2 + npages, 64)
+    p.cap = cap
+    p.maxobj = maxobj
+    p.avg = avg
+    p.nsh = nsh
+    p.page = page
+    p.hdr_bytes = hdr_bytes
+    p.shard_bytes = shard_bytes
+    p.npages = npages
+    p.nb = nb
+    p.meta = meta
+    return sizes
+
+cdef int layout_write(char *base, const layout_plan *p, list sizes) noexcept:
+    """Write the header and every shard's geometry into a fresh (zeroed) mapping of p.cap bytes at base.
+    0 on success; -1 when a process-shared robust mutex cannot be initialised; -2 when the layout does
+    not fit the mapping."""
+    cdef header_t *h = <header_t*>base
+    cdef shard_t *sh
+    cdef size_t i, off, fixed
+    cdef size_t nsh = p.nsh, page = p.page, hdr_bytes = p.hdr_bytes, shard_bytes = p.shard_bytes
+    cdef size_t npages = p.npages, nb = p.nb, meta = p.meta
+
+    h.magic = (<uint64_t>SC_MAGIC << 32) | SC_VERSION
+    h.mapping_size = p.cap
+    h.capacity = p.cap
+    h.max_object = p.maxobj
+    h.nshards = <uint32_t>nsh
+    h.nclasses = <uint32_t>len(sizes)
+    h.page_size = <uint32_t>page
+    h.avg_hint = <uint32_t>p.avg
+    for i in range(<size_t>len(sizes)):
+        h.class_size[i] = <uint32_t>sizes[i]
+        h.class_per_page[i] = <uint32_t>(page // <size_t>sizes[i])
+    h.shards_off = hdr_bytes
+    h.shard_stride = meta + npages * page
+    if sc_mutex_init(&h.ban_lock) or sc_mutex_init(&h.sweep_lock):
+        return -1
+    fixed = hdr_bytes
+    for i in range(nsh):
+        sh = shard_at(h, <uint32_t>i)
+        off = h.shards_off + i * h.shard_stride
+        if sc_mutex_init(&sh.lock):
+            return -1
+        sh.index_off = off + shard_bytes
+        sh.ghost_off = sh.index_off + nb * 8
+        sh.pagedesc_off = sh.ghost_off + nb * 2
+        sh.data_off = off + meta
+        sh.nbuckets = <uint32_t>nb
+        sh.max_items = <uint32_t>(nb * 85 // 100)
+        sh.nghost = <uint32_t>nb
+        sh.npages = <uint32_t>npages
+        memset(base + sh.pagedesc_off, PAGE_UNASSIGNED, npages)
+        fixed += meta
+    h.fixed_meta = fixed
+    if hdr_bytes + nsh * h.shard_stride > p.cap:
+        return -2
+    return 0
+
+cdef inline uint32_t class_for(header_t *h, size_t need, size_t *nchunks) noexcept nogil:
+    """The size class of an object needing `need` slot bytes (header, tenant, tags, key, value), and in
+    *nchunks how many largest-class chunks it spills into (0 unless it is larger than a page)."""
+    cdef uint32_t lo, hi, mid
+    nchunks[0] = 0
+    if need > h.page_size:
+        # chained: the head holds the chain table, the key and the start of the value
+        nchunks[0] = (need + 8 - h.page_size + (h.page_size - HDR_SIZE) - 1) // (h.page_size - HDR_SIZE)
+        while need + chain_bytes(nchunks[0]) > h.page_size + nchunks[0] * (h.page_size - HDR_SIZE):
+            nchunks[0] += 1
+        return h.nclasses - 1
+    lo = 0
+    hi = h.nclasses - 1
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if h.class_size[mid] >= need:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
