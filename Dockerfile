@@ -15,7 +15,8 @@ WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY ext ./ext
 COPY edgecore ./edgecore
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# the production wheel carries no test hooks: edgecore._slabcache_debug is for the test suite only
+RUN EDGECORE_NO_DEBUG_MODULE=1 pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
