@@ -174,6 +174,14 @@ class Config:
     key_sort_query: bool = False  # cache key: query parameters sorted by name
     key_drop_params: tuple[str, ...] = ()  # cache key: query parameters left out (e.g. utm_source)
     log_level: str = "info"
+    underscores_in_headers: bool = False  # request fields with "_" in their name: dropped unless true
+    max_request_line: int = 8 << 10  # request target bytes -> 414 beyond
+    cache_set_cookie: str = (
+        "pass"  # responses with Set-Cookie: "pass" (not stored) | "strip" (stored without)
+    )
+    cache_client_errors: str = (
+        "explicit"  # 400/413/414/431: "explicit" (only with explicit freshness) | "never"
+    )
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
@@ -198,6 +206,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "key_sort_query": _parse_bool,
     "key_drop_params": _parse_params,
     "log_level": lambda v: _choice(v, ("debug", "info", "warning", "error")),
+    "underscores_in_headers": _parse_bool,
+    "max_request_line": parse_size,
+    "cache_set_cookie": lambda v: _choice(v, ("pass", "strip")),
+    "cache_client_errors": lambda v: _choice(v, ("explicit", "never")),
 }
 KEYS = tuple(_PARSERS)
 
@@ -285,6 +297,8 @@ def _validate(v: dict[str, Any], require_upstream: bool) -> list[ConfigError]:
         out.append(ConfigError("admin", "must not be the proxy listener's address"))
     if v.get("max_header_size", d.max_header_size) < 1024:
         out.append(ConfigError("max_header_size", "must be at least 1KiB"))
+    if v.get("max_request_line", d.max_request_line) < 256:
+        out.append(ConfigError("max_request_line", "must be at least 256B"))
     return out
 
 

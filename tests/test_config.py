@@ -143,3 +143,40 @@ def test_serve_on_a_taken_port_says_so_and_exits_1():
         s.close()
     assert r.returncode == 1
     assert "cannot listen" in r.stderr and "Address already in use" in r.stderr
+
+
+def test_security_keys():
+    """issue 11: underscores_in_headers, max_request_line, cache_set_cookie, cache_client_errors."""
+    cfg = config.build(
+        {
+            "upstream": ["http://a:1"],
+            "underscores_in_headers": "true",
+            "max_request_line": "4KiB",
+            "cache_set_cookie": "strip",
+            "cache_client_errors": "never",
+        }
+    )
+    assert (cfg.underscores_in_headers, cfg.max_request_line) == (True, 4096)
+    assert (cfg.cache_set_cookie, cfg.cache_client_errors) == ("strip", "never")
+    d = config.build({"upstream": ["http://a:1"]})
+    assert (d.underscores_in_headers, d.max_request_line) == (False, 8192)
+    assert (d.cache_set_cookie, d.cache_client_errors) == ("pass", "explicit")
+    with pytest.raises(ConfigErrors) as ei:
+        config.build(
+            {
+                "upstream": ["http://a:1"],
+                "cache_set_cookie": "keep",
+                "cache_client_errors": "always",
+                "max_request_line": "100B",
+                "underscores_in_headers": "maybe",
+            }
+        )
+    problems = {p.key: p.why for p in ei.value.problems}
+    assert sorted(problems) == [
+        "cache_client_errors",
+        "cache_set_cookie",
+        "max_request_line",
+        "underscores_in_headers",
+    ]
+    assert "pass" in problems["cache_set_cookie"] and "explicit" in problems["cache_client_errors"]
+    assert "256B" in problems["max_request_line"]
