@@ -43,6 +43,8 @@ class HitPath:
         fetch_drop: Sequence[bytes],
         large_body: int,
         enabled: bool = True,
+        max_line: int = 8192,
+        underscores: bool = False,
     ) -> None: ...
     @property
     def facts(self) -> dict[str, Any]: ...

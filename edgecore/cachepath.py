@@ -126,11 +126,13 @@ def upstream_head(
     drop: frozenset[bytes] = frozenset(),
     extra: Headers | None = None,
 ) -> bytes:
-    """The request head r sends upstream (upstream.request_head); the body's framing only when the method is
+    """The request head r sends upstream (upstream.request_head), built from the same normalised Host and
+    origin-form target as r's cache key (keys.request_form); the body's framing only when the method is
     r's own (a cache fetch of a HEAD is a GET without body)."""
     framing = r.framing() if method is None or method == r.method else b""
+    host, target = keys.request_form(r.host, r.target, c.ctx.key_opts)
     return request_head(
-        method or r.method, r.target, r.headers, frozenset(r.conn_tokens), c.peer, drop, extra, framing
+        method or r.method, target, r.headers, frozenset(r.conn_tokens), c.peer, drop, extra, framing, host
     )
 
 

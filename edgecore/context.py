@@ -235,6 +235,8 @@ def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: ke
         bail_fields=HIT_PATH_BAIL_FIELDS,
         fetch_drop=FETCH_DROP_FIELDS,
         large_body=LARGE_BODY,
+        max_line=cfg.max_request_line,
+        underscores=cfg.underscores_in_headers,
         enabled=default_opts and probe.endswith(b"1:h/") and not fastpath_disabled(),
     )
 

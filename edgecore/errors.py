@@ -15,6 +15,7 @@ class EdgeError(Exception):
     status = 500
     reason = "Internal Server Error"
     detail = "error"
+    fields = b""  # extra field lines of the error response (e.g. Allow for a 405)
 
 
 class InternalError(EdgeError):
@@ -50,6 +51,23 @@ class HeaderTooLarge(BadRequest):
     status = 431
     reason = "Request Header Fields Too Large"
     detail = "header-too-large"
+
+
+class URITooLong(BadRequest):
+    """The request target is over max_request_line (RFC 9112 3, RFC 9110 15.5.15)."""
+
+    status = 414
+    reason = "URI Too Long"
+    detail = "uri-too-long"
+
+
+class MethodNotAllowed(BadRequest):
+    """A method this proxy never forwards (CONNECT: not a forward proxy). `fields` go in the response head."""
+
+    status = 405
+    reason = "Method Not Allowed"
+    detail = "method-not-allowed"
+    fields = b"allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"  # RFC 9110 15.5.6
 
 
 class ContentTooLarge(BadRequest):

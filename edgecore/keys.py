@@ -6,7 +6,12 @@ origin because they are not keyed (cache poisoning).
 Invariants: the encoding is unambiguous (every variable part is length-prefixed, or the last one; a secondary
 key starts with b"V" and a primary key never does), so two requests that differ in a keyed part never share a
 key; two requests that are equivalent per RFC 9110 4.2.3 (host case, default port, percent-encoding of
-unreserved characters, empty path) share one; absent and empty field values are distinct in a secondary key.
+unreserved characters, empty path, dot segments) share one; absent and empty field values are distinct in a
+secondary key. `request_form` is the normalised (Host, origin-form target) the key is built from, and the one
+the upstream request is rendered from (upstream.request_head via cachepath.upstream_head): two requests that
+share a key send the same request line and Host upstream. Dot segments (RFC 3986 5.2.4) are removed from the
+path in both; with key_sort_query or key_drop_params, both "&" and ";" separate query parameters (some
+frameworks split on ";"), and the query is rejoined with "&", so a dropped parameter never reaches the origin.
 Never: I/O, clocks, asyncio, or imports from edgecore modules other than errors and fields; never a regex
 on the plain path of primary_key (it runs on every request).
 """
@@ -29,6 +34,8 @@ __all__ = [
     "normalise_host",
     "normalise_target",
     "primary_key",
+    "request_form",
+    "remove_dot_segments",
     "parse_vary",
     "normalise_field_value",
     "normalise_weighted",
@@ -137,8 +144,40 @@ def _normalise_pct(part: bytes) -> bytes:
     return bytes(out)
 
 
+def remove_dot_segments(path: bytes) -> bytes:
+    """RFC 3986 5.2.4: "." and ".." segments resolved (a ".." above the root stays at the root)."""
+    out: list[bytes] = []
+    segs = path.split(b"/")
+    last = len(segs) - 1
+    for i, seg in enumerate(segs[1:], 1):
+        if seg == b".":
+            if i == last:
+                out.append(b"")
+        elif seg == b"..":
+            if out:
+                out.pop()
+            if i == last:
+                out.append(b"")
+        else:
+            out.append(seg)
+    return b"/" + b"/".join(out)
+
+
+def _has_dot_segment(path: bytes) -> bool:
+    """Whether an origin-form path (no query) has a "." or ".." segment."""
+    i = path.find(b"/.")
+    while i != -1:
+        rest = path[i + 2 : i + 4]
+        if rest[:1] in (b"", b"/") or (rest[:1] == b"." and rest[1:2] in (b"", b"/")):
+            return True
+        i = path.find(b"/.", i + 2)
+    return False
+
+
 def _query(query: bytes, opts: KeyOptions) -> bytes:
-    params = [p for p in query.split(b"&") if p]
+    # "&" and ";" both separate parameters (RFC 3986 3.4 leaves the syntax to the origin; some frameworks
+    # split on ";"): a parameter left out of the key must not reach the origin behind a ";"
+    params = [p for p in query.replace(b";", b"&").split(b"&") if p]
     if opts.drop_params:
         drop = opts.drop_params
         params = [p for p in params if p.partition(b"=")[0] not in drop]
@@ -173,12 +212,24 @@ def normalise_target(target: bytes, opts: KeyOptions = _DEFAULT_OPTS) -> tuple[b
         t = b"/"
     if b"%" in t:
         t = _normalise_pct(t)
+    if b"/." in t:
+        path, q, query = t.partition(b"?")
+        if _has_dot_segment(path):
+            t = remove_dot_segments(path) + q + query
     if opts.sort_query or opts.drop_params:
         path, q, query = t.partition(b"?")
         if q:
             query = _query(query, opts)
             t = path + b"?" + query if query else path
     return authority, t
+
+
+def request_form(host: bytes, target: bytes, opts: KeyOptions = _DEFAULT_OPTS) -> tuple[bytes, bytes]:
+    """(Host, target) as the key sees them: the host normalised (RFC 9110 4.2.3), the absolute-form's own
+    authority replacing Host (RFC 9112 3.2.2), the target in origin-form with percent-encoding, dot segments
+    and the query options applied. The upstream request is rendered from exactly this."""
+    authority, t = normalise_target(target, opts)
+    return normalise_host(host if authority is None else authority, opts.default_ports), t
 
 
 def primary_key(
@@ -197,6 +248,7 @@ def primary_key(
         target[:1] == b"/"
         and 0x25 not in target  # "%"
         and 0x23 not in target  # "#"
+        and b"/." not in target  # a possible dot segment (RFC 3986 5.2.4)
         and (
             opts is _DEFAULT_OPTS
             or (opts.default_ports == _DEFAULT_PORTS and not opts.sort_query and not opts.drop_params)
@@ -207,8 +259,7 @@ def primary_key(
         if not h or 0x3A in h or h[-1] in _HOST_ODD_LAST or h[0] in _OWS_FIRST:  # ":", "." or OWS
             h = normalise_host(h)
     else:
-        authority, t = normalise_target(target, opts)
-        h = normalise_host(host if authority is None else authority, opts.default_ports)
+        h, t = request_form(host, target, opts)
     if not tenant and (method == b"GET" or method == b"HEAD"):
         if len(h) < 256:
             return b"".join((_GET_HOST_PREFIXES[len(h)], h, t))

@@ -11,8 +11,11 @@ Invariants:
   is fetched by callbacks (plainmiss) unless it turns out to need the general path;
 - a response whose body cannot be completed closes the connection: the client never sees a short body
   framed as complete;
-- request smuggling is refused: Content-Length with Transfer-Encoding, differing Content-Lengths, or a
-  Transfer-Encoding that is not chunked get 400 and the connection closes.
+- request smuggling is refused: Content-Length with Transfer-Encoding, differing Content-Lengths, a
+  Transfer-Encoding that is not chunked, or one in an HTTP/1.0 request (RFC 9112 6.1) get 400 and the
+  connection closes; CONNECT gets 405 (not a forward proxy), a target over max_request_line 414, a head
+  over max_header_size 431, a Host that is no authority 400: each closes and nothing is forwarded;
+- a field name with "_" is dropped (never forwarded, never a Vary input) unless underscores_in_headers.
 Never: decide cacheability or freshness (policy), build keys (keys), or block the loop.
 """
 
@@ -35,7 +38,9 @@ from .errors import (
     EdgeError,
     HeaderTooLarge,
     InternalError,
+    MethodNotAllowed,
     UpstreamError,
+    URITooLong,
 )
 from .fields import connection_tokens
 from .metrics import F_BAD_REQUESTS, F_CONNECTIONS, F_UPSTREAM_ERRORS, Outcome
@@ -45,6 +50,9 @@ __all__ = ["ClientProtocol", "Context", "make_context"]
 
 log = logging.getLogger("edgecore.protocol")
 
+# bytes that cannot be in a Host authority (RFC 3986 3.2.2 reg-name / IP-literal, ":" port): a path, query,
+# fragment, userinfo or whitespace there would key one thing and route another
+_BAD_HOST = b"/?#@\\ \t"
 BODY_HIGH_WATER = 256 << 10  # buffered request body bytes before the client is paused
 PIPELINE_MAX = 64  # queued pipelined requests before the client is paused
 
@@ -171,6 +179,8 @@ class ClientProtocol(asyncio.Protocol):
         assert r is not None
         r.target += url
         r.head_bytes += len(url)
+        if len(r.target) > self.ctx.cfg.max_request_line:
+            raise URITooLong("request target exceeds max_request_line")  # RFC 9112 3
         if r.head_bytes > self.ctx.cfg.max_header_size:
             raise HeaderTooLarge("request target and header section exceed max_header_size")
 
@@ -180,12 +190,16 @@ class ClientProtocol(asyncio.Protocol):
         r.head_bytes += len(name) + len(value) + 4
         if r.head_bytes > self.ctx.cfg.max_header_size:
             raise HeaderTooLarge("request header section exceeds max_header_size")
+        if 0x5F in name and not self.ctx.cfg.underscores_in_headers:
+            return  # "_": CGI/WSGI origins read it as "-" (X_Forwarded_Host): dropped, as nginx does
         name = name.lower()
         value = value.strip()
         r.headers.append((name, value))
         if name == b"host":
             if r.host:
                 raise BadRequest("more than one Host field")  # RFC 9112 3.2
+            if len(value.translate(None, _BAD_HOST)) != len(value):
+                raise BadRequest("Host is not an authority")  # RFC 9110 7.2, RFC 3986 3.2
             r.host = value.lower()
         elif name in POLICY_REQUEST_FIELDS:
             r.slow = True
@@ -217,6 +231,10 @@ class ClientProtocol(asyncio.Protocol):
         r.t0 = time.time()
         if r.chunked and r.clen is not None:
             raise BadRequest("both Content-Length and Transfer-Encoding")  # RFC 9112 6.3 (smuggling)
+        if r.chunked and r.version == b"1.0":
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")  # RFC 9112 6.1: faulty framing
+        if r.method == b"CONNECT":
+            raise MethodNotAllowed("CONNECT: this is not a forward proxy")  # RFC 9110 9.3.6
         if r.version == b"1.1" and not r.host:
             raise BadRequest("HTTP/1.1 request without Host")  # RFC 9112 3.2
         if r.clen is not None and r.clen > self.ctx.cfg.max_body_size:
@@ -377,7 +395,8 @@ class ClientProtocol(asyncio.Protocol):
         cs = cachestatus.render(fwd=b"bypass" if status < 500 else b"miss", detail=detail)
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"cache-status: %s\r\n%s\r\n" % (status, e.reason.encode(), len(body), cs, r.connection_field())
+            b"cache-status: %s\r\n%s%s\r\n"
+            % (status, e.reason.encode(), len(body), cs, e.fields, r.connection_field())
         )
         self.write(head if r.method == b"HEAD" else head + body)
         if not r.keep_alive:

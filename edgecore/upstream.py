@@ -11,7 +11,9 @@ Invariants:
 - a response body that ends early or errors reaches the sink as `failed`, never as `end`;
 - connect, response-head and idle-body timeouts map to UpstreamError (502) / UpstreamTimeout (504);
 - the request head sent upstream never carries a hop-by-hop or Connection-listed field (RFC 9110 7.6.1)
-  and always carries our Via and X-Forwarded-For/-Proto.
+  and always carries our Via and X-Forwarded-For/-Proto; Connection can never remove Host, Via, Forwarded,
+  X-Forwarded-* or the framing fields (CONNECTION_PROTECTED: the proxy's own fields);
+- given the key's (Host, target) (keys.request_form), it sends exactly that request line and Host.
 Never: touch a client transport; decide cacheability (policy's job).
 """
 
@@ -42,6 +44,23 @@ CACHE_FETCH_DROP = frozenset(
 ) | (UNKEYED_REQUEST_FIELDS - {b"x-forwarded-for"})
 # never copied from the client's head: hop-by-hop (RFC 9110 7.6.1) and the framing, which is re-done
 _NOT_COPIED = HOP_BY_HOP | {b"content-length", b"expect"}
+# fields a Connection option can never remove (RFC 9110 7.6.1 lets it name only this hop's fields): the Host
+# the key was built from, the proxy's own Via / Forwarded / X-Forwarded-*, and the framing (hop-by-hop
+# deletion of these is the "hop-by-hop header abuse" class)
+CONNECTION_PROTECTED = frozenset(
+    (b"host", b"via", b"forwarded", b"content-length", b"transfer-encoding")
+) | frozenset(n for n in UNKEYED_REQUEST_FIELDS if n.startswith(b"x-forwarded-"))
+
+
+def _connection_removes(conn_listed: frozenset[bytes] | set[bytes]) -> frozenset[bytes] | set[bytes]:
+    """The Connection-listed names request_head removes: none of CONNECTION_PROTECTED, nor x-forwarded-*."""
+    if not conn_listed:
+        return conn_listed
+    return frozenset(
+        n for n in conn_listed if n not in CONNECTION_PROTECTED and not n.startswith(b"x-forwarded-")
+    )
+
+
 # what the C plain-miss path drops when it renders the same head (it handles Connection and
 # X-Forwarded-For itself, as request_head does)
 FETCH_DROP_FIELDS = tuple(sorted(_NOT_COPIED | CACHE_FETCH_DROP))
@@ -56,16 +75,25 @@ def request_head(
     drop: frozenset[bytes] = frozenset(),
     extra: Headers | None = None,
     framing: bytes = b"",
+    host: bytes | None = None,
 ) -> bytes:
     """The request head sent upstream (the one rendering; ext/hitpath.pyx's upstream_head is its C twin for
     plain GETs, held to the same bytes by tests): hop-by-hop and Connection-listed fields removed (RFC 9110
-    7.6.1), and `drop`; Via and X-Forwarded-For/-Proto added; `extra` fields and the body's `framing` line
-    (Content-Length or Transfer-Encoding, rendered by the caller) last."""
+    7.6.1; never a CONNECTION_PROTECTED one), and `drop`; `host` (the key's, keys.request_form) replaces
+    the client's Host field(s) where the first one was (first when there was none; not sent when empty);
+    Via and X-Forwarded-For/-Proto added; `extra` fields and the body's `framing` line (Content-Length or
+    Transfer-Encoding, rendered by the caller) last."""
     parts = [b"%s %s HTTP/1.1\r\n" % (method, target)]
     xff = None
     via = proto = False
+    conn_listed = _connection_removes(conn_listed)
     for name, value in headers:
         if name in _NOT_COPIED or name in conn_listed or name in drop:
+            continue
+        if host is not None and name == b"host":
+            if host:
+                parts.append(b"host: " + host + b"\r\n")
+                host = b""
             continue
         if name == b"x-forwarded-for":
             xff = value if xff is None else xff + b", " + value
@@ -77,6 +105,8 @@ def request_head(
         if name == b"x-forwarded-proto":
             proto = True  # set by a TLS-terminating balancer in front: kept on pass-through
         parts.append(name + b": " + value + b"\r\n")
+    if host:  # no Host field from the client (HTTP/1.0, absolute-form): the key's authority
+        parts.insert(1, b"host: " + host + b"\r\n")
     if not via:
         parts.append(b"via: " + VIA + b"\r\n")
     parts.append(b"x-forwarded-for: " + (xff + b", " + peer if xff else peer) + b"\r\n")

@@ -3,8 +3,9 @@
 byte work of a plain miss (rendering its upstream request, reading a plain response head, writing the stored
 response).
 
-Owns: a strict parser for the plainest requests (GET/HEAD, HTTP/1.0 or 1.1, origin-form target, no body, no
-cache-relevant or framing fields), the primary key of such a request (byte-identical to
+Owns: a strict parser for the plainest requests (GET/HEAD, HTTP/1.0 or 1.1, origin-form target without
+"%", "#" or dot segments and within max_line, a Host that is a plain authority, no body, no cache-relevant or
+framing fields), the primary key of such a request (byte-identical to
 edgecore.keys.primary_key, checked by tests), the cache lookup, the freshness check of a FLAG_PLAIN entry,
 the response (stored bytes with Age and Cache-Status spliced in after the status line) and the shared
 counters of those hits.
@@ -180,11 +181,14 @@ cdef class HitPath:
     cdef bint _http11           # of the request _parse saw last
     cdef tuple _bail_fields     # lower-case names of request fields that need the general path
     cdef tuple _fetch_drop      # lower-case names never sent upstream on a cache fetch
+    cdef Py_ssize_t _max_line   # longest request target (longer: the general path answers 414)
+    cdef bint _underscores      # field names with "_" kept (else dropped, as the general path does)
     cdef char *_buf             # scratch for upstream_head (max_head * 2 + 1024 bytes)
     cdef Py_ssize_t _bufsize
 
     def __init__(self, cache, *, words, counter_index, bounds, Py_ssize_t max_head, layout, int flag_plain,
-                 bytes key_prefix, bail_fields, fetch_drop, Py_ssize_t large_body, bint enabled=True):
+                 bytes key_prefix, bail_fields, fetch_drop, Py_ssize_t large_body, bint enabled=True,
+                 Py_ssize_t max_line=8192, bint underscores=False):
         """counter_index: the words' indexes of (hits, served, duration sum in ns, first histogram bucket);
         bounds: the histogram's upper bounds in seconds (one bucket more counts the rest); layout: the stored
         entry's (META size, statusline_len offset (u16), head_len offset (u32), fresh_until offset (f64),
@@ -211,6 +215,8 @@ cdef class HitPath:
         self.draining = False
         self._bail_fields = tuple(bail_fields)
         self._fetch_drop = tuple(fetch_drop)
+        self._max_line = max_line
+        self._underscores = underscores
         self._bufsize = max_head * 2 + 1024
         self._buf = <char *>PyMem_Malloc(self._bufsize)
         if self._buf == NULL:
@@ -228,6 +234,8 @@ cdef class HitPath:
             "bail_fields": self._bail_fields,
             "fetch_drop": self._fetch_drop,
             "large_body": self._large,
+            "max_line": self._max_line,
+            "underscores": self._underscores,
             "flag_plain": self._flag_plain,
         }
 
@@ -268,6 +276,8 @@ cdef class HitPath:
                 return None
             q += 1
         tlen = q - target
+        if tlen > self._max_line or _dot_segment(target, tlen):
+            return None   # 414, or a path keys.normalise_target rewrites (RFC 3986 5.2.4): the general path
         if end - q < 10 or q[0] != b' ' or q[1] != b'H' or q[2] != b'T' or q[3] != b'T' or q[4] != b'P' \
                 or q[5] != b'/' or q[6] != b'1' or q[7] != b'.':
             return None
@@ -302,8 +312,9 @@ cdef class HitPath:
                 hlen = ve - v
                 for i in range(hlen):
                     c = <unsigned char>v[i]
-                    if c == b'[' or c == b' ' or c == b'\t':
-                        return None
+                    if c == b'[' or c == b' ' or c == b'\t' or c == b'/' or c == b'?' or c == b'#' \
+                            or c == b'@' or c == b'\\':
+                        return None   # not an authority: the general path answers 400
                     host[i] = c + 32 if 65 <= c <= 90 else c
             elif _ieq(line, colon - line, "connection", 10):
                 if _ieq(v, ve - v, "close", 5):
@@ -505,8 +516,9 @@ cdef class HitPath:
 
     def upstream_head(self, bytes data, Py_ssize_t start, Py_ssize_t end, bytes peer, bytes via):
         """The GET sent upstream for the plain request data[start:end] (a head serve() parsed): fields
-        lower-cased and trimmed as the general path renders them, those in `fetch_drop` and Connection
-        removed (RFC 9110 7.6.1), Via and X-Forwarded-For/-Proto added. None: leave it to the general path
+        lower-cased and trimmed as the general path renders them, Host as the key's (normalised, as
+        keys.request_form gives it), those in `fetch_drop`, with "_" in their name (unless underscores) and
+        Connection removed (RFC 9110 7.6.1), Via and X-Forwarded-For/-Proto added. None: leave it to the general path
         (a Via field, many X-Forwarded-For lines, or too long)."""
         cdef const char *p = PyBytes_AS_STRING(data)
         cdef const char *q
@@ -562,10 +574,32 @@ cdef class HitPath:
                 xffn[nxff] = ve - v
                 nxff += 1
                 continue
-            if self._dropped(line, nlen):
+            if self._dropped(line, nlen) or (not self._underscores and memchr(line, b'_', nlen) != NULL):
                 continue
             if o + nlen + (ve - v) + 4 > olim:
                 return None
+            if _ieq(line, nlen, "host", 4):
+                # the key's host (keys.normalise_host, as _parse built it): lower case, no default or
+                # empty port, no trailing dot
+                memcpy(o, b"host: ", 6)
+                o += 6
+                k = 0
+                while k < ve - v:
+                    c = <unsigned char>v[k]
+                    o[k] = c + 32 if 65 <= c <= 90 else c
+                    k += 1
+                colon = <const char *>memchr(o, b':', k)
+                if colon != NULL:
+                    i = colon - o
+                    if (k - i - 1 == 0) or (k - i - 1 == 2 and o[i + 1] == b'8' and o[i + 2] == b'0'):
+                        k = i
+                if k > 1 and o[k - 1] == b'.':
+                    k -= 1
+                o += k
+                o[0] = b'\r'
+                o[1] = b'\n'
+                o += 2
+                continue
             for k in range(nlen):
                 c = <unsigned char>line[k]
                 o[k] = c + 32 if 65 <= c <= 90 else c
@@ -639,6 +673,8 @@ cdef class HitPath:
                 if q < e:
                     raise ValueError("not a request head serve() parsed")
                 return method, target, fields
+            if not self._underscores and memchr(line, b'_', colon - line) != NULL:
+                continue   # dropped, as the general path's on_header does
             fields.append((_lower(line, colon - line), PyBytes_FromStringAndSize(v, ve - v)))
 
     def parse_response(self, bytes buf):
@@ -724,6 +760,23 @@ cdef class HitPath:
         if clen < 0:
             return False
         return status, reason, fields, hend + 4 - p, clen, keep
+
+
+cdef inline bint _dot_segment(const char *t, Py_ssize_t n) noexcept nogil:
+    """Whether the path of the origin-form target t[:n] (up to "?") has a "." or ".." segment."""
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t e = n
+    cdef const char *qm = <const char *>memchr(t, b'?', n)
+    if qm != NULL:
+        e = qm - t
+    while i + 1 < e:
+        if t[i] == b'/' and t[i + 1] == b'.':
+            if i + 2 == e or t[i + 2] == b'/':
+                return True
+            if t[i + 2] == b'.' and (i + 3 == e or t[i + 3] == b'/'):
+                return True
+        i += 1
+    return False
 
 
 cdef bytes _lower(const char *p, Py_ssize_t n):

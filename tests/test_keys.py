@@ -15,6 +15,8 @@ from edgecore.keys import (
     normalise_weighted,
     parse_vary,
     primary_key,
+    remove_dot_segments,
+    request_form,
     secondary_key,
 )
 
@@ -38,6 +40,11 @@ SAME = [
     ((b"GET", b"ignored", b"http://Example.com:80/a?b"), (b"GET", b"example.com", b"/a?b")),
     ((b"GET", b"ignored", b"http://example.com"), (b"GET", b"example.com", b"/")),
     ((b"GET", b"ignored", b"http://u:p@example.com/a"), (b"GET", b"example.com", b"/a")),
+    ((b"GET", b"example.com", b"/s/../a"), (b"GET", b"example.com", b"/a")),  # RFC 3986 5.2.4: dot segments
+    ((b"GET", b"example.com", b"/./a"), (b"GET", b"example.com", b"/a")),  # RFC 3986 5.2.4
+    ((b"GET", b"example.com", b"/s/%2E%2e/a"), (b"GET", b"example.com", b"/a")),  # 6.2.2.2 then 6.2.2.3
+    ((b"GET", b"example.com", b"/../a"), (b"GET", b"example.com", b"/a")),  # 5.2.4: not above the root
+    ((b"GET", b"example.com.", b"/a"), (b"GET", b"example.com", b"/a")),  # RFC 9110 4.2.3: trailing dot
 ]
 
 
@@ -58,6 +65,10 @@ DIFFERENT = [
     # length prefixes: shifting bytes between parts gives another key
     ((b"GET", b"example.co", b"/m/a"), (b"GET", b"example.com", b"/a")),
     ((b"GET", b"a", b"/b"), (b"GET", b"a/", b"b")),
+    ((b"GET", b"example.com", b"/s/..a"), (b"GET", b"example.com", b"/a")),  # RFC 3986 5.2.4: not a segment
+    ((b"GET", b"example.com", b"/.well-known/a"), (b"GET", b"example.com", b"/well-known/a")),
+    ((b"GET", b"example.com", b"/a?x=/../b"), (b"GET", b"example.com", b"/b")),  # 5.2.4: the path only
+    ((b"GET", b"example.com", b"/a%2F..%2Fb"), (b"GET", b"example.com", b"/b")),  # %2F is no separator
 ]
 
 
@@ -83,7 +94,54 @@ QUERY = [
     (KeyOptions(sort_query=True), b"/a?&&x=1", b"/a?x=1", True),  # empty parameters carry nothing
     (KeyOptions(), b"/a?x=1", b"/a?x=1", True),
     (KeyOptions(default_ports=(b"80", b"443")), b"/a", b"/a", True),
+    # issue 11 (parameter cloaking): ";" separates parameters too (RFC 3986 3.4 leaves it to the origin)
+    (KeyOptions(drop_params=(b"utm_source",)), b"/a?utm_source=m;x=1", b"/a?x=1", True),
+    (KeyOptions(drop_params=(b"utm_source",)), b"/a?utm_source=m;x=1", b"/a", False),  # x=1 stays keyed
+    (KeyOptions(sort_query=True), b"/a?y=2;x=1", b"/a?x=1&y=2", True),
+    (KeyOptions(), b"/a?x=1;y=2", b"/a?x=1&y=2", False),  # default options: the query is verbatim
 ]
+
+
+REQUEST_FORM = [
+    # (host, target, options) -> (Host sent upstream, target sent upstream): the key's own parts
+    (b"Example.COM:80", b"/a", KeyOptions(), (b"example.com", b"/a")),  # RFC 9110 4.2.3
+    (b"example.com.", b"/a", KeyOptions(), (b"example.com", b"/a")),  # RFC 9110 4.2.3: trailing dot
+    (b"example.com:", b"/a", KeyOptions(), (b"example.com", b"/a")),  # RFC 3986 6.2.3: empty port
+    (b"h", b"http://Evil.COM:80/a?b", KeyOptions(), (b"evil.com", b"/a?b")),  # RFC 9112 3.2.2: absolute-form
+    (b"h", b"http://evil.com", KeyOptions(), (b"evil.com", b"/")),  # RFC 9112 3.2.2: empty path
+    (b"h", b"/%7euser/%2fx", KeyOptions(), (b"h", b"/~user/%2Fx")),  # RFC 3986 6.2.2.1, 6.2.2.2
+    (b"h", b"/a/b/c/./../../g", KeyOptions(), (b"h", b"/a/g")),  # RFC 3986 5.2.4 (its example)
+    (b"h", b"/a#frag", KeyOptions(), (b"h", b"/a")),  # RFC 9112 3.2: no fragment in a target
+    (b"h", b"/a?utm_source=x;evil=1&b=2", KeyOptions(drop_params=(b"utm_source",)), (b"h", b"/a?evil=1&b=2")),
+    (b"h", b"/a?utm_source=x", KeyOptions(drop_params=(b"utm_source",)), (b"h", b"/a")),
+    (b"h", b"*", KeyOptions(), (b"h", b"*")),  # RFC 9112 3.2.4: asterisk-form kept
+]
+
+
+@pytest.mark.parametrize(("host", "target", "opts", "expected"), REQUEST_FORM)
+def test_request_form(host: bytes, target: bytes, opts: KeyOptions, expected: tuple[bytes, bytes]) -> None:
+    assert request_form(host, target, opts) == expected
+    h, t = expected  # the key is built from exactly these parts: what goes upstream is what was keyed
+    assert primary_key(b"GET", host, target, opts) == primary_key(b"GET", h, t, opts)
+
+
+DOT_SEGMENTS = [
+    # RFC 3986 5.2.4 / 5.4 examples, absolute paths
+    (b"/a/b/c/./../../g", b"/a/g"),
+    (b"/./a", b"/a"),
+    (b"/a/.", b"/a/"),
+    (b"/a/..", b"/"),
+    (b"/..", b"/"),
+    (b"/../../g", b"/g"),
+    (b"/a/..b/.c", b"/a/..b/.c"),
+    (b"/a//../b", b"/a/b"),
+    (b"/", b"/"),
+]
+
+
+@pytest.mark.parametrize(("path", "expected"), DOT_SEGMENTS)
+def test_remove_dot_segments(path: bytes, expected: bytes) -> None:
+    assert remove_dot_segments(path) == expected
 
 
 @pytest.mark.parametrize(("opts", "a", "b", "same"), QUERY)

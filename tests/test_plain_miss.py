@@ -355,6 +355,8 @@ def _general_request(head: bytes) -> context.Request:
             r.target += url
 
         def on_header(self, name: bytes, value: bytes) -> None:
+            if b"_" in name:
+                return  # dropped (underscores_in_headers off, as nginx)
             name, value = name.lower(), value.strip()
             r.headers.append((name, value))
             if name == b"host":
@@ -408,6 +410,13 @@ PLAIN_REQUESTS = [
     b"Proxy-Authorization: Basic eA==\r\nCookie: a=b\r\n\r\n",
     b"GET /x HTTP/1.1\r\nHost: a.example\r\nAccept-Encoding: gzip, br\r\nAccept-Language: de\r\n\r\n",
     b"HEAD /x HTTP/1.0\r\nHost: a.example\r\nConnection: Keep-Alive\r\nX-Forwarded-For: 8.8.8.8\r\n\r\n",
+    # issue 11: Host as the key spells it (RFC 9110 4.2.3), fields with "_" dropped
+    b"GET /x HTTP/1.1\r\nHost: A.Example.\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: a.example:\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nAccept: a\r\nHost: A.EXAMPLE.:80\r\nUser-Agent: u\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: a.example:8080\r\n\r\n",
+    b"GET /x HTTP/1.1\r\nHost: a.example\r\nX_Forwarded_Host: evil\r\nAccept_Language: xx\r\n\r\n",
+    b"GET /.well-known/x?a=/../b HTTP/1.1\r\nHost: a.example\r\n\r\n",
 ]
 
 
@@ -455,6 +464,8 @@ _req_names = st.sampled_from(
         b"Accept-Encoding",
         b"Connection",
         b"Close",
+        b"X_Forwarded_Host",
+        b"accept_language",
     ]
 )
 _req_values = st.sampled_from(
@@ -478,7 +489,7 @@ _req_values = st.sampled_from(
     method=st.sampled_from([b"GET", b"HEAD"]),
     target=st.from_regex(rb"\A/[A-Za-z0-9._~!$&'()*+,;=:@/?-]{0,30}\Z"),
     version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]),
-    host=st.sampled_from([b"a.example", b"A.EXAMPLE:80", b"h:8080"]),
+    host=st.sampled_from([b"a.example", b"A.EXAMPLE:80", b"h:8080", b"A.Example.", b"a.example:", b"a.:80"]),
     fields=st.lists(st.tuples(_req_names, st.sampled_from([b":", b": ", b":\t"]), _req_values), max_size=5),
 )
 def test_fuzzed_upstream_heads_agree_with_the_general_path(
@@ -492,6 +503,24 @@ def test_fuzzed_upstream_heads_agree_with_the_general_path(
     if got is None:
         return
     assert got == _general_head(general, head)
+
+
+@pytest.mark.parametrize("target", [b"/a/../b", b"/a/./b", b"/a/..", b"/.", b"/x/..?q=1", b"/" + b"a" * 9000])
+def test_targets_the_key_rewrites_or_refuses_are_left_to_the_general_path(hp, general, target):
+    """Dot segments (RFC 3986 5.2.4: keys and upstream both remove them) and targets over max_request_line
+    (414) are not the C path's: it bails, and the general path renders the normalised target."""
+    head = b"GET %s HTTP/1.1\r\nHost: a.example\r\n\r\n" % target
+    assert hp.key_for(head[:-4]) is None
+    if len(target) < 100:
+        sent = _general_head(general, head)
+        assert sent.startswith(b"GET %s HTTP/1.1\r\n" % keys.request_form(b"a", target)[1])
+        assert b"/." not in sent.split(b" ")[1]
+
+
+@pytest.mark.parametrize("host", [b"a.example/x", b"a.example?x", b"a.example#x", b"u@a.example", b"a\\b"])
+def test_hosts_that_are_no_authority_are_left_to_the_general_path(hp, host):
+    head = b"GET /x HTTP/1.1\r\nHost: %s\r\n\r\n" % host
+    assert hp.key_for(head[:-4]) is None  # the general path answers 400
 
 
 def test_empty_forwarded_for_is_rendered_as_the_general_path_does(hp, general):
