@@ -135,7 +135,7 @@ class PlainMiss:
         the C path took only such requests), it is small, and the stored head is what this client gets."""
         status, _, fields, _, clen, _ = h
         ctx = self.proto.ctx
-        if clen > FLUSH_AT or policy.stored_head_differs(fields):
+        if clen > FLUSH_AT or policy.stored_head_differs(fields, ctx.policy_opts.strip_on_store):
             return False
         for n, _ in fields:
             if n == b"vary":
@@ -162,7 +162,7 @@ class PlainMiss:
         ctx.pool.active.discard(self)
         ctx.pool.release(self.conn, keep_alive and len(buf) == end)  # extra bytes: never reused
         value, birth, expires, flags = stored_form(
-            status, reason, fields, buf[hlen:end], fresh, self.request_time
+            status, reason, fields, buf[hlen:end], fresh, self.request_time, ctx.policy_opts.strip_on_store
         )
         stored = ctx.cache.store(self.key, value, birth, expires, flags, tags=tags(fields))
         ctx.flights.finish(self.key, self.flight, True if stored else None)

@@ -10,6 +10,10 @@ error (which statuses, which windows); how long past its freshness an entry is k
 differs from the one this client gets; validators for revalidation; field updates from a 304 or a HEAD;
 invalidation after unsafe methods; Age. Field syntax (Cache-Control, targeted fields, dates, entity tags)
 is fields.py's; client conditionals and ranges are conditional.py's; Cache-Status is cachestatus.py's.
+Per-client responses are not shared: a Set-Cookie response is not stored (SET_COOKIE) unless the options
+say "strip" (stored without the field, Options.strip_on_store); a 400/413/414/431 (a response about the
+request, not the resource) is stored only with explicit freshness, never with cache_client_errors = "never"
+(CLIENT_ERROR; the CPDoS class of attacks).
 Invariants: every refusal to store or reuse is a named Reason (cachestatus spells it for Cache-Status and
 metrics); times are plain floats (seconds since the epoch) passed in by the caller; a Freshness holds only
 floats and bools; when in doubt the answer is "do not store" / "go upstream".
@@ -94,6 +98,8 @@ class Reason(enum.Enum):
     INCOMPLETE = enum.auto()  # body shorter/longer than Content-Length (3.3)
     TOO_LARGE = enum.auto()  # over the configured maximum object size
     REQUEST_NO_STORE = enum.auto()  # request no-store (5.2.1.5)
+    SET_COOKIE = enum.auto()  # the response sets a cookie: meant for one client (cache_set_cookie = "pass")
+    CLIENT_ERROR = enum.auto()  # 400/413/414/431 without explicit freshness, or cache_client_errors = "never"
     # reusing (RFC 9111 4, 5.2.1; RFC 9110 13)
     REQUEST_NO_CACHE = enum.auto()  # request no-cache, or Pragma: no-cache alone (5.2.1.4, 5.4)
     REQUEST_MAX_AGE = enum.auto()  # older than the request max-age (5.2.1.1)
@@ -126,15 +132,30 @@ class Options:
     heuristic_max: float = 86400.0  # cap on a heuristic lifetime
     stale_if_error_default: float = 0.0  # window to serve stale on upstream errors without stale-if-error
     max_object_size: int = DEFAULT_MAX_OBJECT_SIZE  # bodies above this are not stored (TOO_LARGE)
+    cache_set_cookie: str = "pass"  # "pass": Set-Cookie responses not stored; "strip": stored without it
+    cache_client_errors: str = "explicit"  # CLIENT_ERROR_STATUSES: "explicit" freshness only, or "never"
+
+    @property
+    def strip_on_store(self) -> tuple[bytes, ...]:
+        """Response fields left out of the stored copy (storable_headers' `strip`)."""
+        return STRIP_SET_COOKIE if self.cache_set_cookie == "strip" else ()
 
 
 DEFAULT_OPTIONS = Options()
+STRIP_SET_COOKIE = (b"set-cookie",)
+# Statuses that describe the request rather than the resource (RFC 9110 15.5.1, 15.5.14, 15.5.15, RFC 6585 5):
+# one client's oversized or malformed request must not become everybody's answer (CPDoS, CCS 2019)
+CLIENT_ERROR_STATUSES = frozenset({400, 413, 414, 431})
 
 
 def options_for(cfg: Config) -> Options:
-    """The policy options a configuration asks for (cdn_cache_control, max_object_size)."""
+    """The policy options a configuration asks for (cdn_cache_control, max_object_size, cache_set_cookie,
+    cache_client_errors)."""
     return Options(
-        targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control), max_object_size=cfg.max_object_size
+        targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control),
+        max_object_size=cfg.max_object_size,
+        cache_set_cookie=cfg.cache_set_cookie,
+        cache_client_errors=cfg.cache_client_errors,
     )
 
 
@@ -247,8 +268,28 @@ def _select_directives(
 
 # The response fields decide_store reads (besides the targeted fields).
 _STORE_FIELDS = frozenset(
-    (b"cache-control", b"date", b"expires", b"age", b"last-modified", b"etag", b"vary", b"content-length")
+    (
+        b"cache-control",
+        b"date",
+        b"expires",
+        b"age",
+        b"last-modified",
+        b"etag",
+        b"vary",
+        b"content-length",
+        b"set-cookie",
+    )
 )
+
+
+def _names_set_cookie(d: Directives) -> bool:
+    """A qualified no-cache or private names Set-Cookie: it is left out of the stored copy
+    (storable_headers)."""
+    for name in (b"no-cache", b"private"):
+        v = d.get(name)
+        if v and any(f.lower() == b"set-cookie" for f in split_list(v)):
+            return True
+    return False
 
 
 def decide_store(
@@ -284,6 +325,9 @@ def decide_store(
         return None, Reason.STATUS
     if status == 206:  # 3.3: a partial response is never stored as the full one
         return None, Reason.PARTIAL
+    client_error = status in CLIENT_ERROR_STATUSES
+    if client_error and opts.cache_client_errors == "never":
+        return None, Reason.CLIENT_ERROR
 
     # The request: Authorization (3.5) and request no-store (5.2.1.5).
     authorization = False
@@ -304,6 +348,7 @@ def decide_store(
     ages: list[bytes] = []
     vary_lines: list[bytes] = []
     content_length: list[bytes] = []
+    set_cookie = False
     for name, value in resp_headers:
         if name not in _STORE_FIELDS:
             if name in targeted_names:
@@ -327,6 +372,8 @@ def decide_store(
             has_etag = True
         elif name == b"vary":
             vary_lines.append(value)
+        elif name == b"set-cookie":
+            set_cookie = True
         else:  # content-length
             content_length.append(value)
 
@@ -353,6 +400,11 @@ def decide_store(
         return None, Reason.AUTHORIZATION
     if vary_lines and parse_vary(vary_lines) is None:  # 4.1: Vary: * never matches
         return None, Reason.VARY_STAR
+    # a cookie is set for one client (Varnish's builtin VCL and CDNs pass these); "strip" stores the
+    # response without the field (Options.strip_on_store), as RFC 9111 3.1 lets a cache leave fields out;
+    # a qualified no-cache="set-cookie" / private="set-cookie" (5.2.2.4, 5.2.2.7) is the origin saying so
+    if set_cookie and opts.cache_set_cookie != "strip" and not _names_set_cookie(d):
+        return None, Reason.SET_COOKIE
 
     # 3.3: incomplete responses are not stored as complete; size limit.
     if content_length:
@@ -393,6 +445,8 @@ def decide_store(
             lifetime = exp - date_value
     elif post:  # RFC 9110 9.3.3: explicit freshness only
         return None, Reason.METHOD
+    elif client_error:  # about the request, not the resource: explicit freshness only (CPDoS)
+        return None, Reason.CLIENT_ERROR
     elif status in HEURISTIC_STATUSES or public:  # 4.2.2: heuristic freshness
         explicit = False
         lifetime = 0.0
@@ -469,12 +523,15 @@ def storable_headers(resp_headers: Headers, strip: frozenset[bytes] | tuple[byte
     return [f for f in resp_headers if f[0] not in HOP_BY_HOP and f[0] not in drop]
 
 
-def stored_head_differs(resp_headers: Headers) -> bool:
+def stored_head_differs(resp_headers: Headers, strip: tuple[bytes, ...] = ()) -> bool:
     """Would the stored head differ from the one this client gets? True when a Cache-Control or targeted
     field (any name ending in "cache-control") has a qualified no-cache="..." (5.2.2.4) or private="..."
-    (5.2.2.7) naming at least one field: storable_headers leaves those out of the stored response, but the
-    client that caused the fetch is sent the response as received."""
+    (5.2.2.7) naming at least one field, or a field in `strip` is present (Options.strip_on_store):
+    storable_headers leaves those out of the stored response, but the client that caused the fetch is sent
+    the response as received."""
     for name, value in resp_headers:
+        if strip and name in strip:
+            return True
         if name[-13:] == b"cache-control":
             if len(value) <= MEMO_MAX_LEN:
                 d = cache_control_line(value)[0]

@@ -52,11 +52,13 @@ def stored_form(
     body: bytes,
     fresh: policy.Freshness,
     request_time: float,
+    strip: tuple[bytes, ...] = (),
 ) -> tuple[bytes, float, float, int]:
-    """(value, birth, expires, cache flags) of a response to store: the storable fields (RFC 9111 3.1) with
-    our Via, encoded by entry; kept past freshness for stale-while-revalidate/-if-error, and a while longer
-    when it has validators so that it can be revalidated."""
-    stored_headers = policy.storable_headers(headers)
+    """(value, birth, expires, cache flags) of a response to store: the storable fields (RFC 9111 3.1; none
+    in `strip`, policy.Options.strip_on_store) with our Via, encoded by entry; kept past freshness for
+    stale-while-revalidate/-if-error, and a while longer when it has validators so that it can be
+    revalidated."""
+    stored_headers = policy.storable_headers(headers, strip)
     via = VIA
     validators = False
     for i, (n, v) in enumerate(stored_headers):
@@ -100,7 +102,9 @@ def store(
 ) -> bytes | None:
     """Store a complete response policy allowed (at its variant's key when it varies). -> the stored value,
     or None when the cache refused it."""
-    value, birth, expires, flags = stored_form(status, reason, headers, body, fresh, request_time)
+    value, birth, expires, flags = stored_form(
+        status, reason, headers, body, fresh, request_time, ctx.policy_opts.strip_on_store
+    )
     if vary:
         key = _variant_key(ctx, r, vary, birth, expires)
     return value if ctx.cache.store(key, value, birth, expires, flags, tags=tags(headers)) else None
@@ -368,7 +372,9 @@ class StoreSink(StreamSink):
             # a whole small body is stored first and then served like a hit: one rendering of the head.
             # Not when the stored head would differ from what this client gets (qualified no-cache/private).
             clen = first(headers, b"content-length")
-            self.deferred = clen is not None and not policy.stored_head_differs(headers)
+            self.deferred = clen is not None and not policy.stored_head_differs(
+                headers, ctx.policy_opts.strip_on_store
+            )
         p = self.proto
         if p is None:
             return
@@ -496,7 +502,7 @@ class StoreSink(StreamSink):
                 new_value = entry.encode(
                     m.status,
                     entry.reason(value, m),
-                    policy.storable_headers(merged),
+                    policy.storable_headers(merged, ctx.policy_opts.strip_on_store),
                     body,
                     fresh or entry.freshness(m),
                     self.request_time,

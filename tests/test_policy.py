@@ -274,7 +274,7 @@ HEURISTIC = [
     (404, (), "fresh"),
     (405, (), "fresh"),
     (410, (), "fresh"),
-    (414, (), "fresh"),
+    (414, (), "not_stored:client_error"),  # 15.1 says heuristic, but it describes the request (CPDoS)
     (501, (), "fresh"),
     (300, (), "fresh"),
     (301, (), "fresh"),
@@ -537,7 +537,57 @@ STORE_ALLOWED = [
         "fresh",
         Options(shared=False),
     ),
-    ("other-set-cookie", 200, (), ((CC, "max-age=3600"), ("Set-Cookie", "a=b")), "fresh", Options()),
+    # issue 11: a cookie is set for one client: passed by default (Varnish builtin VCL); "strip" stores the
+    # response without it (RFC 9111 3.1 lets a cache leave fields out); a qualified no-cache / private naming
+    # Set-Cookie is the origin allowing exactly that (5.2.2.4, 5.2.2.7)
+    (
+        "other-set-cookie",
+        200,
+        (),
+        ((CC, "max-age=3600"), ("Set-Cookie", "a=b")),
+        "not_stored:set_cookie",
+        Options(),
+    ),
+    (
+        "set-cookie-strip",
+        200,
+        (),
+        ((CC, "max-age=3600"), ("Set-Cookie", "a=b")),
+        "fresh",
+        Options(cache_set_cookie="strip"),
+    ),
+    (
+        "set-cookie-no-cache-qualified",
+        200,
+        (),
+        ((CC, 'max-age=3600, no-cache="Set-Cookie"'), ("Set-Cookie", "a=b")),
+        "fresh",
+        Options(),
+    ),  # 5.2.2.4
+    (
+        "set-cookie-private-qualified",
+        200,
+        (),
+        ((CC, 'max-age=3600, private="set-cookie"'), ("Set-Cookie", "a=b")),
+        "fresh",
+        Options(),
+    ),  # 5.2.2.7
+    (
+        "set-cookie-no-cache-other-field",
+        200,
+        (),
+        ((CC, 'max-age=3600, no-cache="x-a"'), ("Set-Cookie", "a=b")),
+        "not_stored:set_cookie",
+        Options(),
+    ),  # 5.2.2.4 names another field
+    (
+        "set-cookie-private-shared-false",
+        200,
+        (),
+        ((CC, "max-age=3600"), ("Set-Cookie", "a=b")),
+        "not_stored:set_cookie",
+        Options(shared=False),
+    ),
     ("other-cookie", 200, (("Cookie", "a=b"),), ((CC, "max-age=3600"),), "fresh", Options()),
     (
         "private-s-maxage-non-shared",
@@ -1380,3 +1430,58 @@ def test_options_for_config() -> None:
     opts = options_for(cfg)
     assert opts.max_object_size == 2048 and opts.targeted_fields == (b"cdn-cache-control",)
     assert Options().max_object_size == 1 << 20 == build({"upstream": ["http://a:1"]}).max_object_size
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Responses about the request (issue 11; CPDoS, CCS 2019): 400 (RFC 9110 15.5.1), 413 (15.5.14),
+# 414 (15.5.15),
+# 431 (RFC 6585 5) are stored only with explicit freshness (RFC 9111 4.2.1), never with "never"
+# ---------------------------------------------------------------------------------------------------------
+
+LM_DAY = (("Last-Modified", -86400), ("Date", 0))
+CLIENT_ERRORS = [
+    # (status, response fields, cache_client_errors, expected)
+    *(
+        (code, LM_DAY, "explicit", "not_stored:client_error") for code in (400, 413, 414, 431)
+    ),  # 4.2.2 heuristic
+    *(
+        (code, ((CC, "public"), *LM_DAY), "explicit", "not_stored:client_error") for code in (400, 431)
+    ),  # 4.2.2
+    *((code, ((CC, "max-age=60"),), "explicit", "fresh") for code in (400, 413, 414, 431)),  # 4.2.1 max-age
+    (400, ((CC, "s-maxage=60"),), "explicit", "fresh"),  # 4.2.1 s-maxage
+    (400, (("Expires", 60), ("Date", 0)), "explicit", "fresh"),  # 4.2.1 Expires
+    *((code, ((CC, "max-age=60"),), "never", "not_stored:client_error") for code in (400, 413, 414, 431)),
+    (404, LM_DAY, "never", "fresh"),  # RFC 9110 15.1: a 404 describes the resource: heuristic as before
+    (410, ((CC, "max-age=60"),), "never", "fresh"),
+    (401, ((CC, "max-age=60"),), "never", "fresh"),  # explicit freshness: stored as before
+]
+
+
+@pytest.mark.parametrize(("status", "resp", "mode", "expected"), CLIENT_ERRORS)
+def test_client_error_responses(status: int, resp: tuple, mode: str, expected: str) -> None:
+    assert outcome(resp, status=status, opts=Options(cache_client_errors=mode)) == expected
+
+
+def test_options_for_reads_the_security_keys() -> None:
+    cfg = build({"cache_set_cookie": "strip", "cache_client_errors": "never"}, require_upstream=False)
+    o = options_for(cfg)
+    assert (o.cache_set_cookie, o.cache_client_errors, o.strip_on_store) == (
+        "strip",
+        "never",
+        (b"set-cookie",),
+    )
+    assert options_for(build({}, require_upstream=False)).strip_on_store == ()
+
+
+@pytest.mark.parametrize(
+    ("resp", "strip", "differs"),
+    [
+        (((CC, "max-age=60"), ("Set-Cookie", "a=b")), (b"set-cookie",), True),  # RFC 9111 3.1: left out
+        (((CC, "max-age=60"), ("Set-Cookie", "a=b")), (), False),
+        (((CC, "max-age=60"),), (b"set-cookie",), False),
+    ],
+)
+def test_stored_head_differs_with_strip(resp: tuple, strip: tuple, differs: bool) -> None:
+    assert stored_head_differs(H(*resp), strip) is differs
+    names = [n for n, _ in storable_headers(H(*resp), strip)]
+    assert (b"set-cookie" in names) is (bool(resp[1:]) and not strip)
