@@ -42,6 +42,7 @@ class HitPath:
         bail_fields: Sequence[bytes],
         fetch_drop: Sequence[bytes],
         large_body: int,
+        hit_status: bytes,
         enabled: bool = True,
         max_line: int = 8192,
         underscores: bool = False,

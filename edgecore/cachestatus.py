@@ -137,6 +137,9 @@ def _render(
 # Values repeat (one ttl per max-age, a few statuses): a bounded memo makes the common render one dict
 # lookup, about as fast as the b"%"-formatting it replaces. Values are immutable bytes.
 _MEMO: dict[tuple[bytes | None, int | None, int | None, bool, bool, bool, bytes | None], bytes] = {}
+# a fresh hit's Cache-Status up to its ttl value: the C hit path is handed it and appends the number
+HIT_TTL_PREFIX = _render(True, None, None, False, 0, False, None)[:-1]
+
 _MEMO_MAX = 4096
 
 

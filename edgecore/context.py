@@ -18,7 +18,7 @@ import functools
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol
 
-from . import entry, keys, policy
+from . import cachestatus, entry, keys, policy
 from ._hitpath import HitPath
 from .cache import Cache
 from .config import Config, fastpath_disabled
@@ -235,6 +235,7 @@ def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: ke
         bail_fields=HIT_PATH_BAIL_FIELDS,
         fetch_drop=FETCH_DROP_FIELDS,
         large_body=LARGE_BODY,
+        hit_status=cachestatus.HIT_TTL_PREFIX,
         max_line=cfg.max_request_line,
         underscores=cfg.underscores_in_headers,
         enabled=default_opts and probe.endswith(b"1:h/") and not fastpath_disabled(),

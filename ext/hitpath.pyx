@@ -179,6 +179,7 @@ cdef class HitPath:
     cdef public bint enabled
     cdef public bint draining
     cdef bint _http11           # of the request _parse saw last
+    cdef bytes _hit_status      # the Cache-Status of a fresh hit up to its ttl value (cachestatus's spelling)
     cdef tuple _bail_fields     # lower-case names of request fields that need the general path
     cdef tuple _fetch_drop      # lower-case names never sent upstream on a cache fetch
     cdef Py_ssize_t _max_line   # longest request target (longer: the general path answers 414)
@@ -187,12 +188,13 @@ cdef class HitPath:
     cdef Py_ssize_t _bufsize
 
     def __init__(self, cache, *, words, counter_index, bounds, Py_ssize_t max_head, layout, int flag_plain,
-                 bytes key_prefix, bail_fields, fetch_drop, Py_ssize_t large_body, bint enabled=True,
-                 Py_ssize_t max_line=8192, bint underscores=False):
+                 bytes key_prefix, bail_fields, fetch_drop, Py_ssize_t large_body, bytes hit_status,
+                 bint enabled=True, Py_ssize_t max_line=8192, bint underscores=False):
         """counter_index: the words' indexes of (hits, served, duration sum in ns, first histogram bucket);
         bounds: the histogram's upper bounds in seconds (one bucket more counts the rest); layout: the stored
         entry's (META size, statusline_len offset (u16), head_len offset (u32), fresh_until offset (f64),
-        birth offset (f64)), as edgecore.entry defines them."""
+        birth offset (f64)), as edgecore.entry defines them; hit_status: a fresh hit's Cache-Status up to its
+        ttl value, as edgecore.cachestatus spells it."""
         cdef long long[::1] view = words
         self._lookup = cache.lookup
         self._words = words
@@ -209,6 +211,9 @@ cdef class HitPath:
                 and self._off_fresh_until + 8 <= self._meta and self._off_birth + 8 <= self._meta):
             raise ValueError("entry layout offsets outside META")
         self._large = large_body
+        if len(hit_status) > 100:
+            raise ValueError("hit_status longer than 100 bytes")
+        self._hit_status = hit_status
         self._flag_plain = flag_plain
         self._prefix = key_prefix
         self.enabled = enabled
@@ -237,6 +242,7 @@ cdef class HitPath:
             "max_line": self._max_line,
             "underscores": self._underscores,
             "flag_plain": self._flag_plain,
+            "hit_status": self._hit_status,
         }
 
     def key_for(self, bytes head):
@@ -431,7 +437,8 @@ cdef class HitPath:
         while k < self._nbuckets and dur > self._bounds[k]:
             k += 1
         self._w[self._bucket_idx + k] += 1
-        return 1 if self._write_value(value, transport, keep, head_only, t0, b"edgecore; hit; ttl=", 19,
+        return 1 if self._write_value(value, transport, keep, head_only, t0, PyBytes_AS_STRING(self._hit_status),
+                                      PyBytes_GET_SIZE(self._hit_status),
                                       <long long>(fresh_until - t0)) else 0
 
     cdef inline bint _valid(self, const char *v, Py_ssize_t vlen):

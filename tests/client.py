@@ -162,6 +162,15 @@ def get(
         c.close()
 
 
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound once by the OS, then released): connects are refused."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def path_env(path: str | None) -> dict[str, str]:
     """The environment that makes an edgecore process answer on `path`: "fast" (the C fast paths on),
     "general" (EDGECORE_NO_FASTPATH=1: the general Python path answers everything) or None (as inherited)."""

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 
 import pytest
+from client import closed_port
 from memtransport import MemoryTransport
 
 from edgecore import cachepath, entry, errors, keys, policy, protocol
@@ -18,18 +18,10 @@ from edgecore.config import Config, Upstream
 from edgecore.metrics import SharedCounters
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 @pytest.fixture
 def worker():
     loop = asyncio.new_event_loop()
-    cfg = Config(upstream=(Upstream("127.0.0.1", _closed_port()),), cache_size=8 << 20, connect_timeout=1.0)
+    cfg = Config(upstream=(Upstream("127.0.0.1", closed_port()),), cache_size=8 << 20, connect_timeout=1.0)
     cache = Cache(cfg.cache_size, cfg.max_object_size)
     ctx = protocol.make_context(cfg, cache, SharedCounters(slots=2).slot_view(1), loop)
     p = protocol.ClientProtocol(ctx)

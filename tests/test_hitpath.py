@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgecore import context, entry, keys, metrics, policy, upstream
+from edgecore import cachestatus, context, entry, keys, metrics, policy, upstream
 from edgecore._hitpath import HitPath
 from edgecore.cache import Cache
 from edgecore.config import build
@@ -63,6 +63,9 @@ def test_c_path_is_told_every_shared_fact_by_its_python_source(setup):
     assert facts["fetch_drop"] == upstream.FETCH_DROP_FIELDS
     assert facts["large_body"] == context.LARGE_BODY
     assert facts["flag_plain"] == entry.FLAG_PLAIN
+    assert facts["hit_status"] + b"42" == cachestatus.render(hit=True, ttl=42)
+    assert facts["max_line"] == setup[0].max_request_line  # the general path's 414 limit (protocol.on_url)
+    assert facts["underscores"] is setup[0].underscores_in_headers  # protocol.on_header drops the same
     value = _store(setup[1], b"facts.example", b"/f", b"x" * 7)
     m = entry.meta(value)
     size, off_sl, off_hl, off_fu, off_birth = facts["layout"]
@@ -88,6 +91,7 @@ def test_c_path_refuses_a_layout_outside_meta(setup):
             bail_fields=(),
             fetch_drop=(),
             large_body=1,
+            hit_status=b"",
         )
 
 
