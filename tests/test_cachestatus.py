@@ -107,6 +107,8 @@ DETAIL = [
     (Reason.REQUEST_NO_STORE, b"request-no-store"),  # RFC 9111 5.2.1.5
     (Reason.ONLY_IF_CACHED, b"only-if-cached"),  # RFC 9111 5.2.1.7
     (Reason.MUST_REVALIDATE, b"must-revalidate"),  # RFC 9111 5.2.2.2
+    (Reason.SET_COOKIE, b"set-cookie"),  # issue 11: a cookie is set for one client (RFC 9111 3.1, 7.3)
+    (Reason.CLIENT_ERROR, b"client-error"),  # issue 11: 400/413/414/431 (RFC 9110 15.5, CPDoS)
 ]
 
 
@@ -139,6 +141,8 @@ ERROR_DETAIL = [
     (errors.ContentTooLarge("x"), b"content-too-large"),  # RFC 9110 15.5.14 (413)
     (errors.NotCached, b"only-if-cached"),  # RFC 9111 5.2.1.7 (504)
     (errors.InternalError("x"), b"internal-error"),  # RFC 9110 15.6.1 (500)
+    (errors.URITooLong("x"), b"uri-too-long"),  # RFC 9110 15.5.15 (414)
+    (errors.MethodNotAllowed, b"method-not-allowed"),  # RFC 9110 15.5.6 (405)
 ]
 
 

@@ -365,3 +365,31 @@ WEIGHTED = [
 @pytest.mark.parametrize(("lines", "expected"), WEIGHTED)
 def test_normalise_weighted(lines: list[bytes], expected: bytes | None) -> None:
     assert normalise_weighted(lines) == expected
+
+
+_form_hosts = st.sampled_from(
+    [b"a.example", b"A.Example", b"a.example:80", b"a.example:", b"a.example.", b"h:8080"]
+)
+_form_targets = st.text(alphabet="/.a%2e5fE?&;=#", max_size=14).map(
+    lambda t: ("/" + t).encode()
+) | st.sampled_from([b"http://B.example:80/x/../y", b"http://b.example", b"https://u@b.example/%61"])
+_form_opts = st.sampled_from(
+    [
+        KeyOptions(),
+        KeyOptions(sort_query=True),
+        KeyOptions(drop_params=(b"a", b"5f")),
+        KeyOptions(default_ports=()),
+    ]
+)
+
+
+@given(host=_form_hosts, target=_form_targets, opts=_form_opts)
+def test_requests_that_share_a_key_share_an_upstream_request(
+    host: bytes, target: bytes, opts: KeyOptions
+) -> None:
+    """issue 11 point 1: the key is built from request_form's (Host, target) and nothing else, and
+    request_form is a normal form (applying it again changes nothing): so two requests with one key (an
+    unambiguous, length-prefixed encoding of those parts) send one request line and Host upstream."""
+    h, t = request_form(host, target, opts)
+    assert primary_key(b"GET", host, target, opts) == primary_key(b"GET", h, t, opts)
+    assert request_form(h, t, opts) == (h, t)
