@@ -377,7 +377,15 @@ class ClientProtocol(asyncio.Protocol):
         cs = cachestatus.render(fwd=b"bypass" if status < 500 else b"miss", detail=detail)
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
-            b"cache-status: %s\r\n%s\r\n" % (status, e.reason.encode(), len(body), cs, r.connection_field())
+            b"cache-status: %s\r\n%s%s\r\n"
+            % (
+                status,
+                e.reason.encode(),
+                len(body),
+                cs,
+                b"".join(n + b": " + v + b"\r\n" for n, v in e.headers),
+                r.connection_field(),
+            )
         )
         self.write(head if r.method == b"HEAD" else head + body)
         if not r.keep_alive:
