@@ -3,8 +3,8 @@
 Owns: every error type that may cross a module boundary, and the HTTP status each maps to.
 Invariants: the protocol is the only place that turns an EdgeError into a response (`status`, `reason`,
 `detail`, the Cache-Status detail token, and `headers`, extra response fields such as Retry-After); nothing
-else writes error responses ad hoc. Each class carries
-its own status: a status is never changed on an instance (raise the class that has it).
+else writes error responses ad hoc. Each class carries its own status: a status is never changed on an
+instance (raise the class that has it).
 """
 
 from __future__ import annotations

@@ -557,7 +557,7 @@ class Pool:
             if not cands:
                 return None
         if len(cands) == 1:
-            best = cands[0]
+            best = cands[0]  # (the round-robin's weights stay as they are)
         elif self._lb == "least_request":
             # power of two choices (Envoy's default): the fewer requests in flight per unit of weight
             a, b = random.sample(cands, 2)
