@@ -374,3 +374,91 @@ def test_ready_requires_upstream(edges, path):
         assert wait_for(lambda: e.admin("/readyz").status == 200, timeout=15)
     finally:
         dead.close()
+
+
+# -- selection without sockets
+
+
+def _pool(**kw):  # type: ignore[no-untyped-def]
+    from edgecore.config import build
+    from edgecore.upstream import Pool
+
+    ups = kw.pop("ups")
+    tables = [{"url": u, "weight": w} for u, w in ups]
+    loop = asyncio.new_event_loop()
+    return Pool(build({"upstreams": tables, **kw}), loop), loop
+
+
+def test_smooth_weighted_round_robin_sequence():
+    # nginx's smooth weighted round-robin (ngx_http_upstream_get_peer): weights 5, 1, 1 give a a b a c a a
+    pool, loop = _pool(ups=[("http://a:1", 5), ("http://b:1", 1), ("http://c:1", 1)])
+    try:
+        seq = "".join(pool.choose().upstream.host for _ in range(14))  # type: ignore[union-attr]
+        assert seq == "aabacaa" * 2
+        # a look without commit does not move it; a commit does
+        s = pool.choose(commit=False)
+        assert s is pool.choose(commit=False) and s.upstream.host == "a"  # type: ignore[union-attr]
+    finally:
+        pool.close()
+        loop.close()
+
+
+def test_ejected_servers_are_skipped_but_never_all():
+    pool, loop = _pool(ups=[("http://a:1", 1), ("http://b:1", 1)], max_fails=2, fail_timeout=30)
+    try:
+        a, b = pool.servers
+        from edgecore.errors import UpstreamError
+
+        pool.failed(b, UpstreamError("x"))
+        assert b.ejected_until == 0  # one failure of max_fails = 2
+        pool.failed(b, UpstreamError("x"))
+        assert b.ejected_until > 0
+        assert {pool.choose().upstream.host for _ in range(6)} == {"a"}  # type: ignore[union-attr]
+        pool.failed(a, UpstreamError("x"))
+        pool.failed(a, UpstreamError("x"))
+        # every server ejected: all of them are used again (never eject the last)
+        assert {pool.choose().upstream.host for _ in range(6)} == {"a", "b"}  # type: ignore[union-attr]
+        assert pool.choose(exclude=[a, b]) is None
+    finally:
+        pool.close()
+        loop.close()
+
+
+def test_rendezvous_moves_only_the_removed_servers_keys():
+    pool, loop = _pool(ups=[(f"http://s{i}:1", 1) for i in range(4)], lb="consistent_hash")
+    try:
+        keys = [b"key-%d" % i for i in range(400)]
+        before = {k: pool.choose(k) for k in keys}
+        counts = {s.upstream.host: list(before.values()).count(s) for s in pool.servers}
+        assert all(60 < n < 140 for n in counts.values()), counts  # spread about evenly
+        gone = pool.servers[1]
+        after = {k: pool.choose(k, exclude=[gone]) for k in keys}
+        moved = [k for k in keys if after[k] is not before[k]]
+        assert moved and all(before[k] is gone for k in moved)
+        assert all(after[k] is before[k] for k in keys if before[k] is not gone)
+    finally:
+        pool.close()
+        loop.close()
+
+
+# the retry budget: (ratio, requests, retries asked) -> retries allowed (RETRY_BUDGET_MIN = 3)
+BUDGET_TABLE = [
+    (0.2, 100, 100, 20),
+    (0.2, 10, 10, 3),  # the minimum
+    (0.0, 100, 100, 0),  # no budget, no retries
+    (1.0, 50, 50, 50),
+    (0.1, 60, 60, 6),
+]
+
+
+@pytest.mark.parametrize(("ratio", "requests", "asked", "allowed"), BUDGET_TABLE)
+def test_retry_budget(ratio, requests, asked, allowed):
+    from edgecore.upstream import RetryBudget
+
+    b = RetryBudget(ratio)
+    for _ in range(requests):
+        b.request(100.0)
+    assert sum(b.allow(100.0) for _ in range(asked)) == allowed
+    # a window later the old retries still count against the old requests; two windows later all is new
+    b.request(130.0)
+    assert b.allow(130.0) == (ratio > 0)
