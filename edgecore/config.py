@@ -328,6 +328,8 @@ def build(
     cfg_fields = {f.name for f in dataclasses.fields(Config)}
     assert set(_PARSERS) <= cfg_fields
     bad = {p.key for p in problems}
+    if "upstreams" in bad:
+        bad.add("upstream")  # (its servers are not all known: "at least one" would mislead)
     if "upstreams" in values and "upstream" not in bad:
         values["upstream"] = tuple(values.get("upstream", ())) + values["upstreams"]
     problems.extend(p for p in _validate(values, require_upstream) if p.key not in bad)
