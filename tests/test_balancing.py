@@ -94,7 +94,12 @@ def edges():
     made: list[Edge] = []
 
     def make(
-        *upstreams: str, env: dict[str, str] | None = None, path: str, config: str = "", tmp=None
+        *upstreams: str,
+        env: dict[str, str] | None = None,
+        path: str,
+        config: str = "",
+        tmp=None,
+        workers: int = 1,
     ) -> Edge:
         args: list[str] = []
         for u in upstreams[1:]:
@@ -103,7 +108,7 @@ def edges():
             f = tmp / f"edge{len(made)}.toml"
             f.write_text(config)
             args += ["--config", str(f)]
-        e = Edge(upstreams[0], args=args, env=env or {}, path=path)
+        e = Edge(upstreams[0], args=args, env=env or {}, path=path, workers=workers)
         made.append(e)
         return e
 
@@ -214,6 +219,30 @@ def test_active_http_check_marks_down_and_back_up(origins, edges, path, uniq):
     for i in range(10):
         assert get(e.port, f"{uniq}/up/{i}").status == 200
     assert b.count(f"{uniq}/up/") == 5  # back in the rotation
+
+
+def test_a_dead_upstream_is_skipped_by_every_worker_and_back_when_it_recovers(origins, edges, path, uniq):
+    (a,) = origins(1)
+    dead = refusing()
+    env = {"EDGECORE_HEALTH_CHECK_INTERVAL": "0.1", "EDGECORE_HEALTHY_THRESHOLD": "2"}
+    back: Origin | None = None
+    try:
+        e = edges(a.url, dead.url, env=env, path=path, workers=2)
+        assert wait_for(lambda: metric(e, "edgecore_upstream_up", dead.authority) == 0)
+        rs = [get(e.port, f"{uniq}/down/{i}") for i in range(20)]
+        assert [r.status for r in rs] == [200] * 20
+        assert metric(e, "edgecore_upstream_retries_total", dead.authority) == 0  # never even tried
+        back = Origin(sock=dead.sock)  # the server comes up on the same port
+        assert wait_for(lambda: metric(e, "edgecore_upstream_up", dead.authority) == 1)
+        assert wait_for(lambda: any("marked up" in ln and dead.authority in ln for ln in e.lines))
+        rs = [get(e.port, f"{uniq}/up/{i}") for i in range(20)]
+        assert [r.status for r in rs] == [200] * 20
+        assert back.count(f"{uniq}/up/") >= 6  # round-robin per worker: about half of them
+    finally:
+        if back is not None:
+            back.close()
+        else:
+            dead.close()
 
 
 def test_checks_run_once_for_all_workers(origins, path):
