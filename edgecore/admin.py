@@ -1,4 +1,5 @@
-"""The admin listener: /healthz, /readyz, /metrics, /stats, POST /purge, POST /drain.
+"""The admin listener: /healthz, /readyz, /metrics, /stats, POST /purge, POST /drain, and the active
+upstream health checks (health.Health), run here once for all workers.
 
 Owns: the admin process (forked by the supervisor, its own uvloop loop) and its small HTTP/1.1 server.
 It reads the shared counters and the shared cache; it never serves proxy traffic and is bound to its own
@@ -47,10 +48,10 @@ class Admin:
         self.cache = cache
         self.counters = counters
         self.workers = workers
-        self.health = Health(cfg)
+        self.health = Health(cfg, counters)
         self.key_opts = keys.options_for(cfg)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(EdgeCollector(counters, cache.stats))
+        self.registry.register(EdgeCollector(counters, cache.stats, tuple(u.authority for u in cfg.upstream)))
 
     def stats(self) -> dict[str, Any]:
         s = self.cache.stats()
@@ -85,8 +86,10 @@ class Admin:
                 draining=bool(self.counters.get_flag(C_DRAINING)),
                 upstream_up=self.health.any_up(),
                 probed=all(h.probed for h in self.health.upstreams),
+                requires_upstream=self.cfg.ready_requires_upstream,
             )
-            return (200 if ok else 503), b"text/plain", why.encode() + b"\n"
+            text = f"{why}\n{self.health.report()}\n"
+            return (200 if ok else 503), b"text/plain", text.encode()
         if path == b"/metrics":
             return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
         if path == b"/stats":

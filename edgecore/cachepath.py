@@ -2,8 +2,10 @@
 refresh, stale-while-revalidate in the background, stale-if-error, coalesced misses, store, pass-through of
 everything else, and invalidation after unsafe methods.
 
-Owns: the order of the decisions for one request and the upstream exchanges they need (one retry on a fresh
-connection when a reused one closes before answering a bodiless request).
+Owns: the order of the decisions for one request and the upstream exchanges they need (one server chosen per
+request; one retry on a fresh connection when a reused one closes before answering a bodiless request; a
+connect failure or a reset before any response byte of a bodiless idempotent request retried on another
+server, up to `retries`, within the pool's retry budget; 503 + Retry-After past max_upstream_requests).
 Invariants:
 - it talks to its connection only through `context.Client` (write, finish, abort, couple, error, done, spawn);
 - every decision comes from policy (store, reuse, stale, retention), every key from keys, every Cache-Status
@@ -23,18 +25,20 @@ from typing import Any
 
 from . import cachestatus, entry, keys, policy
 from .context import Client, Context, Request
-from .errors import NotCached, UpstreamError, UpstreamIncomplete, UpstreamTimeout
+from .errors import NotCached, UpstreamError, UpstreamIncomplete, UpstreamOverloaded, UpstreamTimeout
 from .flights import Flight
 from .metrics import F_WAITING, Outcome
 from .serve import serve_stored
 from .sinks import StoreSink, StreamSink, invalidate, store
-from .upstream import CACHE_FETCH_DROP, Exchange, UpstreamConnection, request_head
+from .upstream import CACHE_FETCH_DROP, Exchange, Server, UpstreamConnection, request_head
 
 Headers = list[tuple[bytes, bytes]]
 log = logging.getLogger("edgecore.cachepath")
 
 _CACHEABLE_METHODS = frozenset((b"GET", b"HEAD"))
 _UNSAFE_KEEP = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE"))  # methods that invalidate nothing
+# idempotent methods (RFC 9110 9.2.2): retried on another server when bodiless
+_RETRY_METHODS = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 _STALE_REVALIDATE = cachestatus.render(fwd=b"stale", detail=cachestatus.STALE_WHILE_REVALIDATE)
 _STALE_IF_ERROR = cachestatus.render(fwd=b"stale", detail=cachestatus.STALE_IF_ERROR)
 
@@ -168,27 +172,83 @@ async def exchange(
     method: bytes | None = None,
     drop: frozenset[bytes] = frozenset(),
     extra: Headers | None = None,
+    key: bytes | None = None,
 ) -> Exchange:
-    """Open an upstream exchange (retrying once on a fresh connection when a reused one turns out
-    closed before answering a bodiless request) and wait for its response head."""
-    pool = c.ctx.pool
+    """Open an upstream exchange and wait for its response head. The server is chosen once (by `key`, the
+    cache key, under consistent_hash); a reused connection that turns out closed before answering a bodiless
+    request is retried once on a fresh connection to the same server; a connect failure or a reset before
+    any response byte of a bodiless idempotent request is retried on another server (cfg.retries times at
+    most, within the pool's retry budget). Past max_upstream_requests in flight: UpstreamOverloaded."""
+    ctx = c.ctx
+    pool = ctx.pool
+    cfg = ctx.cfg
     head = upstream_head(c, r, method, drop, extra)
-    for attempt in (0, 1):
-        conn = await pool.acquire(fresh=attempt == 1)
+    m = method or r.method
+    if key is None and cfg.lb == "consistent_hash":
+        key = keys.primary_key(b"GET", r.host, r.target, ctx.key_opts)
+    hkey = key or b""
+    server = pool.choose(hkey)
+    assert server is not None
+    tried: list[Server] = []
+    retries = cfg.retries if r.body is None and m in _RETRY_METHODS else 0
+    fresh_done = False
+
+    def other(failed: Server, e: UpstreamError) -> Server | None:
+        """The server to retry on after `failed` failed with e, or None."""
+        tried.append(failed)
+        if len(tried) > retries:
+            return None
+        nxt = pool.choose(hkey, exclude=tried)
+        if nxt is None:
+            return None
+        if not pool.budget.allow(ctx.loop.time()):
+            log.info("not retrying %s on another server: retry budget spent (%s)", _text(r.target), e)
+            return None
+        pool.retried(failed)
+        log.info("retrying %s on %s: %s", _text(r.target), nxt.upstream.authority, e)
+        return nxt
+
+    fresh = False
+    while True:
+        if pool.full(server):
+            raise UpstreamOverloaded(
+                f"{cfg.max_upstream_requests} requests in flight to {server.upstream.authority}"
+            )
+        try:
+            conn = await pool.acquire(fresh=fresh, server=server)
+        except UpstreamError as e:
+            nxt = other(server, e)
+            if nxt is None:
+                raise
+            server, fresh = nxt, False
+            continue
         reused = conn.reused
-        ex = pool.open(conn, method or r.method, head, sink)
+        ex = pool.open(conn, m, head, sink)
         sink.exchange = ex
         if r.body is not None:
             await send_body(c, r, conn)
         try:
             await ex.head_future
             return ex
-        except UpstreamError:
-            if attempt == 0 and reused and r.body is None and not ex.head_seen and not sink.started:
+        except UpstreamError as e:
+            if ex.head_seen or sink.started or r.body is not None:
+                raise
+            if reused and not fresh_done:
+                # the upstream had closed the reused connection: once more on a fresh one, same server
+                fresh_done = fresh = True
                 sink.reset()
                 continue
-            raise
-    raise AssertionError("unreachable")
+            if isinstance(e, UpstreamTimeout) or conn.got_bytes:
+                raise
+            nxt = other(server, e)
+            if nxt is None:
+                raise
+            sink.reset()
+            server, fresh = nxt, False
+
+
+def _text(b: bytes) -> str:
+    return b[:200].decode("latin-1")
 
 
 async def pass_through(
@@ -249,7 +309,7 @@ async def fetch(c: Client, r: Request, key: bytes, fwd: bytes, flight: Flight) -
     with what was stored, or None when nothing was."""
     sink = StoreSink(c.ctx, c, r, key, fwd=fwd, flight=flight)
     try:
-        await exchange(c, r, sink, method=b"GET", drop=CACHE_FETCH_DROP)
+        await exchange(c, r, sink, method=b"GET", drop=CACHE_FETCH_DROP, key=key)
     except BaseException:
         c.ctx.flights.finish(key, flight, None)
         raise
@@ -278,7 +338,7 @@ async def revalidate(
     validators = policy.validators_for(stored)
     sink = StoreSink(c.ctx, c, r, key, fwd=b"stale", flight=None, stored=(value, m, stored), rc=rc)
     try:
-        await exchange(c, r, sink, method=b"GET", drop=CACHE_FETCH_DROP, extra=validators)
+        await exchange(c, r, sink, method=b"GET", drop=CACHE_FETCH_DROP, extra=validators, key=key)
         await sink.finished()
         if sink.mismatch:
             await miss(c, r, key, b"stale")
@@ -345,7 +405,13 @@ def background_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry
         sink = StoreSink(ctx, None, bg, key, fwd=b"stale", flight=None, stored=(value, m, stored))
         try:
             await exchange(
-                c, bg, sink, method=b"GET", drop=CACHE_FETCH_DROP, extra=policy.validators_for(stored)
+                c,
+                bg,
+                sink,
+                method=b"GET",
+                drop=CACHE_FETCH_DROP,
+                extra=policy.validators_for(stored),
+                key=key,
             )
             await sink.finished()
         except UpstreamError as e:

@@ -69,6 +69,7 @@ def parse_hostport(value: Any) -> tuple[str, int]:
 class Upstream:
     host: str
     port: int
+    weight: int = 1  # share of the requests under lb = round_robin / consistent_hash ([[upstreams]] tables)
 
     @property
     def authority(self) -> str:
@@ -89,6 +90,44 @@ def parse_upstream(value: Any) -> Upstream:
     except ValueError as e:
         raise ValueError(f"{s!r}: {e}")
     return Upstream(u.hostname, port)
+
+
+def _parse_upstream_tables(v: Any) -> tuple[Upstream, ...]:
+    """[[upstreams]] tables: {url = "http://host:port", weight = N} (weight 1..1000, default 1)."""
+    if not isinstance(v, list | tuple):
+        raise ValueError("expected [[upstreams]] tables with url and weight")
+    out = []
+    for i, t in enumerate(v):
+        if not isinstance(t, dict) or "url" not in t:
+            raise ValueError(f"entry {i + 1}: a table with url (and weight) is expected")
+        unknown = set(t) - {"url", "weight"}
+        if unknown:
+            raise ValueError(f"entry {i + 1}: unknown field {sorted(unknown)[0]!r} (url, weight)")
+        u = parse_upstream(t["url"])
+        w = t.get("weight", 1)
+        if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= 1000:
+            raise ValueError(f"entry {i + 1}: weight {w!r} is not an integer in 1..1000")
+        out.append(Upstream(u.host, u.port, w))
+    return tuple(out)
+
+
+def _parse_fraction(v: Any) -> float:
+    if isinstance(v, bool):
+        raise ValueError("expected a fraction between 0 and 1")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{v!r} is not a number")
+    if not 0 <= x <= 1:
+        raise ValueError(f"{x} is out of range 0..1")
+    return x
+
+
+def _parse_check_path(v: Any) -> str:
+    s = str(v).strip()
+    if s and (not s.startswith("/") or any(c in s for c in " \r\n\t")):
+        raise ValueError(f"{s!r} is not a request target (it starts with / and has no spaces)")
+    return s
 
 
 def _parse_int(lo: int, hi: int) -> Callable[[Any], int]:
@@ -182,9 +221,25 @@ class Config:
     cache_client_errors: str = (
         "explicit"  # 400/413/414/431: "explicit" (only with explicit freshness) | "never"
     )
+    # upstream selection and health (README "Running it"); `upstreams` ([[upstreams]] tables) is folded into
+    # `upstream` by build(), after the --upstream servers
+    upstreams: tuple[Upstream, ...] = ()
+    lb: str = "round_robin"  # round_robin (smooth weighted) | least_request (P2C) | consistent_hash
+    health_check_path: str = ""  # "" = TCP connect probe; else HTTP GET of this path (2xx/3xx = healthy)
+    health_check_interval: float = 2.0
+    health_check_timeout: float = 2.0
+    healthy_threshold: int = 2  # consecutive good probes before a down server is up again
+    unhealthy_threshold: int = 2  # consecutive bad probes before an up server is down
+    max_fails: int = 1  # failures within fail_timeout that eject a server (per worker); 0 = never
+    fail_timeout: float = 10.0
+    retries: int = 1  # retries on another server of a bodiless idempotent request (connect error, reset)
+    retry_budget: float = 0.2  # retries at most this fraction of requests (per worker, 10 s window)
+    max_upstream_requests: int = 1024  # in flight per server and worker; beyond it 503 + Retry-After
+    ready_requires_upstream: bool = False  # /readyz 503 while no upstream is up
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
+LB_POLICIES = ("round_robin", "least_request", "consistent_hash")
 _PARSERS: dict[str, Callable[[Any], Any]] = {
     "listen": parse_hostport,
     "upstream": _parse_upstreams,
@@ -210,6 +265,19 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_request_line": parse_size,
     "cache_set_cookie": lambda v: _choice(v, ("pass", "strip")),
     "cache_client_errors": lambda v: _choice(v, ("explicit", "never")),
+    "upstreams": _parse_upstream_tables,
+    "lb": lambda v: _choice(v, LB_POLICIES),
+    "health_check_path": _parse_check_path,
+    "health_check_interval": _parse_seconds,
+    "health_check_timeout": _parse_seconds,
+    "healthy_threshold": _parse_int(1, 100),
+    "unhealthy_threshold": _parse_int(1, 100),
+    "max_fails": _parse_int(0, 1000),
+    "fail_timeout": _parse_seconds,
+    "retries": _parse_int(0, 10),
+    "retry_budget": _parse_fraction,
+    "max_upstream_requests": _parse_int(1, 1000000),
+    "ready_requires_upstream": _parse_bool,
 }
 KEYS = tuple(_PARSERS)
 
@@ -272,6 +340,10 @@ def build(
     cfg_fields = {f.name for f in dataclasses.fields(Config)}
     assert set(_PARSERS) <= cfg_fields
     bad = {p.key for p in problems}
+    if "upstreams" in bad:
+        bad.add("upstream")  # (its servers are not all known: "at least one" would mislead)
+    if "upstreams" in values and "upstream" not in bad:
+        values["upstream"] = tuple(values.get("upstream", ())) + values["upstreams"]
     problems.extend(p for p in _validate(values, require_upstream) if p.key not in bad)
     if problems:
         raise ConfigErrors(problems)
@@ -283,6 +355,11 @@ def _validate(v: dict[str, Any], require_upstream: bool) -> list[ConfigError]:
     out = []
     if require_upstream and not v.get("upstream"):
         out.append(ConfigError("upstream", "at least one http://host:port upstream is required"))
+    seen: set[str] = set()
+    for u in v.get("upstream", ()):
+        if u.authority in seen:
+            out.append(ConfigError("upstream", f"{u.authority} is listed twice (give it a weight instead)"))
+        seen.add(u.authority)
     cache_size = v.get("cache_size", d.cache_size)
     mos = v.get("max_object_size", d.max_object_size)
     if cache_size < 1 << 20:

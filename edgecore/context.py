@@ -170,7 +170,9 @@ class Context:
         self.cache = cache
         self.counters = counters
         self.loop = loop
-        self.pool = pool or Pool(cfg, loop, on_request=functools.partial(counters.inc, F_UPSTREAM))
+        self.pool = pool or Pool(
+            cfg, loop, on_request=functools.partial(counters.inc, F_UPSTREAM), counters=counters
+        )
         # the cross-worker miss lock lives in the shared cache; one worker has nobody to share it with
         self.flights = Flights(
             loop, cfg.hit_for_miss_ttl, cache if cfg.workers != 1 else None, lock_ttl=cfg.response_timeout

@@ -2,8 +2,9 @@
 
 Owns: every error type that may cross a module boundary, and the HTTP status each maps to.
 Invariants: the protocol is the only place that turns an EdgeError into a response (`status`, `reason`,
-and `detail`, the Cache-Status detail token); nothing else writes error responses ad hoc. Each class carries
-its own status: a status is never changed on an instance (raise the class that has it).
+`detail`, the Cache-Status detail token, and `headers`, extra response fields such as Retry-After); nothing
+else writes error responses ad hoc. Each class carries its own status: a status is never changed on an
+instance (raise the class that has it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ class EdgeError(Exception):
     status = 500
     reason = "Internal Server Error"
     detail = "error"
-    fields = b""  # extra field lines of the error response (e.g. Allow for a 405)
+    headers: tuple[tuple[bytes, bytes], ...] = ()  # extra fields of the error response (lower-case names)
 
 
 class InternalError(EdgeError):
@@ -62,12 +63,12 @@ class URITooLong(BadRequest):
 
 
 class MethodNotAllowed(BadRequest):
-    """A method this proxy never forwards (CONNECT: not a forward proxy). `fields` go in the response head."""
+    """A method this proxy never forwards (CONNECT: not a forward proxy); the response names Allow."""
 
     status = 405
     reason = "Method Not Allowed"
     detail = "method-not-allowed"
-    fields = b"allow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\n"  # RFC 9110 15.5.6
+    headers = ((b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)  # RFC 9110 15.5.6
 
 
 class ContentTooLarge(BadRequest):
@@ -102,6 +103,16 @@ class UpstreamIncomplete(UpstreamError):
     """The upstream body ended early or errored after the head was sent to the client."""
 
     detail = "upstream-incomplete"
+
+
+class UpstreamOverloaded(UpstreamError):
+    """max_upstream_requests are in flight to the chosen server (a circuit breaker, Envoy's overflow):
+    refused at once rather than queued; the client may retry shortly."""
+
+    status = 503
+    reason = "Service Unavailable"
+    detail = "upstream-overloaded"
+    headers = ((b"retry-after", b"1"),)
 
 
 class CacheError(EdgeError):

@@ -2,7 +2,10 @@
 
 Owns: one anonymous shared mapping created by the supervisor before it forks. Each process writes only its
 own slot (plain int64 stores from Python, no locks); readers sum the slots. A small control block holds the
-flags the admin process reports (draining, per-worker readiness).
+flags the admin process reports (draining, per-worker readiness). After the slots, one block per configured
+upstream: its health as the admin process's active checks last saw it (written only there; the workers read
+it and never probe), then per process and upstream the upstream's duration histogram, requests, failures,
+retries and ejections (each process writes only its own part).
 Invariants: the hot path does at most a few `array[i] += 1` per request; nothing here allocates per request.
 Never: import the protocol or server (they import this).
 """
@@ -81,14 +84,44 @@ SLOT_WORDS = (F_DECISIONS + len(DECISIONS) + 7) // 8 * 8
 C_DRAINING = 0
 C_STOPPING = 1
 
+# per-upstream health block (after the slots; written by the admin process's health checks only)
+U_DOWN = 0  # 1 while the active checks say the server is down (0 = up or not probed yet)
+U_PROBED = 1  # 1 once a check has finished
+U_WORDS = 4
+# per process and upstream (written by that process only)
+UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+P_DUR_SUM_NS = 0  # request sent -> response head, sum in ns
+P_DUR_BUCKETS = 1  # .. + len(UPSTREAM_BUCKETS) + 1 (+Inf)
+P_FAILURES = P_DUR_BUCKETS + len(UPSTREAM_BUCKETS) + 1  # connect errors, resets, head timeouts
+P_RETRIES = P_FAILURES + 1  # requests retried on another server after failing on this one
+P_EJECTIONS = P_RETRIES + 1  # passive ejections (max_fails within fail_timeout)
+P_WORDS = (P_EJECTIONS + 1 + 7) // 8 * 8
+
 
 class SharedCounters:
     """int64 counters in an anonymous MAP_SHARED mapping: slot 0 = control, slots 1..n = processes."""
 
-    def __init__(self, slots: int) -> None:
+    def __init__(self, slots: int, upstreams: int = 0) -> None:
         self.slots = slots
-        self._mm = mmap.mmap(-1, (slots + 1) * SLOT_WORDS * 8, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+        self.upstreams = upstreams  # upstreams with a health block (0: none shared, e.g. a test's context)
+        self._ubase = (slots + 1) * SLOT_WORDS
+        self._pbase = self._ubase + upstreams * U_WORDS
+        words = self._pbase + slots * upstreams * P_WORDS
+        self._mm = mmap.mmap(-1, words * 8, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         self.words = memoryview(self._mm).cast("q")
+
+    # upstream blocks
+    def upstream_word(self, upstream: int, field: int) -> int:
+        """Index in `words` of upstream `upstream`'s health field (U_DOWN, U_PROBED)."""
+        return self._ubase + upstream * U_WORDS + field
+
+    def per_upstream_base(self, slot: int, upstream: int) -> int:
+        """Index in `words` of process `slot`'s block for upstream `upstream` (P_* fields)."""
+        return self._pbase + (slot * self.upstreams + upstream) * P_WORDS
+
+    def upstream_total(self, upstream: int, field: int) -> int:
+        w = self.words
+        return sum(w[self.per_upstream_base(s, upstream) + field] for s in range(self.slots))
 
     def base(self, slot: int) -> int:
         if not 0 <= slot < self.slots:
@@ -127,9 +160,10 @@ class SharedCounters:
 class SlotCounters:
     """One process's view of its own slot: what the hot path increments."""
 
-    __slots__ = ("words", "b", "_bucket_base")
+    __slots__ = ("words", "b", "_bucket_base", "shared")
 
     def __init__(self, shared: SharedCounters, base: int) -> None:
+        self.shared = shared
         self.words = shared.words
         self.b = base
         self._bucket_base = base + F_DUR_BUCKETS
@@ -167,9 +201,15 @@ def request_hits_misses(c: SharedCounters) -> tuple[int, int]:
 class EdgeCollector(Collector):
     """Reads the shared counters and the cache stats at scrape time."""
 
-    def __init__(self, counters: SharedCounters, cache_stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        counters: SharedCounters,
+        cache_stats: Callable[[], dict[str, Any]],
+        upstreams: tuple[str, ...] = (),
+    ) -> None:
         self.counters = counters
         self.cache_stats = cache_stats
+        self.upstreams = upstreams[: counters.upstreams]  # authorities, in config order
 
     def collect(self) -> Iterator[Any]:
         c = self.counters
@@ -238,3 +278,45 @@ class EdgeCollector(Collector):
         yield GaugeMetricFamily(
             "edgecore_workers_ready", "Worker processes listening", value=c.ready_workers()
         )
+        yield from self._upstream_metrics()
+
+    def _upstream_metrics(self) -> Iterator[Any]:
+        c = self.counters
+        w = c.words
+        up = GaugeMetricFamily(
+            "edgecore_upstream_up",
+            "1 while the active health checks find the upstream up",
+            labels=["upstream"],
+        )
+        dur = HistogramMetricFamily(
+            "edgecore_upstream_duration_seconds",
+            "Time from the request sent upstream to its response head",
+            labels=["upstream"],
+        )
+        fails = CounterMetricFamily(
+            "edgecore_upstream_failures", "Connect errors, resets and head timeouts", labels=["upstream"]
+        )
+        retries = CounterMetricFamily(
+            "edgecore_upstream_retries",
+            "Requests retried on another server after failing on this one",
+            labels=["upstream"],
+        )
+        ejections = CounterMetricFamily(
+            "edgecore_upstream_ejections",
+            "Passive ejections (max_fails failures within fail_timeout), all workers",
+            labels=["upstream"],
+        )
+        for i, name in enumerate(self.upstreams):
+            up.add_metric([name], 0 if w[c.upstream_word(i, U_DOWN)] else 1)
+            acc = 0
+            buckets = []
+            for j, le in enumerate(UPSTREAM_BUCKETS):
+                acc += c.upstream_total(i, P_DUR_BUCKETS + j)
+                buckets.append((repr(le), acc))
+            acc += c.upstream_total(i, P_DUR_BUCKETS + len(UPSTREAM_BUCKETS))
+            buckets.append(("+Inf", acc))
+            dur.add_metric([name], buckets, c.upstream_total(i, P_DUR_SUM_NS) / 1e9)
+            fails.add_metric([name], c.upstream_total(i, P_FAILURES))
+            retries.add_metric([name], c.upstream_total(i, P_RETRIES))
+            ejections.add_metric([name], c.upstream_total(i, P_EJECTIONS))
+        yield from (up, dur, fails, retries, ejections)

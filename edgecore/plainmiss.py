@@ -6,7 +6,9 @@ upstream.request_head), the response head read in C (parse_response, a strict su
 store, and the answer written like a hit; or the hand-over to the general path (a StoreSink on an Exchange of
 the same connection) with every byte received so far.
 Invariants: nothing is written to the client before the body is complete and stored; the key's flight is
-finished exactly once, here or by the general path that took it over; a reused connection that closes before
+finished exactly once, here or by the general path that took it over; the server is the one the general
+path's balancer would choose (Pool.choose, committed only when its idle connection is taken), counted in its
+inflight until the fetch ends or an Exchange adopts it; a reused connection that closes before
 a whole response head has the general path fetch it again, in the same flight.
 Never: decide cacheability (policy), or write anything but through the Client face.
 """
@@ -41,14 +43,18 @@ def start(p: Client, miss: PlainRequest, data: bytes) -> Request | None:
     fl = ctx.flights
     if ctx.draining or fl.uncacheable(key):  # (a key being fetched already: try_lead says no)
         return None
-    conn = ctx.pool.take_idle()
-    if conn is None:
+    # the server the general path would choose (the same lb and health), chosen once: committed only
+    # when this path takes its idle connection; a full server (max_upstream_requests) is the general path's
+    pool = ctx.pool
+    server = pool.choose(key, commit=False)
+    if server is None or pool.full(server) or not pool.has_idle(server):
         return None
     head = ctx.hitpath.upstream_head(data, miss.start, miss.end, p.peer, VIA)
     flight = fl.try_lead(key) if head is not None else None
     if flight is None or head is None:
-        ctx.pool.release(conn, True)
         return None
+    conn = pool.take_idle(server, key)
+    assert conn is not None
     r = Request()
     r.method = b"HEAD" if miss.head_only else b"GET"
     r.version = b"1.0" if miss.http10 else b"1.1"
@@ -124,6 +130,7 @@ class PlainMiss:
                 self._hand_over(buf)
                 return
             h = self.head = parsed
+            ctx.pool.answered(self.conn.server, self.last_activity - self.started_at)
         end = h[3] + h[4]
         if len(buf) < end:
             self.buf = buf
@@ -160,6 +167,7 @@ class PlainMiss:
         assert fresh is not None
         self.conn.fast = None
         ctx.pool.active.discard(self)
+        ctx.pool.plain_done(self.conn)
         ctx.pool.release(self.conn, keep_alive and len(buf) == end)  # extra bytes: never reused
         value, birth, expires, flags = stored_form(
             status, reason, fields, buf[hlen:end], fresh, self.request_time, ctx.policy_opts.strip_on_store
@@ -205,6 +213,7 @@ class PlainMiss:
         """The connection closed before the response was complete."""
         ctx = self.proto.ctx
         ctx.pool.active.discard(self)
+        ctx.pool.plain_done(self.conn)
         if self.head is None:
             # a reused connection the upstream had closed (before a whole response head): the general path
             # fetches again, as it retries a reused connection that fails before the head, and the key's
@@ -227,7 +236,11 @@ class PlainMiss:
             return
         else:
             err = UpstreamTimeout(f"upstream {authority} body idle for {cfg.idle_timeout:g}s")
-        self.proto.ctx.pool.active.discard(self)
+        pool = self.proto.ctx.pool
+        pool.active.discard(self)
+        pool.plain_done(self.conn)
+        if self.head is None:
+            pool.failed(self.conn.server, err)
         self.conn.fast = None
         self.conn.abort()
         self._fail(err)

@@ -396,7 +396,14 @@ class ClientProtocol(asyncio.Protocol):
         head = (
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
             b"cache-status: %s\r\n%s%s\r\n"
-            % (status, e.reason.encode(), len(body), cs, e.fields, r.connection_field())
+            % (
+                status,
+                e.reason.encode(),
+                len(body),
+                cs,
+                b"".join(n + b": " + v + b"\r\n" for n, v in e.headers),
+                r.connection_field(),
+            )
         )
         self.write(head if r.method == b"HEAD" else head + body)
         if not r.keep_alive:

@@ -53,7 +53,8 @@ class Supervisor:
         self.cfg = cfg
         self.nworkers = cfg.workers or os.cpu_count() or 1
         self.cache = Cache(cfg.cache_size, cfg.max_object_size)
-        self.counters = SharedCounters(slots=self.nworkers + 1)
+        # with one health block per upstream: the admin process's checks write it, the workers read it
+        self.counters = SharedCounters(slots=self.nworkers + 1, upstreams=len(cfg.upstream))
         self.admin_slot = self.nworkers
         host, port = cfg.listen
         # Resolves port 0 and reserves the port; never listens, so the kernel hands connections only to

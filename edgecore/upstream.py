@@ -1,5 +1,5 @@
-"""Upstream servers: keep-alive connection pools, one HTTP/1.1 exchange at a time per connection, timeouts,
-and the one rendering of the request head sent upstream.
+"""Upstream servers: selection (lb), health as this worker sees it, keep-alive connection pools, one HTTP/1.1
+exchange at a time per connection, timeouts, and the one rendering of the request head sent upstream.
 
 Owns: every upstream socket. The caching flow hands an Exchange its request head (and body chunks) and
 receives the response through a Sink (head, body chunks, end or failure); or, for a plain miss, takes an
@@ -13,14 +13,27 @@ Invariants:
 - the request head sent upstream never carries a hop-by-hop or Connection-listed field (RFC 9110 7.6.1)
   and always carries our Via and X-Forwarded-For/-Proto; Connection can never remove Host, Via, Forwarded,
   X-Forwarded-* or the framing fields (CONNECTION_PROTECTED: the proxy's own fields);
-- given the key's (Host, target) (keys.request_form), it sends exactly that request line and Host.
-Never: touch a client transport; decide cacheability (policy's job).
+- given the key's (Host, target) (keys.request_form), it sends exactly that request line and Host;
+- a request's server is chosen once (`Pool.choose`; a retry on another server chooses again, excluding the
+  failed ones): smooth weighted round-robin (nginx), least-request by power of two choices (Envoy's
+  default), or weighted rendezvous hashing of the cache key; servers the admin process's active checks mark
+  down (the shared health block) or passively ejected here (`max_fails` failures within `fail_timeout`,
+  ejected for `fail_timeout`, per worker) are skipped, unless every server is out: then all are used;
+- `Server.inflight` counts the exchanges and plain fetches in flight to the server from this worker (the
+  `max_upstream_requests` circuit breaker reads it); each is counted once, from start to complete/fail;
+- retries on another server are allowed by `RetryBudget`: at most `retry_budget` of the requests (plus
+  RETRY_BUDGET_MIN) per window, so retries cannot multiply an outage.
+Never: touch a client transport; decide cacheability (policy's job); probe health (the admin process does).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import bisect
+import hashlib
+import logging
+import math
+import random
 import socket
 from collections.abc import Callable
 from typing import Protocol
@@ -31,6 +44,19 @@ from .config import Config, Upstream
 from .errors import EdgeError, UpstreamError, UpstreamIncomplete, UpstreamTimeout
 from .fields import HOP_BY_HOP
 from .keys import UNKEYED_REQUEST_FIELDS
+from .metrics import (
+    P_DUR_BUCKETS,
+    P_DUR_SUM_NS,
+    P_EJECTIONS,
+    P_FAILURES,
+    P_RETRIES,
+    SLOT_WORDS,
+    U_DOWN,
+    UPSTREAM_BUCKETS,
+    SlotCounters,
+)
+
+log = logging.getLogger("edgecore.upstream")
 
 Headers = list[tuple[bytes, bytes]]
 TICK = 0.1  # seconds between timeout checks of the exchanges in flight
@@ -153,12 +179,82 @@ def set_nodelay(transport: asyncio.BaseTransport) -> None:
             pass
 
 
+class Server:
+    """One configured upstream as this worker sees it: its idle connections, requests in flight, the smooth
+    weighted round-robin's current weight and its passive-ejection state."""
+
+    __slots__ = (
+        "index",
+        "upstream",
+        "weight",
+        "idle",
+        "inflight",
+        "current",
+        "fails",
+        "ejected_until",
+        "hkey",
+    )
+
+    def __init__(self, index: int, upstream: Upstream) -> None:
+        self.index = index
+        self.upstream = upstream
+        self.weight = upstream.weight
+        self.idle: list[UpstreamConnection] = []
+        self.inflight = 0
+        self.current = 0  # smooth weighted round-robin (nginx ngx_http_upstream_get_peer)
+        self.fails: list[float] = []  # loop times of recent failures (passive ejection)
+        self.ejected_until = 0.0
+        self.hkey = upstream.authority.encode()[:64]  # rendezvous hashing: this server's hash key
+
+
+RETRY_WINDOW = 10.0  # seconds over which the retry budget compares retries with requests
+RETRY_BUDGET_MIN = 3  # retries always allowed per window (Envoy's min_retry_concurrency is 3)
+
+
+class RetryBudget:
+    """Retries allowed while they stay within `ratio` of the requests (plus RETRY_BUDGET_MIN) over the
+    current and the previous window (Envoy's retry budget, Finagle's RetryBudget); per worker."""
+
+    __slots__ = ("ratio", "start", "requests", "retries", "prev_requests", "prev_retries")
+
+    def __init__(self, ratio: float) -> None:
+        self.ratio = ratio
+        self.start = -math.inf
+        self.requests = self.retries = self.prev_requests = self.prev_retries = 0
+
+    def _roll(self, now: float) -> None:
+        if now - self.start >= RETRY_WINDOW:
+            recent = now - self.start < 2 * RETRY_WINDOW
+            self.prev_requests = self.requests if recent else 0
+            self.prev_retries = self.retries if recent else 0
+            self.requests = self.retries = 0
+            self.start = now
+
+    def request(self, now: float) -> None:
+        self._roll(now)
+        self.requests += 1
+
+    def allow(self, now: float) -> bool:
+        """May one more retry go out now? (counts it when it may)"""
+        self._roll(now)
+        if self.ratio <= 0:
+            return False
+        done = self.retries + self.prev_retries
+        if done >= RETRY_BUDGET_MIN and done + 1 > self.ratio * (self.requests + self.prev_requests):
+            return False
+        self.retries += 1
+        return True
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream; carries one Exchange at a time."""
 
-    def __init__(self, pool: Pool, upstream: Upstream, idle: list[UpstreamConnection]) -> None:
+    def __init__(
+        self, pool: Pool, upstream: Upstream, idle: list[UpstreamConnection], server: Server | None = None
+    ) -> None:
         self.pool = pool
         self.upstream = upstream
+        self.server = server if server is not None else pool.server_of(upstream)
         self.idle = idle  # the pool's idle list of this upstream
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -166,6 +262,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.fast: Plain | None = None  # a plain fetch reading this connection's bytes itself
         self.closed = False
         self.reused = False
+        self.got_bytes = False  # any byte received for the exchange in flight (a retry elsewhere is off)
         self.paused_by_client = False
         self._can_write = True
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -204,6 +301,7 @@ class UpstreamConnection(asyncio.Protocol):
             # bytes on an idle connection: the upstream broke the protocol; never reuse it
             self.close()
             return
+        self.got_bytes = True
         ex.last_activity = ex.loop.time()
         try:
             self.parser.feed_data(data)
@@ -326,6 +424,8 @@ class Exchange:
         self.pool = pool
         self.loop = pool.loop
         self.conn = conn
+        self.server = conn.server
+        self.counted = False  # counted in server.inflight (until complete/fail)
         self.method = method
         self.sink = sink
         self.reason = b""
@@ -339,6 +439,7 @@ class Exchange:
 
     def start(self, head: bytes) -> None:
         self.conn.exchange = self
+        self.conn.got_bytes = False
         self.conn.write(head)
         self.pool.active.add(self)
 
@@ -364,6 +465,7 @@ class Exchange:
     def got_head(self, status: int, keep_alive: bool) -> None:
         self.head_seen = True
         self.keep_alive = keep_alive
+        self.pool.answered(self.server, self.loop.time() - self.started_at)
         if not self.head_future.done():
             self.head_future.set_result(None)
         self.sink.head(status, self.reason, self.headers, keep_alive)
@@ -376,14 +478,24 @@ class Exchange:
             return
         self.finished = True
         self.pool.active.discard(self)
+        self._uncount()
         self.pool.release(conn, self.keep_alive)
         self.sink.end()
+
+    def _uncount(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.server.inflight -= 1
 
     def fail(self, exc: EdgeError) -> None:
         if self.finished:
             return
         self.finished = True
         self.pool.active.discard(self)
+        self._uncount()
+        if not self.head_seen and (isinstance(exc, UpstreamTimeout) or not self.conn.reused):
+            # the server failed us (a reused connection closed before answering is a keep-alive race)
+            self.pool.failed(self.server, exc)
         if not self.head_future.done():
             self.head_future.set_exception(exc)
             self.head_future.exception()  # mark retrieved: the sink hears of it too
@@ -401,21 +513,42 @@ class Exchange:
 
 
 class Pool:
-    """Keep-alive connections to the configured upstreams, chosen round-robin."""
+    """Keep-alive connections to the configured upstreams, the choice among them (lb), this worker's view of
+    their health, and the retry budget."""
 
     def __init__(
-        self, cfg: Config, loop: asyncio.AbstractEventLoop, on_request: Callable[[], None] | None = None
+        self,
+        cfg: Config,
+        loop: asyncio.AbstractEventLoop,
+        on_request: Callable[[], None] | None = None,
+        counters: SlotCounters | None = None,
     ) -> None:
         if not cfg.upstream:
             raise ValueError("no upstream configured")
         self.cfg = cfg
         self.loop = loop
-        # (upstream, its idle connections); a connection knows its own list (no hashing per request)
-        self._idle: list[tuple[Upstream, list[UpstreamConnection]]] = [(u, []) for u in cfg.upstream]
-        self._rr = itertools.cycle(self._idle)
+        self.servers = [Server(i, u) for i, u in enumerate(cfg.upstream)]
+        self._by_upstream = {s.upstream: s for s in self.servers}
+        self._total_weight = sum(s.weight for s in self.servers)
+        self._lb = cfg.lb
+        self.budget = RetryBudget(cfg.retry_budget)
+        # the shared health block (written by the admin process's checks) and this process's per-upstream
+        # counters; absent when the counters have no upstream blocks (a context built by a test)
+        self._words: memoryview | None = None
+        self._down: list[int] = []
+        self._pbase: list[int] = []
+        if counters is not None and counters.shared.upstreams >= len(self.servers):
+            shared = counters.shared
+            slot = counters.b // SLOT_WORDS - 1
+            self._words = shared.words
+            self._down = [shared.upstream_word(s.index, U_DOWN) for s in self.servers]
+            self._pbase = [shared.per_upstream_base(slot, s.index) for s in self.servers]
         self._on_request = on_request
         self.active: set[Timed] = set()  # exchanges and plain fetches in flight, checked by the ticker
         self._ticker = loop.call_later(TICK, self._tick)
+
+    def server_of(self, upstream: Upstream) -> Server:
+        return self._by_upstream[upstream]
 
     def _tick(self) -> None:
         if self.active:
@@ -424,54 +557,184 @@ class Pool:
                 ex.check(now)
         self._ticker = self.loop.call_later(TICK, self._tick)
 
+    # -- selection and health
+    def usable(self, s: Server, now: float) -> bool:
+        """Neither marked down by the active checks nor passively ejected."""
+        if self._words is not None and self._words[self._down[s.index]]:
+            return False
+        if s.ejected_until:
+            if now < s.ejected_until:
+                return False
+            s.ejected_until = 0.0
+            log.info(
+                "upstream %s back in rotation: ejection of %gs over",
+                s.upstream.authority,
+                self.cfg.fail_timeout,
+            )
+        return True
+
+    def choose(
+        self, key: bytes = b"", exclude: list[Server] | None = None, commit: bool = True
+    ) -> Server | None:
+        """The server for a request (once per request; a retry passes the servers that failed it in
+        `exclude`): among the usable servers, or among all when none is usable (never eject the last);
+        None when `exclude` leaves nothing. `commit` False only looks (plainmiss.start: an idle connection
+        of the server may not be at hand; take_idle then commits)."""
+        now = self.loop.time()
+        cands = [s for s in self.servers if (not exclude or s not in exclude) and self.usable(s, now)]
+        if not cands:
+            cands = [s for s in self.servers if not exclude or s not in exclude]
+            if not cands:
+                return None
+        if len(cands) == 1:
+            best = cands[0]  # (the round-robin's weights stay as they are)
+        elif self._lb == "least_request":
+            # power of two choices (Envoy's default): the fewer requests in flight per unit of weight
+            a, b = random.sample(cands, 2)
+            best = a if a.inflight * b.weight <= b.inflight * a.weight else b
+        elif self._lb == "consistent_hash":
+            best = max(cands, key=lambda s: _rendezvous(key, s))
+        else:
+            # smooth weighted round-robin: the highest current + weight (commit adds and subtracts)
+            best = max(cands, key=lambda s: s.current + s.weight)
+            if commit and not exclude:
+                self._commit_rr(best, cands)
+                self.budget.request(now)
+                return best
+        if commit and not exclude:
+            self.budget.request(now)
+        return best
+
+    def _commit_rr(self, best: Server, cands: list[Server]) -> None:
+        total = 0
+        for s in cands:
+            s.current += s.weight
+            total += s.weight
+        best.current -= total
+
+    def commit(self, s: Server, key: bytes = b"") -> None:
+        """Commit a choice made with commit=False (the round-robin moves on, the budget counts a request)."""
+        if self._lb == "round_robin":
+            now = self.loop.time()
+            cands = [x for x in self.servers if self.usable(x, now)] or self.servers
+            if s in cands and len(cands) > 1:
+                self._commit_rr(s, cands)
+        self.budget.request(self.loop.time())
+
+    def full(self, s: Server) -> bool:
+        """max_upstream_requests in flight to s from this worker."""
+        return s.inflight >= self.cfg.max_upstream_requests
+
+    def failed(self, s: Server, exc: EdgeError) -> None:
+        """A connect error, reset or head timeout of s: passive ejection after max_fails within fail_timeout
+        (nginx's max_fails/fail_timeout), for fail_timeout."""
+        self._inc(s, P_FAILURES)
+        cfg = self.cfg
+        if not cfg.max_fails:
+            return
+        now = self.loop.time()
+        fails = s.fails = [t for t in s.fails if now - t < cfg.fail_timeout]
+        fails.append(now)
+        if len(fails) >= cfg.max_fails and not s.ejected_until:
+            s.ejected_until = now + cfg.fail_timeout
+            s.fails = []
+            self._inc(s, P_EJECTIONS)
+            log.warning(
+                "upstream %s ejected for %gs: %d failure(s) within %gs, last: %s",
+                s.upstream.authority,
+                cfg.fail_timeout,
+                len(fails),
+                cfg.fail_timeout,
+                exc,
+            )
+
+    def answered(self, s: Server, seconds: float) -> None:
+        """A response head from s, `seconds` after the request went out."""
+        s.fails.clear()
+        if self._words is not None:
+            w = self._words
+            b = self._pbase[s.index]
+            w[b + P_DUR_SUM_NS] += int(seconds * 1e9)
+            w[b + P_DUR_BUCKETS + bisect.bisect_left(UPSTREAM_BUCKETS, seconds)] += 1
+
+    def retried(self, s: Server) -> None:
+        """A request that failed on s goes to another server."""
+        self._inc(s, P_RETRIES)
+
+    def _inc(self, s: Server, field: int) -> None:
+        if self._words is not None:
+            self._words[self._pbase[s.index] + field] += 1
+
+    # -- connections
     async def _connect(self, upstream: Upstream, idle: list[UpstreamConnection]) -> UpstreamConnection:
+        server = self._by_upstream[upstream]
         try:
             _, conn = await asyncio.wait_for(
                 self.loop.create_connection(
-                    lambda: UpstreamConnection(self, upstream, idle), upstream.host, upstream.port
+                    lambda: UpstreamConnection(self, upstream, idle, server), upstream.host, upstream.port
                 ),
                 self.cfg.connect_timeout,
             )
         except TimeoutError:
-            raise UpstreamTimeout(
+            err: UpstreamError = UpstreamTimeout(
                 f"connect to {upstream.authority} timed out after {self.cfg.connect_timeout:g}s"
             )
+            self.failed(server, err)
+            raise err
         except OSError as e:
-            raise UpstreamError(f"cannot connect to {upstream.authority}: {e.strerror or e}")
+            err = UpstreamError(f"cannot connect to {upstream.authority}: {e.strerror or e}")
+            self.failed(server, err)
+            raise err
         return conn
 
-    async def acquire(self, fresh: bool = False) -> UpstreamConnection:
-        upstream, idle = next(self._rr)
+    async def acquire(self, fresh: bool = False, server: Server | None = None) -> UpstreamConnection:
+        """A connection to `server` (default: the next choice), idle or new."""
+        s = server if server is not None else self.choose()
+        assert s is not None
+        idle = s.idle
         while idle and not fresh:
             conn = idle.pop()
             if not conn.closed:
                 conn.reused = True
                 return conn
-        return await self._connect(upstream, idle)
+        return await self._connect(s.upstream, idle)
 
-    def take_idle(self) -> UpstreamConnection | None:
-        """An idle keep-alive connection to the next upstream, or None (this never connects)."""
-        _, idle = next(self._rr)
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
-        return None
+    def has_idle(self, s: Server) -> bool:
+        idle = s.idle
+        while idle and idle[-1].closed:
+            idle.pop()
+        return bool(idle)
+
+    def take_idle(self, server: Server | None = None, key: bytes = b"") -> UpstreamConnection | None:
+        """An idle keep-alive connection to `server` (default: the next choice), or None (this never
+        connects); the choice is committed only when a connection is returned."""
+        s = server if server is not None else self.choose(key, commit=False)
+        if s is None or not self.has_idle(s):
+            return None
+        self.commit(s, key)
+        return s.idle.pop()
 
     def send_plain(self, conn: UpstreamConnection, fetch: Plain, head: bytes) -> None:
         """Start a plain fetch on an idle connection taken with take_idle: the request head goes out now and
         the connection's bytes go to fetch.data until it gives the connection back (release) or to an
-        Exchange (adopt)."""
+        Exchange (adopt). It counts in the server's inflight until plain_done, or the adopting Exchange's
+        end."""
         if self._on_request is not None:
             self._on_request()
         conn.fast = fetch
+        conn.server.inflight += 1
         self.active.add(fetch)
         conn.write(head)
+
+    def plain_done(self, conn: UpstreamConnection) -> None:
+        """A plain fetch on conn ended without an Exchange adopting it."""
+        conn.server.inflight -= 1
 
     def adopt(self, conn: UpstreamConnection, method: bytes, sink: Sink, started_at: float) -> Exchange:
         """Hand a plain fetch's connection (its request already sent) to a general Exchange."""
         ex = Exchange(self, conn, method, sink)
         ex.started_at = started_at
+        ex.counted = True  # the plain fetch's count passes to the exchange
         conn.exchange = ex
         self.active.add(ex)
         return ex
@@ -496,12 +759,21 @@ class Pool:
         if self._on_request is not None:
             self._on_request()
         ex = Exchange(self, conn, method, sink)
+        ex.counted = True
+        conn.server.inflight += 1
         ex.start(head)
         return ex
 
     def close(self) -> None:
         self._ticker.cancel()
-        for _, idle in self._idle:
-            for conn in idle:
+        for s in self.servers:
+            for conn in s.idle:
                 conn.close()
-            idle.clear()
+            s.idle.clear()
+
+
+def _rendezvous(key: bytes, s: Server) -> float:
+    """Weighted rendezvous (highest random weight) score of server s for key: when a server leaves, only
+    the keys it had move, each to its next-highest server."""
+    h = int.from_bytes(hashlib.blake2b(key, digest_size=8, key=s.hkey).digest(), "big")
+    return -s.weight / math.log((h + 1) / 18446744073709551617.0)

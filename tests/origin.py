@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ def body_bytes(target: str, n: int) -> bytes:
 class Origin:
     host: str = "127.0.0.1"
     port: int = 0
+    sock: socket.socket | None = None  # a socket bound (port 0) but not listening yet: serve on it
     seen: list[Seen] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -62,7 +64,11 @@ class Origin:
 
         def run() -> None:
             asyncio.set_event_loop(self.loop)
-            self.server = self.loop.run_until_complete(asyncio.start_server(self._client, self.host, 0))
+            if self.sock is not None:
+                start = asyncio.start_server(self._client, sock=self.sock)
+            else:
+                start = asyncio.start_server(self._client, self.host, 0)
+            self.server = self.loop.run_until_complete(start)
             self.port = self.server.sockets[0].getsockname()[1]
             started.set()
             self.loop.run_forever()

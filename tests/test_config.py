@@ -180,3 +180,39 @@ def test_security_keys():
     ]
     assert "pass" in problems["cache_set_cookie"] and "explicit" in problems["cache_client_errors"]
     assert "256B" in problems["max_request_line"]
+
+
+def test_upstream_tables_and_balancing_keys(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text(
+        'lb = "least_request"\nhealth_check_path = "/health"\nretry_budget = 0.5\n'
+        '[[upstreams]]\nurl = "http://b:2"\nweight = 3\n[[upstreams]]\nurl = "http://c:3"\n'
+    )
+    c = config.load(str(f), {"upstream": ["http://a:1"]}, environ={"EDGECORE_MAX_FAILS": "4"})
+    assert [(u.authority, u.weight) for u in c.upstream] == [("a:1", 1), ("b:2", 3), ("c:3", 1)]
+    assert (c.lb, c.health_check_path, c.retry_budget, c.max_fails) == ("least_request", "/health", 0.5, 4)
+    d = config.Config()
+    assert (d.lb, d.retries, d.retry_budget, d.ready_requires_upstream) == ("round_robin", 1, 0.2, False)
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "why"),
+    [
+        ({"upstreams": [{"url": "http://b:2", "weight": 0}]}, "upstreams", "weight"),
+        ({"upstreams": [{"url": "http://b:2", "wieght": 2}]}, "upstreams", "unknown field"),
+        ({"upstreams": [{"weight": 2}]}, "upstreams", "url"),
+        ({"upstreams": "http://b:2"}, "upstreams", "tables"),
+        ({"lb": "random"}, "lb", "round_robin"),
+        ({"retry_budget": 1.5}, "retry_budget", "range"),
+        ({"health_check_path": "health"}, "health_check_path", "starts with /"),
+        ({"healthy_threshold": 0}, "healthy_threshold", "range"),
+        ({"max_upstream_requests": 0}, "max_upstream_requests", "range"),
+        ({"ready_requires_upstream": "maybe"}, "ready_requires_upstream", "boolean"),
+        ({"upstreams": [{"url": "http://a:1"}]}, "upstream", "twice"),
+    ],
+)
+def test_balancing_key_errors_name_the_key(values, key, why):
+    with pytest.raises(ConfigErrors) as ei:
+        config.build({"upstream": ["http://a:1"], **values})
+    assert [p.key for p in ei.value.problems] == [key]
+    assert why in ei.value.problems[0].why
