@@ -43,9 +43,9 @@ class HitPath:
         fetch_drop: Sequence[bytes],
         large_body: int,
         hit_status: bytes,
+        max_line: int,
+        underscores: bool,
         enabled: bool = True,
-        max_line: int = 8192,
-        underscores: bool = False,
     ) -> None: ...
     @property
     def facts(self) -> dict[str, Any]: ...

@@ -189,7 +189,7 @@ cdef class HitPath:
 
     def __init__(self, cache, *, words, counter_index, bounds, Py_ssize_t max_head, layout, int flag_plain,
                  bytes key_prefix, bail_fields, fetch_drop, Py_ssize_t large_body, bytes hit_status,
-                 bint enabled=True, Py_ssize_t max_line=8192, bint underscores=False):
+                 Py_ssize_t max_line, bint underscores, bint enabled=True):
         """counter_index: the words' indexes of (hits, served, duration sum in ns, first histogram bucket);
         bounds: the histogram's upper bounds in seconds (one bucket more counts the rest); layout: the stored
         entry's (META size, statusline_len offset (u16), head_len offset (u32), fresh_until offset (f64),

@@ -92,6 +92,8 @@ def test_c_path_refuses_a_layout_outside_meta(setup):
             fetch_drop=(),
             large_body=1,
             hit_status=b"",
+            max_line=8192,
+            underscores=False,
         )
 
 
