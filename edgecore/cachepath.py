@@ -26,11 +26,19 @@ from typing import Any
 from . import cachestatus, entry, keys, policy
 from .context import Client, Context, Request
 from .errors import NotCached, UpstreamError, UpstreamIncomplete, UpstreamOverloaded, UpstreamTimeout
+from .fields import HOP_BY_HOP
 from .flights import Flight
 from .metrics import F_WAITING, Outcome
 from .serve import serve_stored
 from .sinks import StoreSink, StreamSink, invalidate, store
-from .upstream import CACHE_FETCH_DROP, Exchange, Server, UpstreamConnection, request_head
+from .upstream import (
+    CACHE_FETCH_DROP,
+    CONNECTION_PROTECTED,
+    Exchange,
+    Server,
+    UpstreamConnection,
+    request_head,
+)
 
 Headers = list[tuple[bytes, bytes]]
 log = logging.getLogger("edgecore.cachepath")
@@ -75,6 +83,9 @@ async def cache_path(c: Client, r: Request) -> None:
             outcome = Outcome.HIT if use is policy.Use.FRESH else Outcome.STALE
             serve_stored(c, r, value, m, now, outcome, cachestatus.render(hit=True, ttl=ttl))
             return
+        if _connection_strips_keyed_input(r):
+            await _pass_connection_listed(c, r)
+            return
         if use is policy.Use.STALE_REVALIDATE:
             serve_stored(
                 c, r, value, m, now, Outcome.STALE, _STALE_REVALIDATE, cachestatus.STALE_WHILE_REVALIDATE
@@ -89,10 +100,29 @@ async def cache_path(c: Client, r: Request) -> None:
             return
     if rc.only_if_cached:
         raise NotCached("only-if-cached and nothing stored fits")  # RFC 9111 5.2.1.7
+    if _connection_strips_keyed_input(r):
+        await _pass_connection_listed(c, r)
+        return
     if ctx.flights.uncacheable(key):
         await pass_through(c, r, Outcome.UNCACHEABLE, fwd=fwd, detail=cachestatus.HIT_FOR_MISS)
         return
     await miss(c, r, key, fwd)
+
+
+def _connection_strips_keyed_input(r: Request) -> bool:
+    """The request's Connection names an end-to-end field it carries (not one of the hop-by-hop set, nor one
+    of the proxy's own fields, which it cannot remove): that field is removed upstream (RFC 9110 7.6.1), so
+    what would be fetched is not what the key (and a Vary over that field) describes."""
+    if not r.conn_tokens:
+        return False
+    listed = frozenset(r.conn_tokens) - HOP_BY_HOP - CONNECTION_PROTECTED
+    return any(n in listed for n, _ in r.headers)
+
+
+async def _pass_connection_listed(c: Client, r: Request) -> None:
+    """Fetched for this client alone and never stored (hop-by-hop abuse: a client removing a keyed input, such
+    as a Cookie a Vary names, would store the answer to another request under its key)."""
+    await pass_through(c, r, Outcome.BYPASS, fwd=b"bypass", detail=cachestatus.CONNECTION_LISTED)
 
 
 def lookup(ctx: Context, r: Request, now: float) -> tuple[bytes, Any, bytes]:

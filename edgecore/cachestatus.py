@@ -58,7 +58,9 @@ HIT_FOR_MISS = b"hit-for-miss"  # the key is remembered as uncacheable: fetched 
 COLLAPSED_UNCACHEABLE = b"collapsed-uncacheable"  # waited on a flight whose response was not stored
 ONLY_IF_CACHED = detail(Reason.ONLY_IF_CACHED)  # b"only-if-cached": nothing stored fits (RFC 9111 5.2.1.7)
 REQUEST_NO_STORE = detail(Reason.REQUEST_NO_STORE)  # b"request-no-store": passed through (RFC 9111 5.2.1.5)
+CONNECTION_LISTED = b"connection-listed"  # Connection removes a field the request has: passed, not stored
 PROXY_DETAILS = (
+    CONNECTION_LISTED,
     STALE_WHILE_REVALIDATE,
     STALE_IF_ERROR,
     HIT_FOR_MISS,

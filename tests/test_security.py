@@ -466,3 +466,21 @@ def test_request_head_connection_cannot_remove_the_proxys_fields(fields, listed,
     ]
     assert [ln for ln in rest if ln != b"x-forwarded-proto: http"] == expected
     assert b"x-forwarded-for: " in head  # the proxy's own chain, always
+
+
+def test_hop_by_hop_abuse_cannot_store_a_response_to_a_stripped_keyed_input(edge, origin, uniq):
+    """Connection naming an end-to-end field the request carries (here the Cookie a Vary names) removes it
+    upstream (RFC 9110 7.6.1): the answer then describes another request than the key says, so it is passed
+    to this client alone and never stored; the next client with that cookie gets its own answer."""
+    t = f"{uniq}?cc=max-age=60&vary=Cookie"
+    abused = get(edge.port, t, {"Cookie": "session=victim", "Connection": "cookie"})
+    assert abused.status == 200 and "detail=connection-listed" in abused.cache_status
+    assert "stored" not in abused.cache_status
+    (seen,) = origin.requests_for(uniq)
+    assert seen.header("cookie") is None  # the field was hop-by-hop for this hop, as the client said
+    victim = get(edge.port, t, {"Cookie": "session=victim"})
+    assert "fwd=" in victim.cache_status and "stored" in victim.cache_status  # fetched, not the abused copy
+    assert origin.requests_for(uniq)[-1].header("cookie") == "session=victim"
+    again = get(edge.port, t, {"Cookie": "session=victim", "Connection": "cookie"})
+    assert again.cache_status.startswith("edgecore; hit")  # a stored answer may still serve such a request
+    assert again.body == victim.body and len(origin.requests_for(uniq)) == 2
