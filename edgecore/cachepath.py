@@ -281,28 +281,53 @@ async def revalidate(
         if sink.mismatch:
             await miss(c, r, key, b"stale")
         elif sink.stale_on_error:
+            ex = sink.exchange
+            log.info(
+                "serving stale %s: upstream %s answered %d",
+                _text(r.target),
+                ex.conn.upstream.authority if ex is not None else "?",
+                sink.status or 0,
+            )
             cs = cachestatus.render(
                 fwd=b"stale", fwd_status=sink.status or 0, detail=cachestatus.STALE_IF_ERROR
             )
             serve_stored(c, r, value, m, time.time(), Outcome.STALE, cs, cachestatus.STALE_IF_ERROR)
-    except UpstreamError:
-        f = entry.freshness(m)
-        if not sink.started and policy.may_serve_stale_on_error(f, rc, time.time()):
-            serve_stored(
-                c, r, value, m, time.time(), Outcome.STALE, _STALE_IF_ERROR, cachestatus.STALE_IF_ERROR
-            )
+    except UpstreamError as e:
+        if not sink.started and serve_stale_on_error(c, r, value, m, rc, e):
             return
         raise
+
+
+def serve_stale_on_error(
+    c: Client, r: Request, value: bytes, m: entry.Meta, rc: policy.RequestControl, e: UpstreamError
+) -> bool:
+    """The upstream failed (connect error, reset, timeout, closed before answering): serve the stored
+    copy instead when policy allows (RFC 9111 4.2.4, RFC 5861 4; the operator's stale_if_error)."""
+    now = time.time()
+    if not policy.may_serve_stale_on_error(entry.freshness(m), rc, now):
+        return False
+    log.info("serving stale %s: %s", _text(r.target), e)  # the error names the upstream
+    serve_stored(c, r, value, m, now, Outcome.STALE, _STALE_IF_ERROR, cachestatus.STALE_IF_ERROR)
+    return True
+
+
+def _text(b: bytes) -> str:
+    return b[:200].decode("latin-1")
 
 
 async def head_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry.Meta) -> None:
     """A HEAD for a stored response that must be validated goes upstream as a HEAD; a 200 whose
     validators and length match updates the stored GET response (RFC 9111 4.3.5), anything else
-    leaves it stale for the next GET."""
+    leaves it stale for the next GET. An upstream that fails before answering: stale, as for a GET."""
     request_time = time.time()
     sink = StreamSink(c.ctx, c, r, Outcome.MISS, fwd=b"stale")
-    await exchange(c, r, sink)
-    await sink.finished()
+    try:
+        await exchange(c, r, sink)
+        await sink.finished()
+    except UpstreamError as e:
+        if not sink.started and serve_stale_on_error(c, r, value, m, policy.parse_request(r.headers), e):
+            return
+        raise
     if sink.status is None:
         return
     body = bytes(entry.body(value, m))

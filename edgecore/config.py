@@ -118,6 +118,19 @@ def _parse_seconds(v: Any) -> float:
     return x
 
 
+def _parse_seconds0(v: Any) -> float:
+    """Seconds, where 0 means off."""
+    if isinstance(v, bool):
+        raise ValueError("expected a number of seconds")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{v!r} is not a number of seconds")
+    if not 0 <= x <= 31536000:
+        raise ValueError(f"{x} is out of range [0, 31536000] seconds")
+    return x
+
+
 def _parse_str(v: Any) -> str:
     return str(v)
 
@@ -174,6 +187,13 @@ class Config:
     key_sort_query: bool = False  # cache key: query parameters sorted by name
     key_drop_params: tuple[str, ...] = ()  # cache key: query parameters left out (e.g. utm_source)
     log_level: str = "info"
+    # availability (stale by operator policy, clients)
+    stale_if_error: float = 60.0  # serve stale this long past freshness when the upstream fails (0 = only
+    # when the response or request asks for it)
+    stale_while_revalidate: float = 0.0  # default when the response names none
+    stale_keep: float = 600.0  # entries kept this long past expiry (stale-if-error, revalidation)
+    client_header_timeout: float = 10.0  # client: deadline for a whole request head
+    max_connections: int = 0  # client connections per worker (0 = unlimited); beyond it, stop accepting
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
@@ -198,6 +218,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "key_sort_query": _parse_bool,
     "key_drop_params": _parse_params,
     "log_level": lambda v: _choice(v, ("debug", "info", "warning", "error")),
+    "stale_if_error": _parse_seconds0,
+    "stale_while_revalidate": _parse_seconds0,
+    "stale_keep": _parse_seconds0,
+    "client_header_timeout": _parse_seconds,
+    "max_connections": _parse_int(0, 1_000_000),
 }
 KEYS = tuple(_PARSERS)
 

@@ -162,7 +162,7 @@ class PlainMiss:
         ctx.pool.active.discard(self)
         ctx.pool.release(self.conn, keep_alive and len(buf) == end)  # extra bytes: never reused
         value, birth, expires, flags = stored_form(
-            status, reason, fields, buf[hlen:end], fresh, self.request_time
+            status, reason, fields, buf[hlen:end], fresh, self.request_time, ctx.policy_opts.stale_keep
         )
         stored = ctx.cache.store(self.key, value, birth, expires, flags, tags=tags(fields))
         ctx.flights.finish(self.key, self.flight, True if stored else None)
