@@ -3,7 +3,8 @@
 Owns: sockets (one SO_REUSEPORT listener per worker on the same port), fork, signals, restarts and graceful
 shutdown. The supervisor creates the shared cache and counters *before* forking, so every child maps the
 same memory; it runs no event loop itself (so every fork starts from a clean process), sweeps the cache
-every 100 ms, reaps and replaces dead children, and on SIGTERM/SIGINT turns readiness off, asks the
+every 100 ms, reaps and replaces dead children (releasing at once the miss locks a dead worker held:
+flights.lock_tag), and on SIGTERM/SIGINT turns readiness off, asks the
 workers to finish in-flight requests within the grace period, and exits 0.
 Invariants: a worker never outlives a stopped supervisor by more than the grace period (it also exits when
 its parent disappears); a crash-looping worker is restarted with backoff, never in a tight loop.
@@ -24,6 +25,7 @@ from typing import Any
 
 from .cache import Cache
 from .config import Config, fastpath_disabled
+from .flights import lock_tag
 from .metrics import C_DRAINING, C_STOPPING, F_PID, F_READY, SharedCounters
 
 log = logging.getLogger("edgecore")
@@ -108,6 +110,11 @@ class Supervisor:
             if slot is None:
                 continue
             self.counters.reset_slot(slot)
+            if slot != self.admin_slot:
+                # the miss locks it led are released at once: their waiters in other workers go on
+                cleared = self.cache.purge_tag(lock_tag(pid))
+                if cleared:
+                    log.warning("released %d miss lock(s) held by dead worker pid %d", cleared, pid)
             if self.stopping:
                 continue
             what = "admin" if slot == self.admin_slot else f"worker {slot}"

@@ -1628,9 +1628,10 @@ def test_two_workers_coalesce_plain_misses_into_one_upstream_request(raw_origin,
 
 
 def test_worker_killed_mid_plain_miss_does_not_wedge_the_key(raw_origin, edges):
-    """Worker 0 dies holding the cross-worker lock of a plain miss: worker 1's request for the key waits
-    at most the lock's lifetime (response_timeout), then fetches it itself."""
-    e = edges(raw_origin.url, workers=2, EDGECORE_RESPONSE_TIMEOUT="1.5")
+    """Worker 0 dies holding the cross-worker lock of a plain miss: the supervisor releases the lock when
+    it reaps the worker, so worker 1's request for the key fetches it itself within a second or two, not
+    after the lock's lifetime (response_timeout, 30 s here)."""
+    e = edges(raw_origin.url, workers=2, EDGECORE_RESPONSE_TIMEOUT="30")
     c0, c1 = conns_per_worker(e, 2, "/d")
     pids = e.stats()["workers"]["pids"]
     raw_origin.routes["/dead"] = [("gate", "never", b""), raw_ok(b"fetched again")]
@@ -1641,7 +1642,7 @@ def test_worker_killed_mid_plain_miss_does_not_wedge_the_key(raw_origin, edges):
     t0 = time.monotonic()
     r = exchange(c1, "/dead")
     assert r.status == 200 and r.body == b"fetched again"
-    assert time.monotonic() - t0 < 8
+    assert time.monotonic() - t0 < 3
     assert raw_origin.count("/dead") == 2
     assert exchange(c1, "/dead").cache_status.startswith("edgecore; hit")
     raw_origin.open_gate("never")
