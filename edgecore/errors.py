@@ -52,6 +52,14 @@ class HeaderTooLarge(BadRequest):
     detail = "header-too-large"
 
 
+class RequestTimeout(BadRequest):
+    """A request head not complete within client_header_timeout (RFC 9110 15.5.9)."""
+
+    status = 408
+    reason = "Request Timeout"
+    detail = "request-timeout"
+
+
 class ContentTooLarge(BadRequest):
     status = 413
     reason = "Content Too Large"

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from client import Edge, Response, get
+from client import Conn, Edge, Response, get
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -283,3 +283,151 @@ def test_stale_keep_zero_drops_plain_entries_at_expiry(fo, edges):
     fo.routes["/k"] = [ok(b"good"), "drop"]
     expire(get(e.port, "/k"))
     assert get(e.port, "/k").status == 502
+
+
+# ---------------------------------------------------------------------- clients
+
+
+def vm_rss(pid: int) -> int:
+    """Resident set size of a process, in bytes (/proc/<pid>/status VmRSS)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def settle(sample: Callable[[], object], timeout: float = 10.0, quiet: float = 0.5) -> object:
+    """Poll sample() until it stops changing for `quiet` seconds (bounded by timeout): the last value."""
+    deadline = time.monotonic() + timeout
+    last, since = sample(), time.monotonic()
+    for _ in range(10_000):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+        now = sample()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
+def test_pipelining_client_that_reads_nothing_costs_a_bounded_amount(fo, edges):
+    """500 pipelined GETs of a 256 KiB cached object, nothing read: the worker stops reading the client and
+    answering once its write buffer is above the high-water mark (the C hit path between pipelined hits, the
+    general path's request task), so its RSS grows by far less than the 125 MiB of answers; once the client
+    reads, every answer arrives, complete and in order."""
+    big = b"x" * (256 << 10)
+    fo.routes["/big"] = [ok(big, b"max-age=600")]
+    e = edges(fo.url)
+    assert get(e.port, "/big").body == big
+    assert get(e.port, "/big").cache_status.startswith("edgecore; hit")
+    pid = e.stats()["workers"]["pids"][0]
+    before = vm_rss(pid)
+    c = Conn(e.port, timeout=30)
+    try:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 10)
+        n = 500
+        c.send(b"GET /big HTTP/1.1\r\nHost: edge.test\r\n\r\n" * n)
+        served = settle(lambda: e.stats()["workers"]["requests"][0])
+        grown = vm_rss(pid) - before
+        assert grown < 32 << 20, f"RSS grew {grown >> 20} MiB with {served} requests answered"
+        # now read it all: the rest is answered as the buffer drains
+        for i in range(n):
+            r = c.read_response()
+            assert r.status == 200 and r.body == big, i
+    finally:
+        c.close()
+
+
+def test_trickled_head_is_closed_at_client_header_timeout(fo, edges):
+    """A head trickled one byte at a time keeps client_timeout (silence) from firing; client_header_timeout
+    is a deadline for the whole head (nginx's client_header_timeout): 408, then close."""
+    e = edges(fo.url, client_header_timeout="2")
+    s = socket.create_connection(("127.0.0.1", e.port))
+    try:
+        s.sendall(b"GET /trickle HTTP/1.1\r\nHost: edge.test\r\nX-Slow: ")
+        t0 = time.monotonic()
+        got = b""
+        for _ in range(200):  # at most 200 bytes, 0.1 s apart: 20 s, far past the deadline
+            if time.monotonic() - t0 > 15:
+                break
+            try:
+                s.sendall(b"a")
+            except OSError:
+                break
+            s.settimeout(0.1)
+            try:
+                chunk = s.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            got += chunk
+        elapsed = time.monotonic() - t0
+        assert got.startswith(b"HTTP/1.1 408 "), got[:100]
+        assert elapsed < 6, elapsed  # the deadline (2 s) plus the once-a-second sweep, with margin
+    finally:
+        s.close()
+
+
+def test_max_connections_stops_accepting_until_below(fo, edges):
+    """max_connections = 2 on one worker: a third connection is not accepted (refused: the worker's
+    listener is closed) until one of the two closes; then new connections are served again."""
+    e = edges(fo.url, max_connections="2")
+    a, b = Conn(e.port), Conn(e.port)
+    try:
+        for c in (a, b):
+            c.request("GET", "/m")
+            assert c.read_response().status == 200
+        third_served = False
+        try:
+            r = get(e.port, "/m")
+            third_served = r.status == 200
+        except OSError:
+            pass
+        assert not third_served
+        a.close()
+        assert wait_for(lambda: _served(e.port))
+        assert any("max_connections reached" in line for line in e.lines)
+    finally:
+        a.close()
+        b.close()
+
+
+def _served(port: int) -> bool:
+    try:
+        return get(port, "/m").status == 200
+    except OSError:
+        return False
+
+
+def test_open_files_soft_limit_is_raised_to_the_hard_limit(fo, path):
+    """Started with a soft limit of 512, edgecore raises it to the hard limit and says so."""
+    import resource
+    import sys
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 512:
+        pytest.skip(f"the hard open-files limit is {hard}")
+    wrapper = (
+        "import resource, runpy, sys\n"
+        "h = resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (512, h))\n"
+        "sys.argv = ['edgecore', *sys.argv[1:]]\n"
+        "runpy.run_module('edgecore', run_name='__main__')\n"
+    )
+    e = Edge(fo.url, path=path, main=[sys.executable, "-c", wrapper])
+    try:
+        pid = e.stats()["workers"]["pids"][0]
+        with open(f"/proc/{pid}/limits") as f:
+            line = next(x for x in f if x.startswith("Max open files"))
+        soft = line.split()[3]
+        want = str(hard) if hard != resource.RLIM_INFINITY else str(1 << 20)
+        assert soft == want, line
+        assert any("open files limit raised from 512" in x for x in e.lines)
+    finally:
+        e.stop()
