@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from . import cachestatus, entry, keys, policy
-from .context import Client, Context, Request
+from .context import Client, Context, Request, log_text
 from .errors import NotCached, UpstreamError, UpstreamIncomplete, UpstreamOverloaded, UpstreamTimeout
 from .fields import HOP_BY_HOP
 from .flights import Flight
@@ -232,10 +232,10 @@ async def exchange(
         if nxt is None:
             return None
         if not pool.budget.allow(ctx.loop.time()):
-            log.info("not retrying %s on another server: retry budget spent (%s)", _text(r.target), e)
+            log.info("not retrying %s on another server: retry budget spent (%s)", log_text(r.target), e)
             return None
         pool.retried(failed)
-        log.info("retrying %s on %s: %s", _text(r.target), nxt.upstream.authority, e)
+        log.info("retrying %s on %s: %s", log_text(r.target), nxt.upstream.authority, e)
         return nxt
 
     fresh = False
@@ -275,10 +275,6 @@ async def exchange(
                 raise
             sink.reset()
             server, fresh = nxt, False
-
-
-def _text(b: bytes) -> str:
-    return b[:200].decode("latin-1")
 
 
 async def pass_through(
@@ -373,28 +369,49 @@ async def revalidate(
         if sink.mismatch:
             await miss(c, r, key, b"stale")
         elif sink.stale_on_error:
+            ex = sink.exchange
+            log.info(
+                "serving stale %s: upstream %s answered %d",
+                log_text(r.target),
+                ex.conn.upstream.authority if ex is not None else "?",
+                sink.status or 0,
+            )
             cs = cachestatus.render(
                 fwd=b"stale", fwd_status=sink.status or 0, detail=cachestatus.STALE_IF_ERROR
             )
             serve_stored(c, r, value, m, time.time(), Outcome.STALE, cs, cachestatus.STALE_IF_ERROR)
-    except UpstreamError:
-        f = entry.freshness(m)
-        if not sink.started and policy.may_serve_stale_on_error(f, rc, time.time()):
-            serve_stored(
-                c, r, value, m, time.time(), Outcome.STALE, _STALE_IF_ERROR, cachestatus.STALE_IF_ERROR
-            )
+    except UpstreamError as e:
+        if not sink.started and serve_stale_on_error(c, r, value, m, rc, e):
             return
         raise
+
+
+def serve_stale_on_error(
+    c: Client, r: Request, value: bytes, m: entry.Meta, rc: policy.RequestControl, e: UpstreamError
+) -> bool:
+    """The upstream failed (connect error, reset, timeout, closed before answering): serve the stored
+    copy instead when policy allows (RFC 9111 4.2.4, RFC 5861 4; the operator's stale_if_error)."""
+    now = time.time()
+    if not policy.may_serve_stale_on_error(entry.freshness(m), rc, now):
+        return False
+    log.info("serving stale %s: %s", log_text(r.target), e)  # the error names the upstream
+    serve_stored(c, r, value, m, now, Outcome.STALE, _STALE_IF_ERROR, cachestatus.STALE_IF_ERROR)
+    return True
 
 
 async def head_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry.Meta) -> None:
     """A HEAD for a stored response that must be validated goes upstream as a HEAD; a 200 whose
     validators and length match updates the stored GET response (RFC 9111 4.3.5), anything else
-    leaves it stale for the next GET."""
+    leaves it stale for the next GET. An upstream that fails before answering: stale, as for a GET."""
     request_time = time.time()
     sink = StreamSink(c.ctx, c, r, Outcome.MISS, fwd=b"stale")
-    await exchange(c, r, sink)
-    await sink.finished()
+    try:
+        await exchange(c, r, sink)
+        await sink.finished()
+    except UpstreamError as e:
+        if not sink.started and serve_stale_on_error(c, r, value, m, policy.parse_request(r.headers), e):
+            return
+        raise
     if sink.status is None:
         return
     body = bytes(entry.body(value, m))
@@ -445,9 +462,9 @@ def background_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry
             )
             await sink.finished()
         except UpstreamError as e:
-            log.info("background refresh of %s failed: %s", bg.target[:200].decode("latin-1"), e)
+            log.info("background refresh of %s failed: %s", log_text(bg.target), e)
         except Exception:
-            log.exception("background refresh of %s failed", bg.target[:200].decode("latin-1"))
+            log.exception("background refresh of %s failed", log_text(bg.target))
         finally:
             ctx.refreshing.discard(key)
 

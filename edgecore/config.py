@@ -157,6 +157,19 @@ def _parse_seconds(v: Any) -> float:
     return x
 
 
+def _parse_seconds0(v: Any) -> float:
+    """Seconds, where 0 means off."""
+    if isinstance(v, bool):
+        raise ValueError("expected a number of seconds")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{v!r} is not a number of seconds")
+    if not 0 <= x <= 31536000:
+        raise ValueError(f"{x} is out of range [0, 31536000] seconds")
+    return x
+
+
 def _parse_str(v: Any) -> str:
     return str(v)
 
@@ -236,6 +249,13 @@ class Config:
     retry_budget: float = 0.2  # retries at most this fraction of requests (per worker, 10 s window)
     max_upstream_requests: int = 1024  # in flight per server and worker; beyond it 503 + Retry-After
     ready_requires_upstream: bool = False  # /readyz 503 while no upstream is up
+    # availability (stale by operator policy, clients)
+    stale_if_error: float = 60.0  # serve stale this long past freshness when the upstream fails (0 = only
+    # when the response or request asks for it)
+    stale_while_revalidate: float = 0.0  # default when the response names none
+    stale_keep: float = 600.0  # entries kept this long past expiry (stale-if-error, revalidation)
+    client_header_timeout: float = 10.0  # client: deadline for a whole request head
+    max_connections: int = 0  # client connections per worker (0 = unlimited); beyond it, stop accepting
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
@@ -278,6 +298,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "retry_budget": _parse_fraction,
     "max_upstream_requests": _parse_int(1, 1000000),
     "ready_requires_upstream": _parse_bool,
+    "stale_if_error": _parse_seconds0,
+    "stale_while_revalidate": _parse_seconds0,
+    "stale_keep": _parse_seconds0,
+    "client_header_timeout": _parse_seconds,
+    "max_connections": _parse_int(0, 1_000_000),
 }
 KEYS = tuple(_PARSERS)
 

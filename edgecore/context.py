@@ -2,8 +2,9 @@
 caching flow.
 
 Owns: `Context` (config, cache, counters, upstream pool, flights, key and policy options, the C fast path
-set up from the same facts as the Python path), `Request` (one parsed request), and `Client`, the only
-things the caching flow (cachepath, sinks, plainmiss) may ask of a client connection.
+set up from the same facts as the Python path, the worker's listener that max_connections pauses),
+`Request` (one parsed request), and `Client`, the only things the caching flow (cachepath, sinks,
+plainmiss) may ask of a client connection.
 Invariants: the C fast path gets every fact it shares with Python (entry layout, field lists, thresholds,
 histogram bounds) from the Python source at construction, never retyped; EDGECORE_NO_FASTPATH=1 turns it
 off (and with it the plain-miss path, which only starts from its miss result).
@@ -60,6 +61,14 @@ HIT_PATH_BAIL_FIELDS = tuple(
     )
 )
 LARGE_BODY = 32 << 10  # stored responses above this are written as views, not joined into one buffer
+# a client transport's write buffer high-water mark: above it the client is not read and no further pipelined
+# request is answered (protocol pause_writing; the C hit path checks it between pipelined hits)
+WRITE_HIGH_WATER = 256 << 10
+
+
+def log_text(b: bytes) -> str:
+    """Request bytes (a method, a target) for a log line: readable, bounded."""
+    return b[:200].decode("latin-1")
 
 
 class Request:
@@ -147,6 +156,13 @@ class Client(Protocol):
     def spawn(self, r: Request, rest: Awaitable[None]) -> None: ...  # the rest of r runs in the request task
 
 
+class Listener(Protocol):
+    """The worker's listening side: max_connections stops accepting (pause) until below it (resume)."""
+
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+
+
 class Connection(Protocol):
     """What the worker does with its client connections as a whole (the idle sweep, draining)."""
 
@@ -185,6 +201,7 @@ class Context:
         self.refreshing: set[bytes] = set()  # keys with a background refresh in flight
         self.tasks: set[asyncio.Task[None]] = set()  # background tasks, kept until done
         self._sweeper: asyncio.TimerHandle | None = None
+        self.listener: Listener | None = None  # the worker's listener (max_connections pauses it)
 
     @property
     def draining(self) -> bool:
@@ -240,6 +257,7 @@ def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: ke
         hit_status=cachestatus.HIT_TTL_PREFIX,
         max_line=cfg.max_request_line,
         underscores=cfg.underscores_in_headers,
+        write_high=WRITE_HIGH_WATER,
         enabled=default_opts and probe.endswith(b"1:h/") and not fastpath_disabled(),
     )
 

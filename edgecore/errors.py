@@ -71,6 +71,14 @@ class MethodNotAllowed(BadRequest):
     headers = ((b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),)  # RFC 9110 15.5.6
 
 
+class RequestTimeout(BadRequest):
+    """A request head not complete within client_header_timeout (RFC 9110 15.5.9)."""
+
+    status = 408
+    reason = "Request Timeout"
+    detail = "request-timeout"
+
+
 class ContentTooLarge(BadRequest):
     status = 413
     reason = "Content Too Large"

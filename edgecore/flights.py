@@ -5,8 +5,10 @@ shared cache, and hit-for-miss memory (keys recently found uncacheable skip coal
 Invariants:
 - a Flight's waiters are released at once when the leader learns the response is not storable;
 - finish() is called exactly once per flight and always drops the cross-worker lock it took;
-- across worker processes, one leader per key holds a lock entry in the shared cache while it fetches; an
-  entry left by a killed worker expires after lock_ttl.
+- across worker processes, one leader per key holds a lock entry in the shared cache while it fetches; the
+  entry's value is the leader's pid and it carries the purge tag lock_tag(pid), so the supervisor clears a
+  reaped worker's entries at once (purge_tag), and a waiter that finds the leader's pid gone stops waiting
+  and drops the entry; anything left still expires after lock_ttl.
 Never: touch a socket or decide cacheability (it is told).
 """
 
@@ -17,6 +19,8 @@ import itertools
 import os
 import time
 from typing import Any
+
+from .cache import Cache
 
 
 class Flight:
@@ -33,6 +37,24 @@ class Flight:
 
 LOCK_PREFIX = b"\x00lock:"  # lock entries: never the start of a primary ("0:...") or secondary ("V...") key
 LOCK_FLAG = 8  # never served: the hit path serves FLAG_PLAIN entries only
+
+
+def lock_tag(pid: int) -> int:
+    """The purge tag of every lock entry worker `pid` takes: the supervisor purges it when it reaps pid."""
+    return Cache.tag_id(b"\x00lock-pid:%d" % pid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Does process pid exist (signal 0: nothing is sent)?"""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's (a reused pid)
+    return True
 
 
 class Flights:
@@ -53,17 +75,25 @@ class Flights:
         self._flights: dict[bytes, Flight] = {}
         self._uncacheable: dict[bytes, float] = {}
         self._pid = b"%d" % os.getpid()
+        self._tags = (lock_tag(os.getpid()),)
 
     # Across worker processes the leader of a key also takes a lock entry in the shared cache (an atomic
     # test-and-set); a leader in another worker that finds it taken waits for it to go (polling the shared
     # cache, like nginx's proxy_cache_lock) and then looks in the cache again. A lock left by a killed
-    # worker expires after lock_ttl (the upstream response timeout).
+    # worker is purged by the supervisor when it reaps the worker (lock_tag), dropped by a waiter that finds
+    # its pid gone, and in any case expires after lock_ttl (the upstream response timeout).
     def lock(self, flight: Flight, key: bytes) -> bool:
         if self.cache is None:
             return True
         now = time.time()
         flight.locked = self.cache.store(
-            LOCK_PREFIX + key, self._pid, now, now + self.lock_ttl, LOCK_FLAG, only_if_absent=True
+            LOCK_PREFIX + key,
+            self._pid,
+            now,
+            now + self.lock_ttl,
+            LOCK_FLAG,
+            tags=self._tags,
+            only_if_absent=True,
         )
         return flight.locked
 
@@ -73,11 +103,18 @@ class Flights:
             self.cache.delete(LOCK_PREFIX + key)
 
     async def wait_unlocked(self, key: bytes, timeout: float) -> bool:
-        """Wait (polling 2 ms, doubling to 25 ms) until no worker holds key's lock. False on timeout."""
+        """Wait (polling 2 ms, doubling to 25 ms) until no worker holds key's lock, or its holder is gone
+        (its pid no longer exists: the entry is dropped). False on timeout."""
         deadline = self.loop.time() + timeout
         delay = 0.002
         lock_key = LOCK_PREFIX + key
-        while self.cache.lookup(lock_key, time.time()) is not None:
+        while (found := self.cache.lookup(lock_key, time.time())) is not None:
+            holder = found[0]
+            if holder.isdigit() and not pid_alive(int(holder)):
+                # the leader died (SIGKILL, crash): nobody will release it; the supervisor purges it too
+                if self.cache.lookup(lock_key, time.time()) == found:
+                    self.cache.delete(lock_key)
+                return True
             if self.loop.time() >= deadline:
                 return False
             await asyncio.sleep(delay)

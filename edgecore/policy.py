@@ -131,6 +131,8 @@ class Options:
     heuristic_fraction: float = 0.1  # of (Date - Last-Modified), RFC 9111 4.2.2
     heuristic_max: float = 86400.0  # cap on a heuristic lifetime
     stale_if_error_default: float = 0.0  # window to serve stale on upstream errors without stale-if-error
+    stale_while_revalidate_default: float = 0.0  # RFC 5861 3 window for responses that name none
+    stale_keep: float = 600.0  # seconds an entry is kept past its freshness (serve stale, revalidate)
     max_object_size: int = DEFAULT_MAX_OBJECT_SIZE  # bodies above this are not stored (TOO_LARGE)
     cache_set_cookie: str = "pass"  # "pass": Set-Cookie responses not stored; "strip": stored without it
     cache_client_errors: str = "explicit"  # CLIENT_ERROR_STATUSES: "explicit" freshness only, or "never"
@@ -150,12 +152,15 @@ CLIENT_ERROR_STATUSES = frozenset({400, 413, 414, 431})
 
 def options_for(cfg: Config) -> Options:
     """The policy options a configuration asks for (cdn_cache_control, max_object_size, cache_set_cookie,
-    cache_client_errors)."""
+    cache_client_errors, stale_if_error, stale_while_revalidate, stale_keep)."""
     return Options(
         targeted_fields=tuple(n.encode() for n in cfg.cdn_cache_control),
         max_object_size=cfg.max_object_size,
         cache_set_cookie=cfg.cache_set_cookie,
         cache_client_errors=cfg.cache_client_errors,
+        stale_if_error_default=cfg.stale_if_error,
+        stale_while_revalidate_default=cfg.stale_while_revalidate,
+        stale_keep=cfg.stale_keep,
     )
 
 
@@ -212,7 +217,8 @@ _OWS = b" \t"
 # one too, the caller's to map).
 ERROR_STATUSES = frozenset((500, 502, 503, 504))
 
-# Seconds a stale response with validators is kept past its freshness so that it can be revalidated.
+# Seconds a stored response is kept past its freshness (to be served stale or revalidated): the default of
+# config's stale_keep.
 STALE_KEEP = 600.0
 
 
@@ -463,16 +469,20 @@ def decide_store(
         no_cache = no_cache_v is None or not split_list(no_cache_v)
     must_revalidate = b"must-revalidate" in d or (shared and (b"proxy-revalidate" in d or has_smaxage))
     v = d.get(b"stale-while-revalidate")
-    swr = (_delta(v) or 0.0) if v is not None else 0.0
+    swr = (_delta(v) or 0.0) if v is not None else None
     v = d.get(b"stale-if-error")
     sie = _delta(v) if v is not None else None
-    if sie is None:
-        sie = opts.stale_if_error_default
     validators = has_etag or last_modified is not None
     if no_cache and not validators:  # would be fetched in full on every use: not worth storing
         return None, Reason.NO_CACHE
-    if lifetime - initial_age <= 0 and not validators and swr <= 0 and sie <= 0:
+    # stale on arrival: stored only when the response itself gives a stale window or validators (the
+    # operator's defaults below do not make every max-age=0 response worth keeping)
+    if lifetime - initial_age <= 0 and not validators and not swr and not sie:
         return None, (Reason.STALE if explicit or heuristic else Reason.NO_FRESHNESS)
+    if swr is None:  # the operator's defaults where the response names none (RFC 5861 leaves it open)
+        swr = opts.stale_while_revalidate_default
+    if sie is None:
+        sie = opts.stale_if_error_default
     # Positional: the field order of Freshness (keyword arguments cost twice as much here).
     fresh = Freshness(
         lifetime,
@@ -551,16 +561,17 @@ def stored_head_differs(resp_headers: Headers, strip: tuple[bytes, ...] = ()) ->
 def retention(f: Freshness, has_validators: bool, now: float, stale_keep: float = STALE_KEEP) -> float:
     """Seconds past its freshness (fresh_until = response_time - initial_age + lifetime, as entry.encode
     computes it) that a stored response is kept: long enough for stale-while-revalidate (RFC 5861 3) and
-    stale-if-error (RFC 5861 4), and with validators `stale_keep` seconds so that it can be revalidated
+    stale-if-error (RFC 5861 4), and `stale_keep` seconds whether or not it has validators, so that it can
+    be served stale when the upstream fails (RFC 9111 4.2.4, the operator's stale_if_error) or revalidated
     (RFC 9111 4.3) rather than fetched whole; with validators at least until now + 1 (a response stale on
     arrival is still kept to be revalidated)."""
     keep = f.stale_while_revalidate
     if f.stale_if_error > keep:
         keep = f.stale_if_error
-    if not has_validators:
-        return keep
     if stale_keep > keep:
         keep = stale_keep
+    if not has_validators:
+        return keep
     least = now + 1.0 - (f.response_time - f.initial_age + f.lifetime)
     return keep if keep >= least else least
 

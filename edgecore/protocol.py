@@ -15,7 +15,12 @@ Invariants:
   Transfer-Encoding that is not chunked, or one in an HTTP/1.0 request (RFC 9112 6.1) get 400 and the
   connection closes; CONNECT gets 405 (not a forward proxy), a target over max_request_line 414, a head
   over max_header_size 431, a Host that is no authority 400: each closes and nothing is forwarded;
-- a field name with "_" is dropped (never forwarded, never a Vary input) unless underscores_in_headers.
+- a field name with "_" is dropped (never forwarded, never a Vary input) unless underscores_in_headers;
+- a connection's buffered output is bounded: while the transport's write buffer is above WRITE_HIGH_WATER
+  (pause_writing) the client is not read and no further pipelined request is answered, on the C hit path
+  (which checks between pipelined hits) and the general path (the request task waits) alike;
+- a request head must be complete within client_header_timeout of its first byte (408 and close), however
+  steadily it trickles; beyond max_connections the worker's listener stops accepting until below.
 Never: decide cacheability or freshness (policy), build keys (keys), or block the loop.
 """
 
@@ -31,7 +36,7 @@ import httptools
 
 from . import cachepath, cachestatus, plainmiss
 from ._hitpath import PlainRequest
-from .context import POLICY_REQUEST_FIELDS, Context, Request, make_context
+from .context import POLICY_REQUEST_FIELDS, WRITE_HIGH_WATER, Context, Request, log_text, make_context
 from .errors import (
     BadRequest,
     ContentTooLarge,
@@ -39,6 +44,7 @@ from .errors import (
     HeaderTooLarge,
     InternalError,
     MethodNotAllowed,
+    RequestTimeout,
     UpstreamError,
     URITooLong,
 )
@@ -71,12 +77,19 @@ class ClientProtocol(asyncio.Protocol):
         self.upstream: UpstreamConnection | None = None  # streaming to us right now
         self.last_progress = ctx.loop.time()
         self.peer = b"unknown"
+        self.head_started: float | None = None  # loop time of the first byte of a head being parsed
+        self.writable: asyncio.Future[None] | None = None  # the request task waits on it while write_paused
 
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport subclass
-        self.ctx.connections.add(self)
-        self.ctx.counters.inc(F_CONNECTIONS)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
+        ctx = self.ctx
+        ctx.connections.add(self)
+        ctx.counters.inc(F_CONNECTIONS)
+        limit = ctx.cfg.max_connections
+        if limit and len(ctx.connections) >= limit and ctx.listener is not None:
+            ctx.listener.pause()  # stop accepting until a connection closes
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = str(peer[0]).encode()
@@ -84,7 +97,12 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
-        self.ctx.connections.discard(self)
+        ctx = self.ctx
+        ctx.connections.discard(self)
+        limit = ctx.cfg.max_connections
+        if limit and len(ctx.connections) < limit and ctx.listener is not None:
+            ctx.listener.resume()
+        self._wake_writable()
         up = self.upstream
         if up is not None:
             up.resume_reading()
@@ -94,8 +112,15 @@ class ClientProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_progress = self.ctx.loop.time()
-        if self.req is None and self.active is None and not self.queue and not self.closing:
-            # between messages with nothing in flight: fresh plain hits are answered in C
+        if (
+            self.req is None
+            and self.active is None
+            and not self.queue
+            and not self.closing
+            and not self.write_paused
+        ):
+            # between messages with nothing in flight: fresh plain hits are answered in C (it stops early
+            # when the write buffer fills: the rest waits in the queue, answered once it drains)
             assert self.transport is not None  # data comes only after connection_made
             consumed, close, miss = self.ctx.hitpath.serve(data, self.transport)
             if close:
@@ -134,10 +159,15 @@ class ClientProtocol(asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
+        """The write buffer is above WRITE_HIGH_WATER: stop reading the client (and a streaming upstream);
+        no further pipelined request is answered until resume_writing."""
         self.write_paused = True
         up = self.upstream
         if up is not None:
             up.pause_reading()
+        if not self.read_paused and self.transport is not None and not self.closing:
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -145,14 +175,46 @@ class ClientProtocol(asyncio.Protocol):
         up = self.upstream
         if up is not None:
             up.resume_reading()
+        if len(self.queue) < PIPELINE_MAX // 2:
+            self.resume_reading()
+        self._wake_writable()
+
+    def _wake_writable(self) -> None:
+        w = self.writable
+        if w is not None:
+            self.writable = None
+            if not w.done():
+                w.set_result(None)
 
     def check_idle(self, now: float, limit: float) -> None:
         """Called about once a second: a client that sends nothing (between requests or inside a head or
         body) or reads nothing for `limit` seconds is closed."""
-        if self.closing or now - self.last_progress < limit:
+        if self.closing:
+            return
+        started = self.head_started
+        if started is not None and now - started >= self.ctx.cfg.client_header_timeout:
+            self._header_timeout()
+            return
+        if now - self.last_progress < limit:
             return
         waiting_for_upstream = self.active is not None and not self.write_paused and self.active.body_done
         if not waiting_for_upstream:
+            self.abort()
+
+    def _header_timeout(self) -> None:
+        """A head not complete within client_header_timeout (nginx's client_header_timeout): 408 when
+        nothing else is in flight on the connection (responses stay in order), then close."""
+        self.head_started = None
+        self.ctx.counters.inc(F_BAD_REQUESTS)
+        if self.active is None and not self.queue:
+            r = self.req or Request()
+            r.keep_alive = False
+            self.req = None
+            self.error(
+                r, RequestTimeout(f"request head not complete within {self.ctx.cfg.client_header_timeout:g}s")
+            )
+            self.finish()
+        else:
             self.abort()
 
     def close_if_idle(self) -> None:
@@ -173,6 +235,7 @@ class ClientProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
         self.req = Request()
+        self.head_started = self.ctx.loop.time()
 
     def on_url(self, url: bytes) -> None:
         r = self.req
@@ -224,6 +287,7 @@ class ClientProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         r = self.req
         assert r is not None
+        self.head_started = None
         p = self.parser
         r.method = p.get_method()
         r.version = p.get_http_version().encode()
@@ -309,6 +373,11 @@ class ClientProtocol(asyncio.Protocol):
     async def _run(self, r: Request, first: Awaitable[None] | None = None) -> None:
         """The request task: answers r, then the pipelined requests after it, in order."""
         while True:
+            if first is None and self.write_paused and not self.closing:
+                # flow control: the client reads nothing; answer the next request once its buffer drains
+                if self.writable is None:
+                    self.writable = self.ctx.loop.create_future()
+                await self.writable
             try:
                 if first is not None:
                     aw, first = first, None
@@ -318,7 +387,7 @@ class ClientProtocol(asyncio.Protocol):
             except EdgeError as e:
                 self.error(r, e)
             except Exception as e:  # a worker never dies of one request
-                log.exception("internal error answering %s %s", _text(r.method), _text(r.target))
+                log.exception("internal error answering %s %s", log_text(r.method), log_text(r.target))
                 self.error(r, InternalError(f"internal error: {type(e).__name__}"))
             nxt = self._after(r)
             if nxt is None:
@@ -326,6 +395,7 @@ class ClientProtocol(asyncio.Protocol):
             r = nxt
 
     def _parse_failed(self, err: EdgeError) -> None:
+        self.head_started = None
         self.ctx.counters.inc(F_BAD_REQUESTS)
         self._stop_reading()
         r = self.req or Request()
@@ -360,7 +430,7 @@ class ClientProtocol(asyncio.Protocol):
             up.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.read_paused and self.transport is not None and not self.closing:
+        if self.read_paused and self.transport is not None and not self.closing and not self.write_paused:
             self.read_paused = False
             self.transport.resume_reading()
 
@@ -386,7 +456,7 @@ class ClientProtocol(asyncio.Protocol):
         status = e.status
         if status >= 500:
             # the details (upstream addresses, internals) go to the log, not to the client
-            log.info("%d for %s %s: %s", status, _text(r.method), _text(r.target), e)
+            log.info("%d for %s %s: %s", status, log_text(r.method), log_text(r.target), e)
             body = f"{status} {e.reason}\n".encode()
         else:
             body = f"{status} {e.reason}: {e}\n".encode()
@@ -408,8 +478,3 @@ class ClientProtocol(asyncio.Protocol):
         self.write(head if r.method == b"HEAD" else head + body)
         if not r.keep_alive:
             self.finish()
-
-
-def _text(b: bytes) -> str:
-    """Request bytes for a log line: readable, bounded."""
-    return b[:200].decode("latin-1")

@@ -3,7 +3,8 @@
 Owns: sockets (one SO_REUSEPORT listener per worker on the same port), fork, signals, restarts and graceful
 shutdown. The supervisor creates the shared cache and counters *before* forking, so every child maps the
 same memory; it runs no event loop itself (so every fork starts from a clean process), sweeps the cache
-every 100 ms, reaps and replaces dead children, and on SIGTERM/SIGINT turns readiness off, asks the
+every 100 ms, reaps and replaces dead children (releasing at once the miss locks a dead worker held:
+flights.lock_tag), and on SIGTERM/SIGINT turns readiness off, asks the
 workers to finish in-flight requests within the grace period, and exits 0.
 Invariants: a worker never outlives a stopped supervisor by more than the grace period (it also exits when
 its parent disappears); a crash-looping worker is restarted with backoff, never in a tight loop.
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -24,6 +26,7 @@ from typing import Any
 
 from .cache import Cache
 from .config import Config, fastpath_disabled
+from .flights import lock_tag
 from .metrics import C_DRAINING, C_STOPPING, F_PID, F_READY, SharedCounters
 
 log = logging.getLogger("edgecore")
@@ -109,6 +112,11 @@ class Supervisor:
             if slot is None:
                 continue
             self.counters.reset_slot(slot)
+            if slot != self.admin_slot:
+                # the miss locks it led are released at once: their waiters in other workers go on
+                cleared = self.cache.purge_tag(lock_tag(pid))
+                if cleared:
+                    log.warning("released %d miss lock(s) held by dead worker pid %d", cleared, pid)
             if self.stopping:
                 continue
             what = "admin" if slot == self.admin_slot else f"worker {slot}"
@@ -201,6 +209,77 @@ class Supervisor:
         return 0
 
 
+class Listener:
+    """A worker's SO_REUSEPORT listener that max_connections can pause: pause() closes the listening
+    socket (new connections go to the other workers' listeners, or are refused when there is none), resume()
+    binds and listens again on the same port (the supervisor's placeholder keeps it reserved)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, factory: Any) -> None:
+        self.loop = loop
+        self.host, self.port = host, port
+        self.factory = factory
+        self.server: asyncio.AbstractServer | None = None
+        self.paused = False
+        self.stopped = False
+        self._opening = False
+
+    async def open(self) -> None:
+        sock = bind_socket(self.host, self.port, reuseport=True, listen=True)
+        self.server = await self.loop.create_server(self.factory, sock=sock, backlog=4096)
+
+    def pause(self) -> None:
+        if self.paused or self.stopped:
+            return
+        self.paused = True
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        log.info("max_connections reached: not accepting until a connection closes")
+
+    def resume(self) -> None:
+        if not self.paused or self.stopped:
+            return
+        self.paused = False
+        if not self._opening and self.server is None:
+            self._opening = True
+            self.loop.create_task(self._reopen())
+
+    async def _reopen(self) -> None:
+        try:
+            while not self.paused and not self.stopped and self.server is None:
+                try:
+                    await self.open()
+                except OSError as e:  # (never expected: the port is reserved) try again shortly
+                    log.error("cannot listen again on %s:%d: %s", self.host, self.port, e)
+                    await asyncio.sleep(0.1)
+            if (self.paused or self.stopped) and self.server is not None:
+                self.server.close()
+                self.server = None
+        finally:
+            self._opening = False
+
+    def close(self) -> None:
+        self.stopped = True
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+
+def raise_open_files_limit() -> None:
+    """Raise the open-files soft limit to the hard limit (each client and upstream connection is a file), and
+    log it: with the usual 1024 soft limit, misses fail with "Too many open files" under load."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            log.info("open files limit raised from %d to %d", soft, want)
+        except (ValueError, OSError) as e:
+            log.warning("open files limit %d could not be raised to %d: %s", soft, want, e)
+    else:
+        log.info("open files limit %d", soft)
+
+
 def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, port: int) -> int:
     """A worker process: its own SO_REUSEPORT listener, its own uvloop loop, the shared cache."""
     import uvloop
@@ -212,8 +291,9 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
     slot_counters = counters.slot_view(slot)
     ctx = make_context(cfg, cache, slot_counters, loop)
     host, _ = cfg.listen
-    sock = bind_socket(host, port, reuseport=True, listen=True)
-    server = loop.run_until_complete(loop.create_server(lambda: ClientProtocol(ctx), sock=sock, backlog=4096))
+    listener = Listener(loop, host, port, lambda: ClientProtocol(ctx))
+    loop.run_until_complete(listener.open())
+    ctx.listener = listener
     ctx.start()
     stop = loop.create_future()
 
@@ -238,7 +318,7 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
     async def drain() -> None:
         await stop
         slot_counters.set(F_READY, 0)
-        server.close()
+        listener.close()
         ctx.draining = True
         deadline = loop.time() + cfg.grace_period
         for c in list(ctx.connections):
@@ -260,6 +340,7 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
 
 
 def serve(cfg: Config) -> int:
+    raise_open_files_limit()
     try:
         sup = Supervisor(cfg)
     except OSError as e:

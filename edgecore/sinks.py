@@ -52,13 +52,13 @@ def stored_form(
     body: bytes,
     fresh: policy.Freshness,
     request_time: float,
-    strip: tuple[bytes, ...] = (),
+    opts: policy.Options,
 ) -> tuple[bytes, float, float, int]:
     """(value, birth, expires, cache flags) of a response to store: the storable fields (RFC 9111 3.1; none
-    in `strip`, policy.Options.strip_on_store) with our Via, encoded by entry; kept past freshness for
-    stale-while-revalidate/-if-error, and a while longer when it has validators so that it can be
-    revalidated."""
-    stored_headers = policy.storable_headers(headers, strip)
+    in opts.strip_on_store) with our Via, encoded by entry; kept past freshness for stale-while-revalidate/
+    -if-error and opts.stale_keep seconds (config stale_keep) so that it can be served stale on an upstream
+    failure or revalidated (policy.retention)."""
+    stored_headers = policy.storable_headers(headers, opts.strip_on_store)
     via = VIA
     validators = False
     for i, (n, v) in enumerate(stored_headers):
@@ -70,7 +70,7 @@ def stored_form(
     if via:
         stored_headers.append((b"via", via))
     value, birth, fresh_until, flags = entry.encode(status, reason, stored_headers, body, fresh, request_time)
-    expires = fresh_until + policy.retention(fresh, validators, time.time())
+    expires = fresh_until + policy.retention(fresh, validators, time.time(), opts.stale_keep)
     return value, birth, expires, flags
 
 
@@ -103,7 +103,7 @@ def store(
     """Store a complete response policy allowed (at its variant's key when it varies). -> the stored value,
     or None when the cache refused it."""
     value, birth, expires, flags = stored_form(
-        status, reason, headers, body, fresh, request_time, ctx.policy_opts.strip_on_store
+        status, reason, headers, body, fresh, request_time, ctx.policy_opts
     )
     if vary:
         key = _variant_key(ctx, r, vary, birth, expires)
@@ -334,9 +334,15 @@ class StoreSink(StreamSink):
         if status == 304 and self.stored is not None:
             self._validated(headers, now)
             return
-        if policy.serves_stale_on(status) and self.stored is not None and self.rc is not None:
+        if policy.serves_stale_on(status) and self.stored is not None:
+            if self.proto is None:
+                # a background refresh that failed: the stored copy stays as it is (it may still be served
+                # stale, RFC 5861 3/4); the error response is neither stored nor relayed
+                self.validated = True
+                return
             f = entry.freshness(self.stored[1])
-            if policy.may_serve_stale_on_error(f, self.rc, now):  # RFC 5861 4, RFC 9111 4.2.4
+            # RFC 5861 4, RFC 9111 4.2.4
+            if self.rc is not None and policy.may_serve_stale_on_error(f, self.rc, now):
                 self.stale_on_error = self.validated = True
                 return
         post = self.r.method == b"POST"
@@ -359,7 +365,8 @@ class StoreSink(StreamSink):
             if not post:
                 self.outcome = Outcome.UNCACHEABLE
             self.detail = cachestatus.detail(why) if why is not None else None
-            if self.stored is not None:
+            if self.stored is not None and not policy.serves_stale_on(status):
+                # (an upstream error is no reason to drop the stored copy: it is what serves the next one)
                 ctx.cache.delete(self.key)
             if self.flight is not None:
                 ctx.flights.mark_uncacheable(self.key)

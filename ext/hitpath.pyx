@@ -174,6 +174,7 @@ cdef class HitPath:
     cdef Py_ssize_t _meta
     cdef Py_ssize_t _off_sl, _off_head_len, _off_fresh_until, _off_birth
     cdef Py_ssize_t _large
+    cdef Py_ssize_t _write_high  # client write buffer bytes above which serve() stops answering (0: never)
     cdef int _flag_plain
     cdef bytes _prefix          # the key up to the host: tenant and method class
     cdef public bint enabled
@@ -189,12 +190,13 @@ cdef class HitPath:
 
     def __init__(self, cache, *, words, counter_index, bounds, Py_ssize_t max_head, layout, int flag_plain,
                  bytes key_prefix, bail_fields, fetch_drop, Py_ssize_t large_body, bytes hit_status,
-                 Py_ssize_t max_line, bint underscores, bint enabled=True):
+                 Py_ssize_t max_line, bint underscores, Py_ssize_t write_high, bint enabled=True):
         """counter_index: the words' indexes of (hits, served, duration sum in ns, first histogram bucket);
         bounds: the histogram's upper bounds in seconds (one bucket more counts the rest); layout: the stored
         entry's (META size, statusline_len offset (u16), head_len offset (u32), fresh_until offset (f64),
         birth offset (f64)), as edgecore.entry defines them; hit_status: a fresh hit's Cache-Status up to its
-        ttl value, as edgecore.cachestatus spells it."""
+        ttl value, as edgecore.cachestatus spells it; write_high: the client transports' write buffer
+        high-water mark (serve() answers no further pipelined hit once the buffer is above it)."""
         cdef long long[::1] view = words
         self._lookup = cache.lookup
         self._words = words
@@ -214,6 +216,7 @@ cdef class HitPath:
         if len(hit_status) > 100:
             raise ValueError("hit_status longer than 100 bytes")
         self._hit_status = hit_status
+        self._write_high = write_high
         self._flag_plain = flag_plain
         self._prefix = key_prefix
         self.enabled = enabled
@@ -241,6 +244,7 @@ cdef class HitPath:
             "large_body": self._large,
             "max_line": self._max_line,
             "underscores": self._underscores,
+            "write_high": self._write_high,
             "flag_plain": self._flag_plain,
             "hit_status": self._hit_status,
         }
@@ -358,8 +362,9 @@ cdef class HitPath:
                                 PyBytes_FromStringAndSize(target, tlen))
 
     def serve(self, bytes data, transport):
-        """Answer the fresh plain hits at the start of `data`. -> (bytes consumed, close the connection?,
-        the PlainRequest it stopped at when nothing is stored for its key, else None)."""
+        """Answer the fresh plain hits at the start of `data`, stopping early when the transport's write
+        buffer is above write_high. -> (bytes consumed, close the connection?, the PlainRequest it stopped
+        at when nothing is stored for its key, else None)."""
         cdef const char *p = PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t pos = 0, hend
@@ -395,6 +400,11 @@ cdef class HitPath:
             pos += hend + 4
             if not keep:
                 return pos, True, None
+            # flow control: with more pipelined requests behind it and the client not reading, stop here;
+            # the protocol pauses reading and answers the rest once the buffer drains (one call per
+            # pipelined hit only: a single request per read never pays for it)
+            if self._write_high and pos < n and transport.get_write_buffer_size() > self._write_high:
+                return pos, False, None
         return pos, False, None
 
     cdef const char *_find_head_end(self, const char *p, Py_ssize_t n):

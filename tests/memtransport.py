@@ -35,5 +35,11 @@ class MemoryTransport(asyncio.Transport):
     def pause_reading(self) -> None:
         pass
 
+    def get_write_buffer_size(self) -> int:
+        return 0  # everything written is kept: the buffer never fills
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
     def resume_reading(self) -> None:
         pass

@@ -335,3 +335,21 @@ def test_bodies_have_exact_sizes(tmp_path):
 )
 def test_edgecore_hit_reads_rfc9211_cache_status(header, hit):
     assert edgecore_hit({"cache-status": header}) is hit
+
+
+def test_outage_summary_splits_the_run_into_phases() -> None:
+    """bench/outage.py: error rate and latency per phase (before / outage / after) from the raw samples."""
+    from bench.outage import Result, Sample, build_parser, render, summarise
+
+    samples = [
+        Sample(0.5, True, 1.0),
+        Sample(1.5, False, 900.0),
+        Sample(1.6, True, 2.0),
+        Sample(2.5, True, 3.0),
+    ]
+    ph = summarise(samples, (1.0, 2.0, 3.0))
+    assert (ph["before"]["requests"], ph["before"]["errors"]) == (1, 0)
+    assert (ph["outage"]["requests"], ph["outage"]["errors"], ph["outage"]["error_rate"]) == (2, 1, 0.5)
+    assert ph["outage"]["p99"] == 900.0 and ph["after"]["requests"] == 1
+    md = render([Result("edgecore", "defaults", ph)], build_parser().parse_args([]))
+    assert "| edgecore | defaults | 2 | 1 (50.00 %) | 900.0 / 900.0 |" in md

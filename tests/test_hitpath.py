@@ -21,11 +21,15 @@ from edgecore.metrics import F_SERVED, Outcome, SharedCounters
 
 
 class Transport:
-    def __init__(self) -> None:
+    def __init__(self, buffered: int = 0) -> None:
         self.out: list[bytes] = []
+        self.buffered = buffered  # what get_write_buffer_size reports: a client that reads nothing
 
     def write(self, data: bytes) -> None:
         self.out.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,7 @@ def test_c_path_is_told_every_shared_fact_by_its_python_source(setup):
     assert set(context.POLICY_REQUEST_FIELDS) <= set(facts["bail_fields"])
     assert facts["fetch_drop"] == upstream.FETCH_DROP_FIELDS
     assert facts["large_body"] == context.LARGE_BODY
+    assert facts["write_high"] == context.WRITE_HIGH_WATER
     assert facts["flag_plain"] == entry.FLAG_PLAIN
     assert facts["hit_status"] + b"42" == cachestatus.render(hit=True, ttl=42)
     assert facts["max_line"] == setup[0].max_request_line  # the general path's 414 limit (protocol.on_url)
@@ -94,6 +99,7 @@ def test_c_path_refuses_a_layout_outside_meta(setup):
             hit_status=b"",
             max_line=8192,
             underscores=False,
+            write_high=0,
         )
 
 
@@ -217,6 +223,18 @@ def test_pipelined_hits_then_a_miss_stops_at_the_miss(setup):
     assert (miss.keep, miss.head_only, miss.http10) == (1, False, False)
     assert t.out[0].endswith(b"\r\n\r\nA")
     assert t.out[1].endswith(b"content-length: 2\r\n\r\n")  # HEAD: no body
+
+
+def test_pipelined_hits_stop_while_the_write_buffer_is_above_the_high_water_mark(setup):
+    """Flow control: with the client's write buffer above WRITE_HIGH_WATER, serve answers the hit at hand
+    and no further pipelined one (the protocol answers the rest once the buffer drains)."""
+    cache, hp = setup[1], setup[4]
+    _store(cache, b"w.example", b"/a", b"A")
+    one = b"GET /a HTTP/1.1\r\nHost: w.example\r\n\r\n"
+    full = Transport(buffered=context.WRITE_HIGH_WATER + 1)
+    assert hp.serve(one * 3, full) == (len(one), False, None) and len(full.out) == 1
+    below = Transport(buffered=context.WRITE_HIGH_WATER)
+    assert hp.serve(one * 3, below) == (3 * len(one), False, None) and len(below.out) == 3
 
 
 def test_connection_close_and_http10(setup):

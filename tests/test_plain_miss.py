@@ -1657,9 +1657,10 @@ def test_two_workers_coalesce_plain_misses_into_one_upstream_request(raw_origin,
 
 
 def test_worker_killed_mid_plain_miss_does_not_wedge_the_key(raw_origin, edges):
-    """Worker 0 dies holding the cross-worker lock of a plain miss: worker 1's request for the key waits
-    at most the lock's lifetime (response_timeout), then fetches it itself."""
-    e = edges(raw_origin.url, workers=2, EDGECORE_RESPONSE_TIMEOUT="1.5")
+    """Worker 0 dies holding the cross-worker lock of a plain miss: the supervisor releases the lock when
+    it reaps the worker, so worker 1's request for the key fetches it itself within a second or two, not
+    after the lock's lifetime (response_timeout, 30 s here)."""
+    e = edges(raw_origin.url, workers=2, EDGECORE_RESPONSE_TIMEOUT="30")
     c0, c1 = conns_per_worker(e, 2, "/d")
     pids = e.stats()["workers"]["pids"]
     raw_origin.routes["/dead"] = [("gate", "never", b""), raw_ok(b"fetched again")]
@@ -1670,7 +1671,7 @@ def test_worker_killed_mid_plain_miss_does_not_wedge_the_key(raw_origin, edges):
     t0 = time.monotonic()
     r = exchange(c1, "/dead")
     assert r.status == 200 and r.body == b"fetched again"
-    assert time.monotonic() - t0 < 8
+    assert time.monotonic() - t0 < 3
     assert raw_origin.count("/dead") == 2
     assert exchange(c1, "/dead").cache_status.startswith("edgecore; hit")
     raw_origin.open_gate("never")
@@ -1798,10 +1799,10 @@ def test_pipelined_plain_misses_hits_and_general_requests_in_order(raw_origin, e
 
 
 def test_connection_paused_for_a_slow_client_is_not_reused_paused(raw_origin, edges):
-    """A client that does not read: big pipelined hits fill its socket (the edge pauses writing to it), and
-    the miss pipelined after them is fetched on the general path while the client is write-paused, so its
-    upstream connection is paused too; its whole response is read in one read and the connection goes back
-    to the pool. Another client's plain miss then takes that pooled connection."""
+    """A client that does not read: big pipelined hits fill its socket (the edge pauses writing to it, and
+    since the output bound of issue 10 it answers nothing more until the client reads), then the miss
+    pipelined after them is fetched on the general path; its upstream connection goes back to the pool
+    unpaused. Another client's plain miss then takes that pooled connection."""
     e = edges(raw_origin.url, EDGECORE_RESPONSE_TIMEOUT="1.5")
     raw_origin.routes["/big"] = [raw_ok(b"b" * 1_000_000)]
     c = Conn(e.port)
@@ -1813,9 +1814,9 @@ def test_connection_paused_for_a_slow_client_is_not_reused_paused(raw_origin, ed
     # more than the kernel buffers on loopback take; Pragma sends /small down the general path (a
     # StoreSink that couples its upstream connection to this client's flow control)
     slow.send(req("/big") * 10 + req("/small", "Pragma: x"))
-    assert wait_for(lambda: e.stats()["cache"]["misses"] == before + 1)  # /small answered (not yet read)
     assert [len(slow.read_response().body) for _ in range(10)] == [1_000_000] * 10
     assert slow.read_response().body == b"/small"
+    assert e.stats()["cache"]["misses"] == before + 1
     other = Conn(e.port)
     t0 = time.monotonic()
     r = exchange(other, "/next")

@@ -1386,14 +1386,17 @@ def _fresh(lifetime: float, swr: float = 0.0, sie: float = 0.0, initial_age: flo
 
 RETENTION = [
     # (freshness, has validators, now, stale_keep, seconds kept past fresh_until)
-    (_fresh(60), False, T, STALE_KEEP, 0.0),  # nothing to revalidate with, no stale window: gone when stale
-    (_fresh(60, swr=30), False, T, STALE_KEEP, 30.0),  # RFC 5861 3
-    (_fresh(60, swr=30, sie=90), False, T, STALE_KEEP, 90.0),  # RFC 5861 4: the longer window
+    # RFC 9111 4.2.4 / config stale_keep: kept to be served stale on error, with or without validators
+    (_fresh(60), False, T, STALE_KEEP, 600.0),
+    (_fresh(60), False, T, 0.0, 0.0),  # stale_keep 0, no validators, no stale window: gone when stale
+    (_fresh(60, swr=30), False, T, 0.0, 30.0),  # RFC 5861 3
+    (_fresh(60, swr=30, sie=90), False, T, 0.0, 90.0),  # RFC 5861 4: the longer window
+    (_fresh(60, sie=900), False, T, STALE_KEEP, 900.0),  # RFC 5861 4: a window longer than stale_keep
     (_fresh(60), True, T, STALE_KEEP, 600.0),  # 4.3: kept to be revalidated
     (_fresh(60, sie=3600), True, T, STALE_KEEP, 3600.0),
     (_fresh(60), True, T, 120.0, 120.0),  # stale_keep is configurable
     (_fresh(0, initial_age=10), True, T + 5000, 0.0, 5011.0),  # stale on arrival: kept until now + 1
-    (_fresh(0), False, T + 5000, STALE_KEEP, 0.0),
+    (_fresh(0), False, T + 5000, 0.0, 0.0),
 ]
 
 
@@ -1485,3 +1488,87 @@ def test_stored_head_differs_with_strip(resp: tuple, strip: tuple, differs: bool
     assert stored_head_differs(H(*resp), strip) is differs
     names = [n for n, _ in storable_headers(H(*resp), strip)]
     assert (b"set-cookie" in names) is (bool(resp[1:]) and not strip)
+
+
+def test_options_for_config_stale_keys() -> None:
+    cfg = build(
+        {
+            "upstream": ["http://a:1"],
+            "stale_if_error": 30,
+            "stale_while_revalidate": "5",
+            "stale_keep": 120,
+        }
+    )
+    opts = options_for(cfg)
+    assert (opts.stale_if_error_default, opts.stale_while_revalidate_default, opts.stale_keep) == (30, 5, 120)
+    d = options_for(build({"upstream": ["http://a:1"]}))
+    assert (d.stale_if_error_default, d.stale_while_revalidate_default, d.stale_keep) == (60, 0, STALE_KEEP)
+
+
+OPERATOR_STALE = [
+    # (id, response Cache-Control, options, request pause, (use, may serve stale on error), stored?)
+    # RFC 5861 3: the operator's stale-while-revalidate applies when the response names none
+    (
+        "swr-default",
+        "max-age=2",
+        Options(stale_while_revalidate_default=30),
+        3,
+        ("stale_revalidate", False),
+        True,
+    ),
+    (
+        "swr-own-wins",
+        "max-age=2, stale-while-revalidate=0",
+        Options(stale_while_revalidate_default=30),
+        3,
+        ("validate:stale", False),
+        True,
+    ),
+    # RFC 5861 4 / RFC 9111 4.2.4: the operator's stale-if-error; the response's own value wins
+    ("sie-default", "max-age=2", Options(stale_if_error_default=60), 30, ("validate:stale", True), True),
+    (
+        "sie-own-wins",
+        "max-age=2, stale-if-error=1",
+        Options(stale_if_error_default=60),
+        30,
+        ("validate:stale", False),
+        True,
+    ),
+    ("sie-default-no-cache-request", "max-age=2", Options(stale_if_error_default=60), 3, None, True),
+    # 4.2.4: never against must-revalidate / no-cache, whatever the operator says
+    (
+        "sie-default-must-revalidate",
+        "max-age=2, must-revalidate",
+        Options(stale_if_error_default=60),
+        3,
+        ("validate:must_revalidate", False),
+        True,
+    ),
+    # stale on arrival: the operator's defaults do not make it worth storing (3: nothing to reuse it for)
+    (
+        "stale-on-arrival",
+        "max-age=0",
+        Options(stale_if_error_default=60, stale_while_revalidate_default=9),
+        0,
+        None,
+        False,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "cc", "opts", "pause", "expected", "stored"), OPERATOR_STALE, ids=[r[0] for r in OPERATOR_STALE]
+)
+def test_operator_stale_defaults(
+    case: str, cc: str, opts: Options, pause: float, expected: tuple | None, stored: bool
+) -> None:
+    f, why = decide_store(b"GET", 200, [], H((CC, cc)), request_time=T, response_time=T, opts=opts)
+    assert (f is not None) is stored, why
+    if f is None:
+        return
+    if expected is None:  # the request forbids stale (RFC 9111 5.2.1.4)
+        assert not may_serve_stale_on_error(f, parse_request(H((CC, "no-cache"))), T + pause)
+        return
+    use, reason = decide_use(f, parse_request([]), T + pause)
+    got = use.name.lower() + (":" + reason.name.lower() if reason is not None else "")
+    assert (got, may_serve_stale_on_error(f, parse_request([]), T + pause)) == expected

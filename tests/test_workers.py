@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from client import Edge, get
+from client import Conn, Edge, get
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +89,55 @@ def test_concurrent_misses_across_workers_send_one_upstream_request(two, origin,
     assert sum("collapsed" in r.cache_status for r in out) == n - 1
     after = two.stats()["workers"]["requests"]
     assert all(a > b for a, b in zip(after, served, strict=True)), (served, after)  # both workers took part
+
+
+def _conns_per_worker(e: Edge, prefix: str) -> list[Conn]:
+    """One kept-alive connection per worker of a two-worker edge (found by whose served count moves)."""
+    found: dict[int, Conn] = {}
+    for i in range(64):
+        before = e.stats()["workers"]["requests"]
+        c = Conn(e.port)
+        c.request("GET", f"{prefix}/warm{i}?body=w")
+        assert c.read_response().status == 200
+        after = e.stats()["workers"]["requests"]
+        moved = [s for s in range(2) if after[s] != before[s]]
+        assert len(moved) == 1, (before, after)
+        if moved[0] in found:
+            c.close()
+        else:
+            found[moved[0]] = c
+        if len(found) == 2:
+            return [found[0], found[1]]
+    raise AssertionError("could not reach both workers")
+
+
+def test_worker_killed_leading_a_coalesced_miss_releases_its_lock_at_once(origin, uniq, path):
+    """Worker 0 leads a miss (cross-worker lock taken) and is SIGKILLed; worker 1's waiters for that key
+    are answered within a second or two (the supervisor purges the dead worker's lock entries, a waiter
+    that finds the leader's pid gone stops waiting), not after the lock's lifetime (response_timeout, 30 s
+    here)."""
+    e = Edge(origin.url, workers=2, path=path, env={"EDGECORE_RESPONSE_TIMEOUT": "30"})
+    conns: list[Conn] = []
+    try:
+        conns = c0, c1 = _conns_per_worker(e, uniq)
+        pids = e.stats()["workers"]["pids"]
+        t = f"{uniq}/dead?cc=max-age=60&gate={uniq}-never&body=fetched"
+        c0.request("GET", t)
+        assert origin.wait_count(f"{uniq}/dead", 1)
+        c1.request("GET", t)
+        assert e.wait_stat(lambda s: s["coalescing"]["waiting"] >= 1)["coalescing"]["waiting"] >= 1
+        origin.override(f"{uniq}/dead", gate="")  # the next fetch is answered at once
+        os.kill(pids[0], signal.SIGKILL)
+        t0 = time.monotonic()
+        r = c1.read_response()
+        elapsed = time.monotonic() - t0
+        assert r.status == 200 and r.body == b"fetched", (r.status, r.body)
+        assert elapsed < 3.0, elapsed  # the lock lives 30 s: released at once instead
+        for _ in range(6):  # the key is stored now (whichever worker, the replacement too)
+            assert get(e.port, t).body == b"fetched"
+        assert origin.count(f"{uniq}/dead") == 2  # the dead leader's fetch and one more
+    finally:
+        origin.open_gate(f"{uniq}-never")
+        for c in conns:
+            c.close()
+        e.stop()
