@@ -359,7 +359,10 @@ async def revalidate(
     m: entry.Meta,
     rc: policy.RequestControl,
 ) -> None:
-    """A stored response that may not be used as is: validate it upstream (RFC 9111 4.3.1)."""
+    """A stored response that may not be used as is: validate it upstream (RFC 9111 4.3.1), or serve it stale
+    at once when every server is known down and policy allows it."""
+    if c.ctx.pool.none_usable() and serve_stale_on_error(c, r, value, m, rc, _NO_LIVE_UPSTREAM):
+        return
     stored = entry.headers(value, m)
     validators = policy.validators_for(stored)
     sink = StoreSink(c.ctx, c, r, key, fwd=b"stale", flight=None, stored=(value, m, stored), rc=rc)
@@ -384,6 +387,9 @@ async def revalidate(
         if not sink.started and serve_stale_on_error(c, r, value, m, rc, e):
             return
         raise
+
+
+_NO_LIVE_UPSTREAM = UpstreamError("no upstream is up: every server is marked down or ejected")
 
 
 def serve_stale_on_error(

@@ -573,6 +573,13 @@ class Pool:
             )
         return True
 
+    def none_usable(self) -> bool:
+        """Every server is marked down or ejected: a request that may be answered stale is answered so at once
+        rather than sent to a server known dead ("no live upstreams", as nginx answers from
+        proxy_cache_use_stale)."""
+        now = self.loop.time()
+        return not any(self.usable(s, now) for s in self.servers)
+
     def choose(
         self, key: bytes = b"", exclude: list[Server] | None = None, commit: bool = True
     ) -> Server | None:

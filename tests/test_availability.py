@@ -186,10 +186,11 @@ NEVER = {
 
 @pytest.fixture(scope="module")
 def primed(path):
-    """One origin and one edge (default stale settings, response_timeout 1 s) with an expired entry per
-    case below, primed together and waited for once (freshness is wall-clock time)."""
+    """One origin and one edge (default stale settings, response_timeout 1 s, and no passive ejection, so that
+    every case really goes upstream first) with an expired entry per case below, primed together and waited
+    for once (freshness is wall-clock time)."""
     o = FailOrigin()
-    e = Edge(o.url, path=path, env={"EDGECORE_RESPONSE_TIMEOUT": "1"})
+    e = Edge(o.url, path=path, env={"EDGECORE_RESPONSE_TIMEOUT": "1", "EDGECORE_MAX_FAILS": "0"})
     try:
         for name, action in FAILURES.items():
             o.routes[f"/f/{name}"] = [ok(b"good"), action]
@@ -238,6 +239,24 @@ def test_expired_plain_response_is_served_stale_when_the_origin_is_down(fo, edge
         r = get(e.port, "/down")
         assert r.status == 200 and r.body == b"good" and "detail=stale-if-error" in r.cache_status
     assert wait_for(lambda: any("cannot connect" in line and "serving stale" in line for line in e.lines), 5)
+
+
+def test_stale_is_served_at_once_while_every_upstream_is_known_down(fo, edges):
+    """The one upstream failed and is ejected (max_fails 1 within fail_timeout): an expired entry is served
+    stale without another attempt on the dead server ("no live upstreams", as nginx answers from
+    proxy_cache_use_stale), until the ejection ends."""
+    e = edges(fo.url, fail_timeout="30")
+    fo.routes["/gone"] = [ok(b"good"), "drop"]
+    expire(get(e.port, "/gone"))
+    first = get(e.port, "/gone")  # tries, the origin closes without answering: stale, and the server ejected
+    assert first.status == 200 and first.body == b"good" and "detail=stale-if-error" in first.cache_status
+    tried = fo.count("/gone")
+    assert tried >= 2  # it did go upstream (a reused connection closed is retried once on a fresh one)
+    for _ in range(3):
+        r = get(e.port, "/gone")
+        assert r.status == 200 and r.body == b"good" and "detail=stale-if-error" in r.cache_status
+    assert fo.count("/gone") == tried  # not sent to the server known dead
+    assert wait_for(lambda: any("no upstream is up" in line for line in e.lines), 5)
 
 
 def test_stale_if_error_off_gives_502(fo, edges):
