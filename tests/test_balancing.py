@@ -491,3 +491,37 @@ def test_retry_budget(ratio, requests, asked, allowed):
     # a window later the old retries still count against the old requests; two windows later all is new
     b.request(130.0)
     assert b.allow(130.0) == (ratio > 0)
+
+
+def test_an_upstream_killed_under_load_fails_no_request(origins, edges, path, uniq):
+    """Four clients keep requesting (uncacheable: every request goes upstream) while one of three origins
+    dies: the requests it held are retried on another server (connect error or reset before any response
+    byte), then it is ejected; no client sees an error."""
+    os3 = origins(3)
+    e = edges(*(o.url for o in os3), path=path)
+    statuses: list[int] = []
+    failures: list[BaseException] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        for i in range(60):  # bounded in count; each request has the client's own timeout
+            try:
+                r = get(e.port, f"{uniq}/{n}/{i}?cc=no-store")
+            except OSError as ex:
+                with lock:
+                    failures.append(ex)
+                continue
+            with lock:
+                statuses.append(r.status)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    assert wait_for(lambda: len(statuses) >= 40)  # under load before the kill
+    kill(os3[1])
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert not failures and len(statuses) == 240
+    assert statuses.count(200) == 240, sorted(set(statuses))
+    assert sum(o.count(uniq) for o in (os3[0], os3[2])) >= 240 - os3[1].count(uniq)
