@@ -95,7 +95,8 @@ P_DUR_BUCKETS = 1  # .. + len(UPSTREAM_BUCKETS) + 1 (+Inf)
 P_FAILURES = P_DUR_BUCKETS + len(UPSTREAM_BUCKETS) + 1  # connect errors, resets, head timeouts
 P_RETRIES = P_FAILURES + 1  # requests retried on another server after failing on this one
 P_EJECTIONS = P_RETRIES + 1  # passive ejections (max_fails within fail_timeout)
-P_WORDS = (P_EJECTIONS + 1 + 7) // 8 * 8
+P_INFLIGHT = P_EJECTIONS + 1  # gauge: this process's requests in flight to the upstream (the circuit breaker)
+P_WORDS = (P_INFLIGHT + 1 + 7) // 8 * 8
 
 
 class SharedCounters:
@@ -137,6 +138,8 @@ class SharedCounters:
         self.words[b + F_READY] = 0
         self.words[b + F_PID] = 0
         self.words[b + F_WAITING] = 0
+        for u in range(self.upstreams):  # what it had in flight died with it
+            self.words[self.per_upstream_base(slot, u) + P_INFLIGHT] = 0
 
     def per_slot(self, field: int) -> list[int]:
         w = self.words

@@ -19,8 +19,9 @@ Invariants:
   default), or weighted rendezvous hashing of the cache key; servers the admin process's active checks mark
   down (the shared health block) or passively ejected here (`max_fails` failures within `fail_timeout`,
   ejected for `fail_timeout`, per worker) are skipped, unless every server is out: then all are used;
-- `Server.inflight` counts the exchanges and plain fetches in flight to the server from this worker (the
-  `max_upstream_requests` circuit breaker reads it); each is counted once, from start to complete/fail;
+- `Server.inflight` counts the exchanges and plain fetches in flight to the server from this worker, each
+  once, from start to complete/fail, and is published in the worker's shared block: the
+  `max_upstream_requests` circuit breaker counts all workers together;
 - retries on another server are allowed by `RetryBudget`: at most `retry_budget` of the requests (plus
   RETRY_BUDGET_MIN) per window, so retries cannot multiply an outage.
 Never: touch a client transport; decide cacheability (policy's job); probe health (the admin process does).
@@ -49,6 +50,7 @@ from .metrics import (
     P_DUR_SUM_NS,
     P_EJECTIONS,
     P_FAILURES,
+    P_INFLIGHT,
     P_RETRIES,
     SLOT_WORDS,
     U_DOWN,
@@ -485,7 +487,7 @@ class Exchange:
     def _uncount(self) -> None:
         if self.counted:
             self.counted = False
-            self.server.inflight -= 1
+            self.pool.count(self.server, -1)
 
     def fail(self, exc: EdgeError) -> None:
         if self.finished:
@@ -537,12 +539,17 @@ class Pool:
         self._words: memoryview | None = None
         self._down: list[int] = []
         self._pbase: list[int] = []
+        self._inflight_words: list[list[int]] = []
         if counters is not None and counters.shared.upstreams >= len(self.servers):
             shared = counters.shared
             slot = counters.b // SLOT_WORDS - 1
             self._words = shared.words
             self._down = [shared.upstream_word(s.index, U_DOWN) for s in self.servers]
             self._pbase = [shared.per_upstream_base(slot, s.index) for s in self.servers]
+            self._inflight_words = [
+                [shared.per_upstream_base(p, s.index) + P_INFLIGHT for p in range(shared.slots)]
+                for s in self.servers
+            ]
         self._on_request = on_request
         self.active: set[Timed] = set()  # exchanges and plain fetches in flight, checked by the ticker
         self._ticker = loop.call_later(TICK, self._tick)
@@ -628,9 +635,20 @@ class Pool:
                 self._commit_rr(s, cands)
         self.budget.request(self.loop.time())
 
+    def count(self, s: Server, delta: int) -> None:
+        """A request to s starts (+1) or ends (-1): this worker's count, published in its shared block."""
+        s.inflight += delta
+        if self._words is not None:
+            self._words[self._pbase[s.index] + P_INFLIGHT] = s.inflight
+
     def full(self, s: Server) -> bool:
-        """max_upstream_requests in flight to s from this worker."""
-        return s.inflight >= self.cfg.max_upstream_requests
+        """max_upstream_requests in flight to s, all workers together (the shared blocks; this worker's own
+        count when there are none)."""
+        limit = self.cfg.max_upstream_requests
+        if self._words is None or s.inflight >= limit:
+            return s.inflight >= limit
+        w = self._words
+        return sum(w[i] for i in self._inflight_words[s.index]) >= limit
 
     def failed(self, s: Server, exc: EdgeError) -> None:
         """A connect error, reset or head timeout of s: passive ejection after max_fails within fail_timeout
@@ -729,13 +747,13 @@ class Pool:
         if self._on_request is not None:
             self._on_request()
         conn.fast = fetch
-        conn.server.inflight += 1
+        self.count(conn.server, 1)
         self.active.add(fetch)
         conn.write(head)
 
     def plain_done(self, conn: UpstreamConnection) -> None:
         """A plain fetch on conn ended without an Exchange adopting it."""
-        conn.server.inflight -= 1
+        self.count(conn.server, -1)
 
     def adopt(self, conn: UpstreamConnection, method: bytes, sink: Sink, started_at: float) -> Exchange:
         """Hand a plain fetch's connection (its request already sent) to a general Exchange."""
@@ -767,7 +785,7 @@ class Pool:
             self._on_request()
         ex = Exchange(self, conn, method, sink)
         ex.counted = True
-        conn.server.inflight += 1
+        self.count(conn.server, 1)
         ex.start(head)
         return ex
 

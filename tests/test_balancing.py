@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from client import Edge, get
+from client import Conn, Edge, get
 from origin import Origin
 
 
@@ -525,3 +525,41 @@ def test_an_upstream_killed_under_load_fails_no_request(origins, edges, path, un
     assert not failures and len(statuses) == 240
     assert statuses.count(200) == 240, sorted(set(statuses))
     assert sum(o.count(uniq) for o in (os3[0], os3[2])) >= 240 - os3[1].count(uniq)
+
+
+def _conn_on_worker(e: Edge, worker: int, prefix: str) -> Conn:
+    """A kept-alive client connection that worker `worker` serves (found by whose served count moves)."""
+    for i in range(64):  # bounded: SO_REUSEPORT spreads new connections over the workers
+        before = e.stats()["workers"]["requests"]
+        c = Conn(e.port)
+        c.request("GET", f"{prefix}/find{i}?cc=no-store")
+        assert c.read_response().status == 200
+        after = e.stats()["workers"]["requests"]
+        if after[worker] != before[worker]:
+            return c
+        c.close()
+    raise AssertionError(f"no connection reached worker {worker}")
+
+
+def test_max_upstream_requests_counts_all_workers_together(origins, edges, path, uniq):
+    """Two workers, a limit of 2: one request held upstream by each worker fills it, so a third on either
+    worker is 503 (a per-worker count would still let it through)."""
+    (a,) = origins(1)
+    e = edges(a.url, env={"EDGECORE_MAX_UPSTREAM_REQUESTS": "2"}, path=path, workers=2)
+    c0, c1, c0b = (_conn_on_worker(e, w, uniq) for w in (0, 1, 0))
+    g = f"{uniq}-g"
+    try:
+        c0.request("GET", f"{uniq}/held0?gate={g}")
+        c1.request("GET", f"{uniq}/held1?gate={g}")
+        assert a.wait_count(f"{uniq}/held", 2)
+        c0b.request("GET", f"{uniq}/third?cc=no-store")
+        r = c0b.read_response()
+        assert r.status == 503 and "upstream-overloaded" in r.cache_status
+        assert a.count(f"{uniq}/third") == 0
+        a.open_gate(g)
+        assert c0.read_response().status == 200 and c1.read_response().status == 200
+        c0b.request("GET", f"{uniq}/fourth?cc=no-store")
+        assert c0b.read_response().status == 200  # below the limit again
+    finally:
+        for c in (c0, c1, c0b):
+            c.close()
