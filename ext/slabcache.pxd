@@ -39,8 +39,8 @@ cdef enum:
 
 cdef enum:
     SC_MAGIC = 0x45444743       # "EDGC" + layout version below
-    SC_VERSION = 3
-    HDR_SIZE = 40               # sizeof(slot_hdr), checked at start-up
+    SC_VERSION = 4              # 4: chained index (slot_hdr.hnext/hash32, u32 bucket heads)
+    HDR_SIZE = 48               # sizeof(slot_hdr), checked at start-up
     MAX_CLASSES = 160
     MAX_TAGS = 8
     MAX_BANS = 32
@@ -72,6 +72,8 @@ ctypedef struct slot_hdr:
     uint8_t freq            # hits since insertion / last reinsertion, saturating at FREQ_MAX
     uint8_t nx              # ntags | HAS_TENANT
     uint8_t cls
+    uint32_t hnext          # the next live object in the same index bucket (0 = end of the chain)
+    uint32_t hash32         # low 32 bits of the key hash (its bucket; a cheap check before the key compare)
 
 ctypedef struct class_state:
     uint32_t small_head, small_tail, main_head, main_tail, free_head

@@ -222,6 +222,21 @@ def test_metadata_per_object_is_at_most_64_bytes() -> None:
         assert s["metadata_bytes"] / s["items"] <= 64.0
 
 
+def test_the_index_never_binds_before_memory() -> None:
+    # 8 MiB of 100-byte objects: ~140-byte slots, so memory holds ~55k of them. The linear-probing index sized
+    # from the 1 KiB average hint capped the shards at about 9.3k objects (85% of its buckets) and evicted
+    # from there on; the chained index has no item bound, so nothing is evicted until the pages are full.
+    with Cache(8 << 20, 1 << 20) as c:
+        n = 0
+        while n < 40_000 and c.store(b"/s/%06d" % n, b"v" * 100, 0.0, FAR):
+            n += 1
+        s = c.stats()
+        assert n == 40_000
+        assert s["evictions"] == 0
+        assert s["items"] == 40_000
+        assert c.layout()["max_items_per_shard"] * s["shards"] >= 40_000
+
+
 def test_stats_shape_and_class_fill(cache: Cache) -> None:
     cache.store(b"a", b"1" * 100, 0.0, FAR)
     cache.store(b"b", b"2" * 5000, 0.0, FAR)

@@ -30,7 +30,7 @@ ctypedef struct sctx:
     header_t *h
     shard_t *sh
     char *data
-    uint64_t *index
+    uint32_t *index
     uint16_t *ghost
     uint8_t *pagedesc
 

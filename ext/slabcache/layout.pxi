@@ -5,7 +5,7 @@
 # size everything), layout_write (write the header and shard tables into a fresh mapping), class_for (the
 # size class, and chunk count, of an object of a given size).
 # Invariants: the mapping is exactly capacity_bytes rounded down to 4 KiB; [header (4 KiB-aligned)]
-# [shard 0: shard_t (64-aligned), index (nbuckets u64), ghost (nbuckets u16), pagedesc (npages u8),
+# [shard 0: shard_t (64-aligned), index (nbuckets u32 chain heads), ghost (nbuckets u16), pagedesc (npages u8),
 # padding to 64, npages pages] [shard 1] ...; every shard has the same geometry; class sizes are 8-byte
 # multiples, strictly increasing, at most MAX_CLASSES, the last equal to the page size; nothing here
 # changes after construction, so it is read without locks.
@@ -73,7 +73,7 @@ cdef list layout_plan_for(layout_plan *p, capacity_bytes, max_object_size, shard
         while nsh < 64 and nsh * 2 * 256 <= npages:
             nsh *= 2
     budget = ((cap - hdr_bytes) // nsh) & ~(<size_t>63)
-    per_page = page + <size_t>((<double>page / avg / load) * 10.0 + 10.0) + 1
+    per_page = page + <size_t>((<double>page / avg / load) * 6.0 + 6.0) + 1
     if budget < shard_bytes + 256:
         raise ValueError("capacity_bytes too small for this many shards")
     npages = (budget - shard_bytes - 256) // per_page
@@ -82,12 +82,12 @@ cdef list layout_plan_for(layout_plan *p, capacity_bytes, max_object_size, shard
     nb = max(<size_t>16, <size_t>(<double>npages * page / avg / load) + 1)
     if nb > 0xFFFFFFF0 or npages * page // 8 >= 0xFFFFFFF0 or npages >= 0xFFFFFFF0:
         raise ValueError("shard too large; use more shards")
-    meta = round_up(shard_bytes + nb * 8 + nb * 2 + npages, 64)
+    meta = round_up(shard_bytes + nb * 4 + nb * 2 + npages, 64)
     if meta + npages * page > budget:
         npages -= 1
         if npages < 1:
             raise ValueError("capacity_bytes too small for max_object_size")
-        meta = round_up(shard_bytes + nb * 8 + nb * 2 + npages, 64)
+        meta = round_up(shard_bytes + nb * 4 + nb * 2 + npages, 64)
     p.cap = cap
     p.maxobj = maxobj
     p.avg = avg
@@ -132,11 +132,12 @@ cdef int layout_write(char *base, const layout_plan *p, list sizes) noexcept:
         if sc_mutex_init(&sh.lock):
             return -1
         sh.index_off = off + shard_bytes
-        sh.ghost_off = sh.index_off + nb * 8
+        sh.ghost_off = sh.index_off + nb * 4
         sh.pagedesc_off = sh.ghost_off + nb * 2
         sh.data_off = off + meta
         sh.nbuckets = <uint32_t>nb
-        sh.max_items = <uint32_t>(nb * 85 // 100)
+        # the chained index holds any number of objects: the only bound is the slots the pages can hold
+        sh.max_items = <uint32_t>min(<size_t>0xFFFFFFF0, npages * (page // <size_t>sizes[0]))
         sh.nghost = <uint32_t>nb
         sh.npages = <uint32_t>npages
         memset(base + sh.pagedesc_off, PAGE_UNASSIGNED, npages)

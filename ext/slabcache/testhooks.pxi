@@ -33,7 +33,7 @@ cdef class DebugSlabCache(SlabCache):
             raise CacheError("shard lock unrecoverable")
         if scribble:
             # a half-linked insert: index entries pointing at garbage, lists and counts out of step
-            memset(c.index, 0xA5, <size_t>c.sh.nbuckets * 8)
+            memset(c.index, 0xA5, <size_t>c.sh.nbuckets * 4)
             c.sh.classes[0].free_head = 0x5A5A5A5A
             c.sh.classes[0].nfree = 7
             c.sh.items += 12345
