@@ -57,7 +57,7 @@ class _CacheFace(_FaceBase):
         max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
         shards: int = 0,
         avg_object_size: int = 1024,
-        growth: float = 1.125,
+        growth: float = 1.0625,
     ) -> None:
         # all the work happens in SlabCache.__cinit__, which receives the same arguments
         super().__init__()

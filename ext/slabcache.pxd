@@ -57,8 +57,9 @@ cdef enum:
 
 # One object slot: the header, then [tenant u64 if HAS_TENANT][tags u64 x ntags]
 # [if CHAINED: u32 nchunks, u32 chunk refs x nchunks, padded to 8][key][value (its first part if CHAINED)].
-# A chained object's chunks are slots of the largest class: a header (state SLOT_CHUNK, prev = head ref)
-# followed by page_size - HDR_SIZE value bytes each, in chain order.
+# A chained object's head is a slot of a chunk class (16, 8, 4 or 2 slots a page); its chunks are slots of the
+# head's class but the last, which is of the best-fit class for what is left: a header (state SLOT_CHUNK,
+# prev = head ref, next = position) followed by class size - HDR_SIZE value bytes each, in chain order.
 ctypedef struct slot_hdr:
     uint32_t prev           # towards the queue head (newer); on the free list, the previous free slot
     uint32_t next           # towards the queue tail (older)

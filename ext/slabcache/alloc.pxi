@@ -4,7 +4,7 @@
 # Invariants: a shard's pages are assigned in order (pages_used grows to npages and never shrinks except by
 # a lock-recovery wipe); pagedesc[page] is the class a page is carved into (PAGE_UNASSIGNED before);
 # once every page is assigned, a class with no free slot takes a page from the class holding the most pages
-# beyond its share of decayed recent demand (page_steal) -- if it has no page at all, or is itself at least
+# beyond its share of decayed recent demand (page_steal; never c.no_donor, the class of a chain being built) -- if it has no page at all, or is itself at least
 # a page below its share and the donor a page above -- or else evicts within itself.
 
 cdef void page_carve(sctx *c, uint32_t page, uint32_t cls) noexcept nogil:
@@ -38,7 +38,7 @@ cdef int pick_donor(sctx *c, uint32_t cls, bint strict) noexcept nogil:
         if mine < 1.0:
             return -1
     for d in range(<int>c.h.nclasses):
-        if <uint32_t>d == cls:
+        if <uint32_t>d == cls or d == c.no_donor:
             continue
         cs = &sh.classes[d]
         if cs.npages == 0:

@@ -16,7 +16,7 @@ cdef class SlabCache:
     cdef size_t size
     cdef readonly int owner_pid
 
-    def __cinit__(self, capacity_bytes, max_object_size=1 << 20, shards=0, avg_object_size=1024, growth=1.125):
+    def __cinit__(self, capacity_bytes, max_object_size=1 << 20, shards=0, avg_object_size=1024, growth=1.0625):
         cdef layout_plan p
         cdef void *m
         cdef int rc
@@ -125,7 +125,7 @@ cdef class SlabCache:
         cdef size_t kl, vl, need, extra
         cdef uint64_t hv, ten = 0
         cdef uint64_t tagv[MAX_TAGS]
-        cdef uint32_t pos, ntags = 0, cls, i
+        cdef uint32_t pos, ntags = 0, cls, i, tail_cls
         cdef size_t nchunks
         cdef slot_hdr *s
         cdef class_state *cs
@@ -173,7 +173,7 @@ cdef class SlabCache:
                 c.sh.refused += 1
                 shard_unlock(&c)
             return False
-        cls = class_for(h, need, &nchunks)
+        cls = class_for(h, need, HDR_SIZE + extra + kl, &nchunks, &tail_cls)
         if shard_lock(&c):
             raise CacheError("shard lock unrecoverable")
         s = idx_find(&c, hv, kp, kl, &pos)
@@ -187,12 +187,16 @@ cdef class SlabCache:
                 for i in range(h.nclasses):
                     if evict_in_class(&c, i):
                         break
-        demand_note(&c, cls, nchunks + 1)
+        if nchunks:
+            demand_note(&c, cls, nchunks)      # the head and the full chunks
+            demand_note(&c, tail_cls, 1)       # the last chunk
+        else:
+            demand_note(&c, cls, 1)
         s = slot_alloc(&c, cls)
         if s != NULL and nchunks:
             s.state = SLOT_CHUNK      # not free, not queued: no eviction or steal can touch it meanwhile
             s.prev = 0
-            if not chain_alloc(&c, s, nchunks, extra):
+            if not chain_alloc(&c, s, nchunks, extra, tail_cls):
                 s = NULL
         if s == NULL:
             c.sh.refused += 1
@@ -234,7 +238,9 @@ cdef class SlabCache:
         c.sh.items += 1
         c.sh.data_bytes += kl + vl
         c.sh.extra_bytes += extra
-        c.sh.slot_bytes += h.class_size[cls] + <uint64_t>nchunks * h.page_size
+        c.sh.slot_bytes += h.class_size[cls]
+        if nchunks:
+            c.sh.slot_bytes += chain_slot_bytes(&c, s)
         c.sh.stores += 1
         shard_unlock(&c)
         return True

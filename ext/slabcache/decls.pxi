@@ -33,6 +33,7 @@ ctypedef struct sctx:
     uint32_t *index
     uint16_t *ghost
     uint8_t *pagedesc
+    int no_donor        # a class page_steal must not take a page from in this call (-1: none)
 
 cdef enum:
     KILL_EVICT = 0

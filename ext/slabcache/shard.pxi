@@ -16,6 +16,7 @@ cdef inline void ctx_init(sctx *c, header_t *h, uint32_t i) noexcept nogil:
     c.index = <uint32_t*>(c.base + c.sh.index_off)
     c.ghost = <uint16_t*>(c.base + c.sh.ghost_off)
     c.pagedesc = <uint8_t*>(c.base + c.sh.pagedesc_off)
+    c.no_donor = -1
 
 cdef inline uint32_t shard_of_hash(header_t *h, uint64_t hv) noexcept nogil:
     return sc_fastrange32(<uint32_t>(hv >> 32), h.nshards)
