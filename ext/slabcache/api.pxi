@@ -128,6 +128,7 @@ cdef class SlabCache:
         cdef uint32_t pos, ntags = 0, cls, i, tail_cls
         cdef size_t nchunks
         cdef slot_hdr *s
+        cdef slot_hdr *tail
         cdef class_state *cs
         cdef char *dst
         cdef int fl
@@ -192,12 +193,32 @@ cdef class SlabCache:
             demand_note(&c, tail_cls, 1)       # the last chunk
         else:
             demand_note(&c, cls, 1)
-        s = slot_alloc(&c, cls)
+        tail = NULL
+        if nchunks:
+            # a chain's last chunk first, while nothing is half-built: it may take a page from any class
+            tail = slot_alloc(&c, tail_cls)
+            for i in range(<uint32_t>EVICT_STEPS_MAX):
+                if tail != NULL:
+                    break
+                # a class of chunks only has nothing of its own to evict: take a free slot of a class up to
+                # twice the size, else evict an object of the head's class (freeing its chunks) and look again
+                tail = free_slot_in(&c, tail_cls, class_fit(h, min(<size_t>2 * h.class_size[tail_cls],
+                                                                   <size_t>h.class_size[cls])))
+                if tail != NULL or not evict_in_class(&c, cls):
+                    break
+            if tail != NULL:
+                tail.state = SLOT_CHUNK   # not free, not queued: no eviction or steal can touch it meanwhile
+                tail.prev = 0
+                c.no_donor = <int>tail_cls
+        s = slot_alloc(&c, cls) if (tail != NULL or not nchunks) else NULL
+        if s == NULL and tail != NULL:
+            free_push(&c, &c.sh.classes[tail_cls], tail)
         if s != NULL and nchunks:
             s.state = SLOT_CHUNK      # not free, not queued: no eviction or steal can touch it meanwhile
             s.prev = 0
-            if not chain_alloc(&c, s, nchunks, extra, tail_cls):
+            if not chain_alloc(&c, s, nchunks, extra, tail):
                 s = NULL
+        c.no_donor = -1
         if s == NULL:
             c.sh.refused += 1
             shard_unlock(&c)

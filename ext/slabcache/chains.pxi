@@ -5,11 +5,12 @@
 # whichever takes the fewest bytes with the head holding its key and chain table: layout.pxi class_for) holding [nchunks, refs...] (padded to 8) after its tags, then the key and the
 # first part of the value; each chunk is a slot in state SLOT_CHUNK with prev = the head's ref and next = its
 # position in the chain, holding its class size - HDR_SIZE value bytes; every chunk but the last is a
-# slot of the head's class, the last one a slot of the best-fit class for what is left (or, when that class has
-# no slot to give, of the head's class) (memcached's chunked items:
+# slot of the head's class, the last one a slot of the best-fit class for what is left (memcached's chunked items:
 # a large object wastes at most one class step of its last chunk, not a page); chunks are on no queue and die
-# with their head (chain_free, zeroed when the head is purged or deleted). While a chain is being built its
-# slots are on no list, so no page steal may take a page of the chunk class then (sctx.no_donor).
+# with their head (chain_free, zeroed when the head is purged or deleted). The last chunk is allocated first,
+# when nothing is half-built, so its class may take a page from any class (the head's too); from then on the
+# chain's slots are on no list, so no page steal may take a page of the last chunk's class (sctx.no_donor),
+# and none ever takes one of the head's class for the head's class itself.
 
 cdef void chain_free(sctx *c, slot_hdr *head, bint zero) noexcept nogil:
     """Return a chained object's chunks to their classes' free lists (zeroed when purging)."""
@@ -25,32 +26,21 @@ cdef void chain_free(sctx *c, slot_hdr *head, bint zero) noexcept nogil:
         free_push(c, &c.sh.classes[k.cls], k)
     c.sh.extra_bytes -= <uint64_t>n * HDR_SIZE
 
-cdef bint chain_alloc(sctx *c, slot_hdr *head, size_t n, size_t tagbytes, uint32_t tail_cls) noexcept nogil:
-    """Allocate n chunks for `head` (n - 1 of its own class, then one of tail_cls) and write its chain table
-    (after HDR + tagbytes). On failure every slot taken, the head too, goes back to its free list."""
-    cdef uint32_t cls = head.cls, i, j, tries
+cdef bint chain_alloc(sctx *c, slot_hdr *head, size_t n, size_t tagbytes, slot_hdr *tail) noexcept nogil:
+    """Allocate the n - 1 middle chunks (of the head's class) for `head`, append `tail` (allocated first by
+    the caller, so that it could take a page from any class) and write the chain table (after HDR +
+    tagbytes). On failure every slot taken, the head and the tail too, goes back to its free list."""
+    cdef uint32_t cls = head.cls, i, j
     cdef slot_hdr *k
     cdef uint32_t href = slot_ref(c.data, head)
     cdef uint32_t *chain = <uint32_t*>((<char*>head) + HDR_SIZE + tagbytes)
     for i in range(n):
-        if i == n - 1:
-            c.no_donor = <int>cls      # the head and the chunks so far sit in cls, on no list
-            k = slot_alloc(c, tail_cls)
-            tries = 0
-            while k == NULL and tries < 4 and evict_in_class(c, cls):
-                # the tail class holds only chunks (nothing of its own to evict): evicting an object of
-                # the head's class frees its chunks, usually a tail of this class
-                k = slot_alloc(c, tail_cls)
-                tries += 1
-            c.no_donor = -1
-            if k == NULL:
-                k = slot_alloc(c, cls)  # a last chunk of the head's class: roomier, as good for the chain
-        else:
-            k = slot_alloc(c, cls)
+        k = tail if i == n - 1 else slot_alloc(c, cls)
         if k == NULL:
             for j in range(i):
                 k = slot_at(c.data, chain[1 + j])
                 free_push(c, &c.sh.classes[k.cls], k)
+            free_push(c, &c.sh.classes[tail.cls], tail)
             free_push(c, &c.sh.classes[cls], head)
             return False
         k.state = SLOT_CHUNK

@@ -91,7 +91,7 @@ cdef void page_steal(sctx *c, uint32_t donor, uint32_t cls) noexcept nogil:
     cdef char *p
     cdef slot_hdr *s
     cdef slot_hdr *t
-    cand[0] = 0     # always overwritten: a donor has pages, so one of its lists is non-empty
+    cand[0] = 0     # always overwritten: a donor has pages (on its lists, or found by pagedesc below)
     if ds.small_tail:
         cand[ncand] = page_of(c, ds.small_tail)
         ncand += 1
@@ -101,6 +101,14 @@ cdef void page_steal(sctx *c, uint32_t donor, uint32_t cls) noexcept nogil:
     if ds.free_head:
         cand[ncand] = page_of(c, ds.free_head)
         ncand += 1
+    if ncand == 0:
+        # a class holding only chunks (of chains whose heads are elsewhere) is on none of its lists: its
+        # first page will do
+        for page in range(c.sh.pages_used):
+            if c.pagedesc[page] == donor:
+                cand[0] = page
+                ncand = 1
+                break
     page = cand[0]
     for k in range(ncand):
         hot = page_hot_count(c, cand[k], donor)
