@@ -1,6 +1,7 @@
 """Hit-ratio simulation: the slab cache against exact LRU, plain CLOCK and SIEVE at equal bytes.
 
-Owns: synthetic request traces (Zipf 0.7/0.9/1.1 and Zipf 0.9 with periodic one-time scans) and the reference
+Owns: synthetic request traces (Zipf 0.7/0.9/1.1 and Zipf 0.9 with periodic one-time scans; log-normal
+value sizes, or one fixed size with --fixed) and the reference
 models (exact LRU, plain CLOCK, SIEVE). Invariants: every cache sees the same trace with the same keys and
 values; "equal bytes" means the models may hold key+value bytes up to the capacity while the slab cache must
 fit everything (index, headers, slab slack) into the same capacity, so the comparison is conservative for the
@@ -201,11 +202,15 @@ def main() -> None:
     ap.add_argument("--max-object", type=int, default=1 << 20)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default="", help="also write the markdown table here")
+    ap.add_argument("--fixed", type=int, default=0, help="every value this many bytes (fixed-size trace)")
+    ap.add_argument("--capacities", default="", help="absolute capacities in MiB (instead of --fractions)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
     n = args.objects
     scan_len = n // 5
     sizes = object_sizes(n + scan_len * (args.requests // 100_000 + 1), rng, args.median)
+    if args.fixed:
+        sizes = np.full_like(sizes, args.fixed)
     unique_bytes = int(sum(len(key_of(i)) for i in range(n)) + sizes[:n].sum())
     avg = int(unique_bytes / n) + 40
     traces = {
@@ -215,8 +220,11 @@ def main() -> None:
         "zipf-0.9+scans": scan_trace(n, args.requests, 0.9, rng, every=100_000, scan_len=scan_len),
     }
     rows = []
-    for frac in [float(f) for f in args.fractions.split(",")]:
-        cap = max(int(unique_bytes * frac), 8 * args.max_object)
+    if args.capacities:
+        caps = [int(float(c) * 2**20) for c in args.capacities.split(",")]
+    else:
+        caps = [max(int(unique_bytes * float(f)), 8 * args.max_object) for f in args.fractions.split(",")]
+    for cap in caps:
         for name, tr in traces.items():
             t0 = time.perf_counter()
             lru = run_lru(tr, sizes, cap)
@@ -238,8 +246,9 @@ def main() -> None:
                 flush=True,
             )
     lines = [
-        f"Hit ratio, {args.requests} requests over {n} objects (log-normal values, median {args.median} B, "
-        f"keys ~50 B), max_object_size {args.max_object} B. LRU, CLOCK and SIEVE are whole-cache models "
+        f"Hit ratio, {args.requests} requests over {n} objects ("
+        + (f"fixed {args.fixed} B values" if args.fixed else f"log-normal values, median {args.median} B")
+        + f", keys ~50 B), max_object_size {args.max_object} B. LRU, CLOCK and SIEVE are whole-cache models "
         "counting key+value bytes only; the slab cache fits index, headers and slab slack into the same "
         "capacity. CLOCK: new entries start with the bit clear; CLOCK-set: with it set. Differences are in "
         "percentage points against exact LRU.",

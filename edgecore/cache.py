@@ -57,7 +57,7 @@ class _CacheFace(_FaceBase):
         max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
         shards: int = 0,
         avg_object_size: int = 1024,
-        growth: float = 1.125,
+        growth: float = 1.0625,
     ) -> None:
         # all the work happens in SlabCache.__cinit__, which receives the same arguments
         super().__init__()
@@ -80,8 +80,9 @@ class Cache(_CacheFace, SlabCache):
 
     `max_object_size` bounds key + value bytes (at most capacity_bytes/8); larger objects are refused by
     `store` (the proxy streams them through uncached). `shards=0` chooses a power of two giving every shard
-    at least 64 pages. `avg_object_size` sizes the index (buckets = data bytes / avg / 0.75): caching many
-    objects much smaller than it fills the index before the memory.
+    at least 64 pages. `avg_object_size` sizes the index (buckets = data bytes / avg / 0.75, 4 bytes each):
+    the index is chained through the slot headers, so it never limits how many objects fit (objects much
+    smaller than the hint only make its chains longer).
     """
 
 

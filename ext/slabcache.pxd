@@ -39,8 +39,8 @@ cdef enum:
 
 cdef enum:
     SC_MAGIC = 0x45444743       # "EDGC" + layout version below
-    SC_VERSION = 3
-    HDR_SIZE = 40               # sizeof(slot_hdr), checked at start-up
+    SC_VERSION = 4              # 4: chained index (slot_hdr.hnext/hash32, u32 bucket heads)
+    HDR_SIZE = 48               # sizeof(slot_hdr), checked at start-up
     MAX_CLASSES = 160
     MAX_TAGS = 8
     MAX_BANS = 32
@@ -57,8 +57,9 @@ cdef enum:
 
 # One object slot: the header, then [tenant u64 if HAS_TENANT][tags u64 x ntags]
 # [if CHAINED: u32 nchunks, u32 chunk refs x nchunks, padded to 8][key][value (its first part if CHAINED)].
-# A chained object's chunks are slots of the largest class: a header (state SLOT_CHUNK, prev = head ref)
-# followed by page_size - HDR_SIZE value bytes each, in chain order.
+# A chained object's head is a slot of a chunk class (16, 8, 4 or 2 slots a page); its chunks are slots of the
+# head's class but the last, which is of the best-fit class for what is left: a header (state SLOT_CHUNK,
+# prev = head ref, next = position) followed by class size - HDR_SIZE value bytes each, in chain order.
 ctypedef struct slot_hdr:
     uint32_t prev           # towards the queue head (newer); on the free list, the previous free slot
     uint32_t next           # towards the queue tail (older)
@@ -72,6 +73,8 @@ ctypedef struct slot_hdr:
     uint8_t freq            # hits since insertion / last reinsertion, saturating at FREQ_MAX
     uint8_t nx              # ntags | HAS_TENANT
     uint8_t cls
+    uint32_t hnext          # the next live object in the same index bucket (0 = end of the chain)
+    uint32_t hash32         # low 32 bits of the key hash (its bucket; a cheap check before the key compare)
 
 ctypedef struct class_state:
     uint32_t small_head, small_tail, main_head, main_tail, free_head

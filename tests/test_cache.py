@@ -222,6 +222,47 @@ def test_metadata_per_object_is_at_most_64_bytes() -> None:
         assert s["metadata_bytes"] / s["items"] <= 64.0
 
 
+def test_the_index_never_binds_before_memory() -> None:
+    # 8 MiB of 100-byte objects: ~140-byte slots, so memory holds ~55k of them. The linear-probing index sized
+    # from the 1 KiB average hint capped the shards at about 9.3k objects (85% of its buckets) and evicted
+    # from there on; the chained index has no item bound, so nothing is evicted until the pages are full.
+    with Cache(8 << 20, 1 << 20) as c:
+        n = 0
+        while n < 40_000 and c.store(b"/s/%06d" % n, b"v" * 100, 0.0, FAR):
+            n += 1
+        s = c.stats()
+        assert n == 40_000
+        assert s["evictions"] == 0
+        assert s["items"] == 40_000
+        assert c.layout()["max_items_per_shard"] * s["shards"] >= 40_000
+
+
+@pytest.mark.parametrize(
+    "capacity, value",
+    [
+        (8 << 20, 8_700),  # just over half a 16 KiB page: was one object a page (share 0.53)
+        (8 << 20, 16_700),  # just over a page: was chained over two whole pages (0.50)
+        (64 << 20, 40_000),  # over half a 64 KiB page (0.61)
+        (64 << 20, 70_000),  # just over a 64 KiB page (0.53)
+    ],
+)
+def test_large_objects_fill_the_budget(capacity: int, value: int) -> None:
+    # chained objects take half-page chunks and a best-fit last chunk, so what does not fill a whole page
+    # costs at most one class step of the last chunk: at the first eviction, >= 0.85 of the budget is data
+    cache_cls = debug_cache_class()
+    with cache_cls(capacity, 1 << 20) as c:
+        n = 0
+        while n < 20_000 and c.store(b"/l/%06d" % n, b"v" * value, 0.0, FAR):
+            n += 1
+            if c.stats()["evictions"]:
+                break
+        s = c.stats()
+        assert s["evictions"] >= 1
+        assert s["data_bytes"] / s["capacity_bytes"] >= 0.85
+        assert c._test_check() == []
+        assert c.lookup(b"/l/%06d" % (n - 1), 1.0)[0] == b"v" * value
+
+
 def test_stats_shape_and_class_fill(cache: Cache) -> None:
     cache.store(b"a", b"1" * 100, 0.0, FAR)
     cache.store(b"b", b"2" * 5000, 0.0, FAR)
@@ -373,6 +414,7 @@ def test_production_module_has_no_test_hooks() -> None:
         "_test_contains",
         "_test_hold_shard_lock",
         "_test_constants",
+        "_test_check",
     }
 
 

@@ -1,9 +1,11 @@
 """Stateful property tests: random operation sequences against the slab cache and tests/cache_model.py.
 
-Owns: two hypothesis state machines. `ExactCache` sizes the cache so nothing is ever evicted and demands the
-cache agree with the model on every result (values, times, flags, purge counts, item counts). `PressureCache`
-uses a tiny cache so evictions and page steals happen all the time, and demands that whatever the cache
-returns is exactly what the model holds for that key (a miss on a modelled key is an allowed eviction).
+Owns: two hypothesis state machines, both on the debug build so that after every step the allocator's
+structural checker (_test_check: pages, classes, chunk chains, index chains, counters) must find nothing.
+`ExactCache` sizes the cache so nothing is ever evicted and demands the cache agree with the model on every
+result (values, times, flags, purge counts, item counts). `PressureCache` uses a tiny cache so evictions and
+page steals happen all the time, and demands that whatever the cache returns is exactly what the model
+holds for that key (a miss on a modelled key is an allowed eviction).
 Must never: sleep, or depend on the wall clock except through times far from now.
 """
 
@@ -16,7 +18,7 @@ from cache_model import CacheModel
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from edgecore.cache import Cache
+from edgecore.cache import debug_cache_class
 
 # Times the machine's clock cannot reach during a run: the sweep reads the real clock, so an expiry near
 # it (T0 + 10 with T0 = now) would make the cache's sweep and the model's disagree once the suite has run
@@ -44,7 +46,7 @@ class ExactCache(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.cache = Cache(4 << 20, self.MAX_OBJECT)
+        self.cache = debug_cache_class()(4 << 20, self.MAX_OBJECT)
         self.model = CacheModel(self.MAX_OBJECT)
 
     def teardown(self) -> None:
@@ -103,6 +105,7 @@ class ExactCache(RuleBasedStateMachine):
         assert s["data_bytes"] == sum(len(k) + len(e.value) for k, e in self.model.entries.items())
         assert s["bytes_used"] <= s["capacity_bytes"]
         assert sum(c["used"] for c in s["classes"]) == s["items"]
+        assert self.cache._test_check() == []
 
 
 class PressureCache(RuleBasedStateMachine):
@@ -111,7 +114,7 @@ class PressureCache(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.cache = Cache(1 << 20, self.MAX_OBJECT)
+        self.cache = debug_cache_class()(1 << 20, self.MAX_OBJECT)
         self.model = CacheModel(self.MAX_OBJECT)
 
     def teardown(self) -> None:
@@ -169,6 +172,11 @@ class PressureCache(RuleBasedStateMachine):
         assert s["bytes_used"] <= s["capacity_bytes"]
         assert s["items"] <= len(self.model.entries)
         assert s["metadata_bytes"] + s["data_bytes"] <= s["bytes_used"]
+
+    @invariant()
+    def allocator_consistent(self) -> None:
+        # pages, classes, chains (head and best-fit last chunk), index chains and counters agree
+        assert self.cache._test_check() == []
 
 
 common = settings(

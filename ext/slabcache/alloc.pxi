@@ -1,11 +1,12 @@
 # slabcache/alloc.pxi -- handing out slots: carving pages into a class, demand, choosing a page donor.
 #
-# Owns: page_carve, pick_donor, slot_alloc, demand_note.
+# Owns: page_carve, pick_donor, slot_alloc, free_slot_in, demand_note.
 # Invariants: a shard's pages are assigned in order (pages_used grows to npages and never shrinks except by
 # a lock-recovery wipe); pagedesc[page] is the class a page is carved into (PAGE_UNASSIGNED before);
 # once every page is assigned, a class with no free slot takes a page from the class holding the most pages
-# beyond its share of decayed recent demand (page_steal) -- if it has no page at all, or is itself at least
-# a page below its share and the donor a page above -- or else evicts within itself.
+# beyond its share of decayed recent demand (page_steal; never c.no_donor, the class of a chain being built) -- if it has no page at all, or is itself at least
+# a page below its share and the donor a page above, or if it holds no object of its own (only chunks) --
+# or else evicts within itself.
 
 cdef void page_carve(sctx *c, uint32_t page, uint32_t cls) noexcept nogil:
     cdef class_state *cs = &c.sh.classes[cls]
@@ -38,7 +39,7 @@ cdef int pick_donor(sctx *c, uint32_t cls, bint strict) noexcept nogil:
         if mine < 1.0:
             return -1
     for d in range(<int>c.h.nclasses):
-        if <uint32_t>d == cls:
+        if <uint32_t>d == cls or d == c.no_donor:
             continue
         cs = &sh.classes[d]
         if cs.npages == 0:
@@ -61,7 +62,9 @@ cdef slot_hdr* slot_alloc(sctx *c, uint32_t cls) noexcept nogil:
             page_carve(c, sh.pages_used, cls)
             sh.pages_used += 1
         else:
-            donor = pick_donor(c, cls, cs.npages != 0)
+            # a class holding only chunks (no object of its own to evict) takes a page from the best donor
+            # even when it is not below its share
+            donor = pick_donor(c, cls, cs.npages != 0 and cs.nsmall + cs.nmain != 0)
             if donor >= 0:
                 page_steal(c, <uint32_t>donor, cls)
             elif not evict_in_class(c, cls):
@@ -72,6 +75,20 @@ cdef slot_hdr* slot_alloc(sctx *c, uint32_t cls) noexcept nogil:
     list_remove(c.data, &cs.free_head, &cs._pad, s)
     cs.nfree -= 1
     return s
+
+cdef slot_hdr* free_slot_in(sctx *c, uint32_t lo, uint32_t hi) noexcept nogil:
+    """A free slot of the smallest class in lo..hi that has one (no carving, stealing or evicting); NULL if none."""
+    cdef uint32_t k
+    cdef class_state *cs
+    cdef slot_hdr *s
+    for k in range(lo, hi + 1):
+        cs = &c.sh.classes[k]
+        if cs.free_head:
+            s = slot_at(c.data, cs.free_head)
+            list_remove(c.data, &cs.free_head, &cs._pad, s)
+            cs.nfree -= 1
+            return s
+    return NULL
 
 cdef void demand_note(sctx *c, uint32_t cls, size_t nslots) noexcept nogil:
     cdef shard_t *sh = c.sh

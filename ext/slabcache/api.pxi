@@ -16,7 +16,7 @@ cdef class SlabCache:
     cdef size_t size
     cdef readonly int owner_pid
 
-    def __cinit__(self, capacity_bytes, max_object_size=1 << 20, shards=0, avg_object_size=1024, growth=1.125):
+    def __cinit__(self, capacity_bytes, max_object_size=1 << 20, shards=0, avg_object_size=1024, growth=1.0625):
         cdef layout_plan p
         cdef void *m
         cdef int rc
@@ -125,9 +125,10 @@ cdef class SlabCache:
         cdef size_t kl, vl, need, extra
         cdef uint64_t hv, ten = 0
         cdef uint64_t tagv[MAX_TAGS]
-        cdef uint32_t pos, ntags = 0, cls, i
+        cdef uint32_t pos, ntags = 0, cls, i, tail_cls
         cdef size_t nchunks
         cdef slot_hdr *s
+        cdef slot_hdr *tail
         cdef class_state *cs
         cdef char *dst
         cdef int fl
@@ -173,7 +174,7 @@ cdef class SlabCache:
                 c.sh.refused += 1
                 shard_unlock(&c)
             return False
-        cls = class_for(h, need, &nchunks)
+        cls = class_for(h, need, HDR_SIZE + extra + kl, &nchunks, &tail_cls)
         if shard_lock(&c):
             raise CacheError("shard lock unrecoverable")
         s = idx_find(&c, hv, kp, kl, &pos)
@@ -187,13 +188,37 @@ cdef class SlabCache:
                 for i in range(h.nclasses):
                     if evict_in_class(&c, i):
                         break
-        demand_note(&c, cls, nchunks + 1)
-        s = slot_alloc(&c, cls)
+        if nchunks:
+            demand_note(&c, cls, nchunks)      # the head and the full chunks
+            demand_note(&c, tail_cls, 1)       # the last chunk
+        else:
+            demand_note(&c, cls, 1)
+        tail = NULL
+        if nchunks:
+            # a chain's last chunk first, while nothing is half-built: it may take a page from any class
+            tail = slot_alloc(&c, tail_cls)
+            for i in range(<uint32_t>EVICT_STEPS_MAX):
+                if tail != NULL:
+                    break
+                # a class of chunks only has nothing of its own to evict: take a free slot of a class up to
+                # twice the size, else evict an object of the head's class (freeing its chunks) and look again
+                tail = free_slot_in(&c, tail_cls, class_fit(h, min(<size_t>2 * h.class_size[tail_cls],
+                                                                   <size_t>h.class_size[cls])))
+                if tail != NULL or not evict_in_class(&c, cls):
+                    break
+            if tail != NULL:
+                tail.state = SLOT_CHUNK   # not free, not queued: no eviction or steal can touch it meanwhile
+                tail.prev = 0
+                c.no_donor = <int>tail_cls
+        s = slot_alloc(&c, cls) if (tail != NULL or not nchunks) else NULL
+        if s == NULL and tail != NULL:
+            free_push(&c, &c.sh.classes[tail_cls], tail)
         if s != NULL and nchunks:
             s.state = SLOT_CHUNK      # not free, not queued: no eviction or steal can touch it meanwhile
             s.prev = 0
-            if not chain_alloc(&c, s, nchunks, extra):
+            if not chain_alloc(&c, s, nchunks, extra, tail):
                 s = NULL
+        c.no_donor = -1
         if s == NULL:
             c.sh.refused += 1
             shard_unlock(&c)
@@ -234,7 +259,9 @@ cdef class SlabCache:
         c.sh.items += 1
         c.sh.data_bytes += kl + vl
         c.sh.extra_bytes += extra
-        c.sh.slot_bytes += h.class_size[cls] + <uint64_t>nchunks * h.page_size
+        c.sh.slot_bytes += h.class_size[cls]
+        if nchunks:
+            c.sh.slot_bytes += chain_slot_bytes(&c, s)
         c.sh.stores += 1
         shard_unlock(&c)
         return True

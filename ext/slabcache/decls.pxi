@@ -30,9 +30,10 @@ ctypedef struct sctx:
     header_t *h
     shard_t *sh
     char *data
-    uint64_t *index
+    uint32_t *index
     uint16_t *ghost
     uint8_t *pagedesc
+    int no_donor        # a class page_steal must not take a page from in this call (-1: none)
 
 cdef enum:
     KILL_EVICT = 0

@@ -16,13 +16,11 @@ cdef void slot_kill(sctx *c, slot_hdr *s, int why, long long pos) noexcept nogil
     """Unlink a live slot from the index (pos: its bucket; -1: find it; -2: already gone) and its queue,
     account it, zero its bytes if purged or deleted, and put it on its class's free list."""
     cdef class_state *cs = &c.sh.classes[s.cls]
-    cdef uint64_t hv
     cdef size_t extra = slot_extra(s)
     if pos >= 0:
-        idx_remove_at(c, <uint32_t>pos)
+        idx_unlink(c, <uint32_t>pos, s)
     elif pos == -1:
-        hv = sc_hash64(slot_key(s), s.key_len)
-        idx_remove_ref(c, hv, slot_ref(c.data, s))
+        idx_unlink(c, idx_bucket(c.sh, s.hash32), s)
     if s.state == SLOT_SMALL:
         list_remove(c.data, &cs.small_head, &cs.small_tail, s)
         cs.nsmall -= 1
@@ -52,8 +50,6 @@ cdef void slot_kill(sctx *c, slot_hdr *s, int why, long long pos) noexcept nogil
     free_push(c, cs, s)
 
 cdef inline void slot_evict(sctx *c, slot_hdr *s, bint to_ghost) noexcept nogil:
-    cdef uint64_t hv = sc_hash64(slot_key(s), s.key_len)
     if to_ghost:
-        ghost_add(c, hv)
-    idx_remove_ref(c, hv, slot_ref(c.data, s))
-    slot_kill(c, s, KILL_EVICT, -2)
+        ghost_add(c, sc_hash64(slot_key(s), s.key_len))
+    slot_kill(c, s, KILL_EVICT, -1)

@@ -9,7 +9,7 @@
 cdef void shard_wipe(sctx *c) noexcept nogil:
     """Forget everything in a shard (after its lock holder died mid-update); counters of traffic survive."""
     cdef shard_t *sh = c.sh
-    memset(c.index, 0, <size_t>sh.nbuckets * 8)
+    memset(c.index, 0, <size_t>sh.nbuckets * 4)
     memset(c.ghost, 0, <size_t>sh.nghost * 2)
     memset(c.pagedesc, PAGE_UNASSIGNED, sh.npages)
     memset(sh.classes, 0, sizeof(sh.classes))

@@ -28,10 +28,8 @@ cdef uint32_t page_hot_count(sctx *c, uint32_t page, uint32_t cls) noexcept nogi
 cdef void slot_move(sctx *c, slot_hdr *x, slot_hdr *t, uint32_t size) noexcept nogil:
     """Relocate a live slot (object or chunk) into free slot t of the same class, fixing every reference."""
     cdef class_state *cs = &c.sh.classes[x.cls]
-    cdef uint32_t xr = slot_ref(c.data, x), tr = slot_ref(c.data, t), i, n, h32
+    cdef uint32_t xr = slot_ref(c.data, x), tr = slot_ref(c.data, t), i
     cdef uint32_t *chain
-    cdef uint64_t hv
-    cdef uint32_t nb = c.sh.nbuckets
     memcpy(t, x, size)
     if x.state == SLOT_CHUNK:
         chain = slot_chain(slot_at(c.data, x.prev))
@@ -54,18 +52,7 @@ cdef void slot_move(sctx *c, slot_hdr *x, slot_hdr *t, uint32_t size) noexcept n
         chain = slot_chain(t)
         for i in range(chain[0]):
             slot_at(c.data, chain[1 + i]).prev = tr
-    hv = sc_hash64(slot_key(t), t.key_len)
-    h32 = <uint32_t>hv
-    i = idx_home(c.sh, h32)
-    for n in range(nb):
-        if c.index[i] == 0:
-            break
-        if <uint32_t>c.index[i] == xr:
-            c.index[i] = ((<uint64_t>h32) << 32) | tr
-            break
-        i += 1
-        if i == nb:
-            i = 0
+    idx_relink(c, idx_bucket(c.sh, t.hash32), xr, tr)
     x.state = SLOT_FREE
 
 cdef slot_hdr* free_slot_outside(sctx *c, uint32_t cls, uint32_t page, slot_hdr *keep) noexcept nogil:
@@ -104,7 +91,7 @@ cdef void page_steal(sctx *c, uint32_t donor, uint32_t cls) noexcept nogil:
     cdef char *p
     cdef slot_hdr *s
     cdef slot_hdr *t
-    cand[0] = 0     # always overwritten: a donor has pages, so one of its lists is non-empty
+    cand[0] = 0     # always overwritten: a donor has pages (on its lists, or found by pagedesc below)
     if ds.small_tail:
         cand[ncand] = page_of(c, ds.small_tail)
         ncand += 1
@@ -114,6 +101,14 @@ cdef void page_steal(sctx *c, uint32_t donor, uint32_t cls) noexcept nogil:
     if ds.free_head:
         cand[ncand] = page_of(c, ds.free_head)
         ncand += 1
+    if ncand == 0:
+        # a class holding only chunks (of chains whose heads are elsewhere) is on none of its lists: its
+        # first page will do
+        for page in range(c.sh.pages_used):
+            if c.pagedesc[page] == donor:
+                cand[0] = page
+                ncand = 1
+                break
     page = cand[0]
     for k in range(ncand):
         hot = page_hot_count(c, cand[k], donor)

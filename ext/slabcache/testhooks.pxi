@@ -33,7 +33,7 @@ cdef class DebugSlabCache(SlabCache):
             raise CacheError("shard lock unrecoverable")
         if scribble:
             # a half-linked insert: index entries pointing at garbage, lists and counts out of step
-            memset(c.index, 0xA5, <size_t>c.sh.nbuckets * 8)
+            memset(c.index, 0xA5, <size_t>c.sh.nbuckets * 4)
             c.sh.classes[0].free_head = 0x5A5A5A5A
             c.sh.classes[0].nfree = 7
             c.sh.items += 12345
@@ -52,3 +52,98 @@ cdef class DebugSlabCache(SlabCache):
             "HDR_SIZE": HDR_SIZE, "MAX_CLASSES": MAX_CLASSES, "MIN_PAGE": MIN_PAGE, "MAX_PAGE": MAX_PAGE,
             "SC_MAGIC": SC_MAGIC, "SC_VERSION": SC_VERSION, "FLAGS_MAX": 0xFFFF,
         }
+
+    def _test_check(self):
+        """TEST ONLY: walk every shard under its lock and check the allocator's and the index's invariants;
+        returns a list of the violations found (empty when the mapping is consistent). Checked: every carved
+        page's slots carry its class; each live object is on exactly one index chain, its own bucket's, and
+        the chains hold nothing else; each chunk's head is live and CHAINED and names it at its position;
+        every chunk but a chain's last is of the head's class; per shard, items and slot_bytes equal what
+        the pages hold, and the queues' and free lists' counts equal the slots in those states."""
+        cdef header_t *h = self._hdr()
+        cdef sctx c
+        cdef uint32_t i, page, j, n, size, cls, b, r, k
+        cdef uint64_t items, slot_bytes, walked
+        cdef uint64_t nfree[MAX_CLASSES]
+        cdef uint64_t nlive[MAX_CLASSES]
+        cdef slot_hdr *s
+        cdef slot_hdr *hd
+        cdef uint32_t *chain
+        cdef char *p
+        bad = []
+        for i in range(h.nshards):
+            ctx_init(&c, h, i)
+            if shard_lock(&c):
+                raise CacheError("shard lock unrecoverable")
+            try:
+                items = 0
+                slot_bytes = 0
+                memset(nfree, 0, sizeof(nfree))
+                memset(nlive, 0, sizeof(nlive))
+                for page in range(c.sh.pages_used):
+                    cls = c.pagedesc[page]
+                    if cls >= h.nclasses:
+                        bad.append("shard %d page %d: class %d" % (i, page, cls))
+                        continue
+                    size = h.class_size[cls]
+                    n = h.class_per_page[cls]
+                    p = c.data + <size_t>page * h.page_size
+                    for j in range(n):
+                        s = <slot_hdr*>(p + <size_t>j * size)
+                        if s.cls != cls:
+                            bad.append("shard %d page %d slot %d: cls %d in a class %d page" % (i, page, j, s.cls, cls))
+                        if s.state == SLOT_FREE:
+                            nfree[cls] += 1
+                        elif s.state == SLOT_SMALL or s.state == SLOT_MAIN:
+                            items += 1
+                            nlive[cls] += 1
+                            slot_bytes += size
+                            b = idx_bucket(c.sh, s.hash32)
+                            r = c.index[b]
+                            walked = 0
+                            while r != 0 and r != slot_ref(c.data, s) and walked <= c.sh.items:
+                                r = slot_at(c.data, r).hnext
+                                walked += 1
+                            if r == 0 or walked > c.sh.items:
+                                bad.append("shard %d: a live object is not on its bucket's chain" % i)
+                            if <uint32_t>sc_hash64(slot_key(s), s.key_len) != s.hash32:
+                                bad.append("shard %d: hash32 does not match the key" % i)
+                        elif s.state == SLOT_CHUNK:
+                            slot_bytes += size
+                            hd = slot_at(c.data, s.prev)
+                            if s.prev == 0 or not (hd.state == SLOT_SMALL or hd.state == SLOT_MAIN) \
+                                    or not (hd.nx & CHAINED):
+                                bad.append("shard %d: a chunk whose head is not a live chained object" % i)
+                                continue
+                            chain = slot_chain(hd)
+                            if s.next >= chain[0] or chain[1 + s.next] != slot_ref(c.data, s):
+                                bad.append("shard %d: a chunk its head's chain does not name" % i)
+                            elif s.next + 1 < chain[0] and cls != hd.cls:
+                                bad.append("shard %d: a middle chunk outside its head's class" % i)
+                        elif s.state != SLOT_DRAINED:
+                            bad.append("shard %d: slot state %d" % (i, s.state))
+                walked = 0
+                for b in range(c.sh.nbuckets):
+                    r = c.index[b]
+                    k = 0
+                    while r != 0 and k <= c.sh.items:
+                        s = slot_at(c.data, r)
+                        if not (s.state == SLOT_SMALL or s.state == SLOT_MAIN) or idx_bucket(c.sh, s.hash32) != b:
+                            bad.append("shard %d bucket %d: a chain entry that is not a live object of it" % (i, b))
+                            break
+                        walked += 1
+                        k += 1
+                        r = s.hnext
+                if walked != c.sh.items or items != c.sh.items:
+                    bad.append("shard %d: items %d, in pages %d, on chains %d" % (i, c.sh.items, items, walked))
+                if slot_bytes != c.sh.slot_bytes:
+                    bad.append("shard %d: slot_bytes %d, in pages %d" % (i, c.sh.slot_bytes, slot_bytes))
+                for cls in range(h.nclasses):
+                    if nfree[cls] != c.sh.classes[cls].nfree:
+                        bad.append("shard %d class %d: nfree %d, in pages %d" % (i, cls, c.sh.classes[cls].nfree, nfree[cls]))
+                    if nlive[cls] != c.sh.classes[cls].nsmall + c.sh.classes[cls].nmain:
+                        bad.append("shard %d class %d: queued %d, live in pages %d" % (
+                            i, cls, c.sh.classes[cls].nsmall + c.sh.classes[cls].nmain, nlive[cls]))
+            finally:
+                shard_unlock(&c)
+        return bad
