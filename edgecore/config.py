@@ -247,7 +247,7 @@ class Config:
     fail_timeout: float = 10.0
     retries: int = 1  # retries on another server of a bodiless idempotent request (connect error, reset)
     retry_budget: float = 0.2  # retries at most this fraction of requests (per worker, 10 s window)
-    max_upstream_requests: int = 1024  # in flight per server, all workers together; beyond it 503 + Retry-After
+    max_upstream_requests: int = 1024  # in flight per server (all workers); beyond it 503 + Retry-After
     ready_requires_upstream: bool = False  # /readyz 503 while no upstream is up
     # availability (stale by operator policy, clients)
     stale_if_error: float = 60.0  # serve stale this long past freshness when the upstream fails (0 = only
