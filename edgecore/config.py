@@ -111,16 +111,28 @@ def _parse_upstream_tables(v: Any) -> tuple[Upstream, ...]:
     return tuple(out)
 
 
-def _parse_fraction(v: Any) -> float:
-    if isinstance(v, bool):
-        raise ValueError("expected a fraction between 0 and 1")
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{v!r} is not a number")
-    if not 0 <= x <= 1:
-        raise ValueError(f"{x} is out of range 0..1")
-    return x
+def _parse_number(
+    lo: float, hi: float, what: str, unit: str = "", lo_open: bool = False
+) -> Callable[[Any], float]:
+    """A parser of numbers in [lo, hi] ((lo, hi] with lo_open), naming `what` it expects and the range."""
+
+    def p(v: Any) -> float:
+        if isinstance(v, bool):
+            raise ValueError(f"expected {what}")
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"{v!r} is not {what}")
+        if x > hi or x < lo or (lo_open and x == lo):
+            raise ValueError(f"{x} is out of range {'(' if lo_open else '['}{lo:g}, {hi:g}]{unit}")
+        return x
+
+    return p
+
+
+_parse_fraction = _parse_number(0, 1, "a fraction between 0 and 1")
+_parse_seconds = _parse_number(0, 86400, "a number of seconds", " seconds", lo_open=True)
+_parse_seconds0 = _parse_number(0, 31536000, "a number of seconds (0 = off)", " seconds")
 
 
 def _parse_check_path(v: Any) -> str:
@@ -143,31 +155,6 @@ def _parse_int(lo: int, hi: int) -> Callable[[Any], int]:
         return n
 
     return p
-
-
-def _parse_seconds(v: Any) -> float:
-    if isinstance(v, bool):
-        raise ValueError("expected a number of seconds")
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{v!r} is not a number of seconds")
-    if not 0 < x <= 86400:
-        raise ValueError(f"{x} is out of range (0, 86400] seconds")
-    return x
-
-
-def _parse_seconds0(v: Any) -> float:
-    """Seconds, where 0 means off."""
-    if isinstance(v, bool):
-        raise ValueError("expected a number of seconds")
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise ValueError(f"{v!r} is not a number of seconds")
-    if not 0 <= x <= 31536000:
-        raise ValueError(f"{x} is out of range [0, 31536000] seconds")
-    return x
 
 
 def _parse_str(v: Any) -> str:

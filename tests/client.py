@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 SERVING = re.compile(
@@ -160,6 +161,18 @@ def get(
         return c.read_response(head_only=method == "HEAD")
     finally:
         c.close()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll cond (bounded in count and time): True as soon as it holds, False after timeout."""
+    deadline = time.monotonic() + timeout
+    for _ in range(100_000):
+        if cond():
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return False
 
 
 def closed_port() -> int:

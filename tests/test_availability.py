@@ -20,19 +20,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from client import Conn, Edge, Response, get
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll cond (bounded in count and time)."""
-    deadline = time.monotonic() + timeout
-    for _ in range(100_000):
-        if cond():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return False
+from client import Conn, Edge, Response, get, wait_for
 
 
 def ok(body: bytes, cc: bytes = b"max-age=1", *fields: bytes) -> bytes:

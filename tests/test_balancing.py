@@ -13,7 +13,7 @@ import threading
 import time
 
 import pytest
-from client import Conn, Edge, get
+from client import Conn, Edge, get, wait_for
 from origin import Origin
 
 
@@ -135,15 +135,6 @@ def metric(e: Edge, name: str, upstream: str) -> float:
     m = re.search(rf'^{re.escape(name)}\{{upstream="{re.escape(upstream)}"\}} (\S+)$', text, re.M)
     assert m, f"{name}{{upstream={upstream}}} not in /metrics"
     return float(m.group(1))
-
-
-def wait_for(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 def authority(o: Origin) -> str:

@@ -22,12 +22,11 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httptools
 import pytest
-from client import Conn, Edge, Response
+from client import Conn, Edge, Response, wait_for
 from client import get as get_e2e
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -1376,18 +1375,6 @@ raise SystemExit(main())
 """
 
 SPY_LINE = re.compile(r"SPY (\S+) (\d+) (\S+)")
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll cond (bounded): True as soon as it holds, False after timeout."""
-    deadline = time.monotonic() + timeout
-    for _ in range(100_000):
-        if cond():
-            return True
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return False
 
 
 # ---------------------------------------------------------------------- a scriptable origin
