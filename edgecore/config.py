@@ -2,13 +2,18 @@
 
 Owns: every tunable, its default, its parser, and the precedence command line > environment
 (EDGECORE_<KEY>) > TOML file > default.
+Also owns what the machine or container offers a Config: memory_limit() (cgroup v2 memory.max, v1
+memory.limit_in_bytes, else MemTotal) checks cache_size, available_cpus() (sched_getaffinity and the cgroup
+cpu.max quota) sizes `workers = 0`; sources() tells where each effective value came from (`edgecore config`).
 Invariants: a Config that exists is valid; every problem names the key and the reason; the only I/O here is
-reading the TOML file.
+reading the TOML file and those /proc and /sys/fs/cgroup files.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import os
 import re
 import tomllib
@@ -146,6 +151,8 @@ def _parse_int(lo: int, hi: int) -> Callable[[Any], int]:
     def p(v: Any) -> int:
         if isinstance(v, bool):
             raise ValueError("expected an integer")
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError(f"{v!r} is not an integer")
         try:
             n = int(v)
         except (TypeError, ValueError):
@@ -204,6 +211,7 @@ class Config:
     idle_timeout: float = 30.0  # upstream: max silence while reading a body
     client_timeout: float = 60.0  # client: max silence (keep-alive idle, slow head/body)
     grace_period: float = 10.0  # SIGTERM: how long in-flight requests may still run
+    drain_delay: float = 5.0  # SIGTERM: seconds readiness is 503 while still accepting, before grace_period
     max_header_size: int = 16 << 10  # request head bytes -> 431 beyond
     max_body_size: int = 64 << 20  # request body bytes -> 413 beyond
     upstream_pool_size: int = 64  # idle keep-alive connections kept per upstream and worker
@@ -259,6 +267,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "idle_timeout": _parse_seconds,
     "client_timeout": _parse_seconds,
     "grace_period": _parse_seconds,
+    "drain_delay": _parse_seconds0,
     "max_header_size": parse_size,
     "max_body_size": parse_size,
     "upstream_pool_size": _parse_int(0, 100000),
@@ -340,7 +349,7 @@ def build(
             if v is None:
                 continue
             if k not in _PARSERS:
-                problems.append(ConfigError(k, "unknown key"))
+                problems.append(ConfigError(k, "unknown key" + _did_you_mean(k)))
                 continue
             merged[k] = v
     values: dict[str, Any] = {}
@@ -376,6 +385,9 @@ def _validate(v: dict[str, Any], require_upstream: bool) -> list[ConfigError]:
     mos = v.get("max_object_size", d.max_object_size)
     if cache_size < 1 << 20:
         out.append(ConfigError("cache_size", f"{cache_size} bytes is below the minimum of 1MiB"))
+    limit, what = memory_limit()
+    if limit and cache_size > limit:
+        out.append(ConfigError("cache_size", f"{cache_size} bytes is more than the {limit} bytes of {what}"))
     if mos < 1024:
         out.append(ConfigError("max_object_size", "must be at least 1KiB"))
     elif mos > cache_size // 8:
@@ -403,3 +415,104 @@ def load(
     path = config_path or env.get("EDGECORE_CONFIG")
     file_values = read_file(path) if path else {}
     return build(file_values, from_env(env), cli_values, require_upstream=require_upstream)
+
+
+def _did_you_mean(key: str) -> str:
+    near = difflib.get_close_matches(key, KEYS, n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _cgroup_dirs(root: str, controller: str = "") -> list[str]:
+    """This process's cgroup folder and its ancestors (innermost first), then the mount root: cgroup v2 (the
+    unified "0::" line) when controller is "", else the v1 hierarchy holding that controller."""
+    out = []
+    mount = root + "/sys/fs/cgroup" + (f"/{controller}" if controller else "")
+    for line in (_read(root + "/proc/self/cgroup") or "").splitlines():
+        ident, _, rest = line.partition(":")
+        names, _, rel = rest.partition(":")
+        if (controller == "" and ident == "0" and names == "") or (
+            controller and controller in names.split(",")
+        ):
+            parts = [x for x in rel.strip().split("/") if x]
+            for i in range(len(parts), 0, -1):
+                out.append(mount + "/" + "/".join(parts[:i]))
+    out.append(mount)
+    return out
+
+
+def _smallest(paths: list[str], below: int) -> int:
+    """The smallest integer in those files that is below `below` (v1 "unlimited" is a huge number), or 0."""
+    best = 0
+    for path in paths:
+        v = _read(path)
+        if v and v.isdigit() and 0 < int(v) < below and (not best or int(v) < best):
+            best = int(v)
+    return best
+
+
+def memory_limit(root: str = "") -> tuple[int, str]:
+    """(bytes, where from) of the memory this process may use: the smallest cgroup v2 memory.max on its path,
+    else the smallest cgroup v1 memory.limit_in_bytes, else /proc/meminfo MemTotal; (0, "") when none is
+    readable."""
+    total = 0
+    for line in (_read(root + "/proc/meminfo") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            total = int(line.split()[1]) * 1024
+    huge = total or 1 << 62
+    v2 = _smallest([d + "/memory.max" for d in _cgroup_dirs(root)], huge)
+    if v2:
+        return v2, "the cgroup memory limit (memory.max)"
+    v1 = _smallest([d + "/memory.limit_in_bytes" for d in _cgroup_dirs(root, "memory")], huge)
+    if v1:
+        return v1, "the cgroup memory limit (memory.limit_in_bytes)"
+    if total:
+        return total, "the machine's memory (MemTotal)"
+    return 0, ""
+
+
+def available_cpus(root: str = "", affinity: int | None = None) -> int:
+    """CPUs this process may use (`workers = 0`): the CPUs in its affinity mask, capped by the cgroup CPU
+    quota (v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us; rounded up) of its cgroup or an ancestor;
+    at least 1."""
+    if affinity is None:
+        try:
+            affinity = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            affinity = os.cpu_count() or 1
+    n = max(1, affinity)
+    quotas = []
+    for d in _cgroup_dirs(root):
+        v = (_read(d + "/cpu.max") or "").split()
+        if len(v) == 2:
+            quotas.append((v[0], v[1]))
+    for d in _cgroup_dirs(root, "cpu"):
+        quotas.append((_read(d + "/cpu.cfs_quota_us") or "", _read(d + "/cpu.cfs_period_us") or ""))
+    for quota, period in quotas:
+        if quota.isdigit() and period.isdigit() and int(quota) > 0 and int(period) > 0:
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    return n
+
+
+def sources(
+    file_values: Mapping[str, Any], env_values: Mapping[str, Any], cli_values: Mapping[str, Any]
+) -> dict[str, str]:
+    """key -> where its effective value came from: cli, env, file or default (precedence as build())."""
+    out = {}
+    for k in KEYS:
+        out[k] = next(
+            (
+                n
+                for n, layer in (("cli", cli_values), ("env", env_values), ("file", file_values))
+                if k in layer
+            ),
+            "default",
+        )
+    return out

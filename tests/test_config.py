@@ -216,3 +216,161 @@ def test_balancing_key_errors_name_the_key(values, key, why):
         config.build({"upstream": ["http://a:1"], **values})
     assert [p.key for p in ei.value.problems] == [key]
     assert why in ei.value.problems[0].why
+
+
+# -- issue 12 point 5: integers, "did you mean", memory and CPUs of the machine or container
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [(1.5, False), ("1.5", False), (2.0, True), ("3", True), (0, True), (True, False), (-1, False)],
+)
+def test_workers_must_be_a_whole_number(value, ok):
+    if ok:
+        assert config.build({"workers": value, "upstream": ["http://a:1"]}).workers == int(value)
+    else:
+        with pytest.raises(ConfigErrors) as ei:
+            config.build({"workers": value, "upstream": ["http://a:1"]})
+        assert [p.key for p in ei.value.problems] == ["workers"]
+
+
+@pytest.mark.parametrize(
+    "key, hint",
+    [("cache_siz", "cache_size"), ("grace_perod", "grace_period"), ("upstreem", "upstream"), ("zzz", None)],
+)
+def test_unknown_key_suggests_the_nearest(key, hint):
+    with pytest.raises(ConfigErrors) as ei:
+        config.build({key: 1, "upstream": ["http://a:1"]})
+    (p,) = ei.value.problems
+    assert p.key == key and p.why.startswith("unknown key")
+    assert (f"did you mean {hint!r}" in p.why) if hint else "did you mean" not in p.why
+
+
+def _tree(tmp_path, files):
+    for rel, text in files.items():
+        f = tmp_path / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    return str(tmp_path)
+
+
+MEMINFO = "MemTotal:       24683652 kB\nMemFree:  1000 kB\n"
+
+
+@pytest.mark.parametrize(
+    "files, limit, what",
+    [
+        ({"proc/meminfo": MEMINFO}, 24683652 * 1024, "MemTotal"),
+        # cgroup v2: the smallest memory.max on the process's path
+        (
+            {
+                "proc/meminfo": MEMINFO,
+                "proc/self/cgroup": "0::/a/b\n",
+                "sys/fs/cgroup/a/b/memory.max": "max",
+                "sys/fs/cgroup/a/memory.max": str(2 << 30),
+            },
+            2 << 30,
+            "memory.max",
+        ),
+        ({"proc/meminfo": MEMINFO, "sys/fs/cgroup/memory.max": str(512 << 20)}, 512 << 20, "memory.max"),
+        # cgroup v1: limit_in_bytes, "unlimited" (a huge number) ignored
+        (
+            {
+                "proc/meminfo": MEMINFO,
+                "proc/self/cgroup": "4:memory:/pod\n0::/\n",
+                "sys/fs/cgroup/memory/pod/memory.limit_in_bytes": str(1 << 30),
+                "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712",
+            },
+            1 << 30,
+            "limit_in_bytes",
+        ),
+        (
+            {"proc/meminfo": MEMINFO, "sys/fs/cgroup/memory/memory.limit_in_bytes": "9223372036854771712"},
+            24683652 * 1024,
+            "MemTotal",
+        ),
+        ({}, 0, ""),
+    ],
+)
+def test_memory_limit(tmp_path, files, limit, what):
+    n, where = config.memory_limit(_tree(tmp_path, files))
+    assert n == limit and what in where
+
+
+@pytest.mark.parametrize(
+    "files, affinity, n",
+    [
+        ({}, 8, 8),
+        ({"sys/fs/cgroup/cpu.max": "max 100000"}, 8, 8),
+        ({"sys/fs/cgroup/cpu.max": "200000 100000"}, 8, 2),
+        ({"sys/fs/cgroup/cpu.max": "150000 100000"}, 8, 2),  # 1.5 CPUs: rounded up
+        ({"sys/fs/cgroup/cpu.max": "50000 100000"}, 8, 1),
+        ({"sys/fs/cgroup/cpu.max": "400000 100000"}, 2, 2),  # the affinity mask is smaller
+        (
+            {"proc/self/cgroup": "0::/k/p\n", "sys/fs/cgroup/k/cpu.max": "300000 100000"},
+            16,
+            3,
+        ),
+        (
+            {
+                "proc/self/cgroup": "1:cpu,cpuacct:/d\n",
+                "sys/fs/cgroup/cpu/d/cpu.cfs_quota_us": "200000",
+                "sys/fs/cgroup/cpu/d/cpu.cfs_period_us": "100000",
+            },
+            8,
+            2,
+        ),
+        ({"sys/fs/cgroup/cpu/cpu.cfs_quota_us": "-1", "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000"}, 4, 4),
+    ],
+)
+def test_available_cpus_honours_quota_and_affinity(tmp_path, files, affinity, n):
+    assert config.available_cpus(_tree(tmp_path, files), affinity=affinity) == n
+
+
+def test_available_cpus_on_this_machine_is_within_the_affinity_mask():
+    import os
+
+    assert 1 <= config.available_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_cache_size_above_the_memory_limit_is_a_config_error(monkeypatch):
+    monkeypatch.setattr(config, "memory_limit", lambda: (1 << 30, "the cgroup memory limit (memory.max)"))
+    with pytest.raises(ConfigErrors) as ei:
+        config.build({"cache_size": "2GiB", "upstream": ["http://a:1"]})
+    (p,) = ei.value.problems
+    assert p.key == "cache_size" and str(1 << 30) in p.why and "memory.max" in p.why
+    assert config.build({"cache_size": "512MiB", "upstream": ["http://a:1"]}).cache_size == 512 << 20
+
+
+def test_serve_with_a_cache_larger_than_the_machine_exits_2_naming_cache_size():
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecore",
+            "serve",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--cache-size",
+            "65536GiB",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "cache_size" in r.stderr and "memory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sources_name_each_layer():
+    src = config.sources({"workers": 2, "lb": "least_request"}, {"workers": "3"}, {"listen": "127.0.0.1:1"})
+    assert (src["workers"], src["lb"], src["listen"], src["admin"]) == ("env", "file", "cli", "default")
+    assert set(src) == set(config.KEYS)
+
+
+def test_drain_delay_key():
+    assert config.Config().drain_delay == 5.0
+    assert config.build({"drain_delay": "0", "upstream": ["http://a:1"]}).drain_delay == 0
+    with pytest.raises(ConfigErrors) as ei:
+        config.build({"drain_delay": "-1", "upstream": ["http://a:1"]})
+    assert [p.key for p in ei.value.problems] == ["drain_delay"]
