@@ -1,11 +1,11 @@
-"""The admin listener: /healthz, /readyz, /metrics, /stats, POST /purge, POST /drain, and the active
-upstream health checks (health.Health), run here once for all workers.
+"""The admin listener: /healthz, /readyz, /metrics, /stats, POST /purge, POST and DELETE /drain, and the
+active upstream health checks (health.Health), run here once for all workers.
 
 Owns: the admin process (forked by the supervisor, its own uvloop loop) and its small HTTP/1.1 server.
 It reads the shared counters and the shared cache; it never serves proxy traffic and is bound to its own
 address (127.0.0.1:9901 by default), never the proxy port.
-Invariants: POST endpoints need `Authorization: Bearer <admin_token>` when a token is configured
-(constant-time comparison); every request gets a complete response with Content-Length; a malformed
+Invariants: POST endpoints (and DELETE /drain) need `Authorization: Bearer <admin_token>` when a token is
+configured (constant-time comparison); every request gets a complete response with Content-Length; a malformed
 request gets 400 and the connection closes.
 """
 
@@ -30,6 +30,7 @@ from .config import Config
 from .health import Health, readiness
 from .metrics import (
     C_DRAINING,
+    C_STOPPING,
     F_PID,
     F_SERVED,
     F_UPSTREAM,
@@ -95,8 +96,8 @@ class Admin:
         if path == b"/stats":
             return 200, b"application/json", json.dumps(self.stats(), indent=1).encode() + b"\n"
         if path in (b"/purge", b"/drain"):
-            if method != b"POST":
-                return 405, b"text/plain", b"use POST\n"
+            if method != b"POST" and not (path == b"/drain" and method == b"DELETE"):
+                return 405, b"text/plain", b"use POST\n" if path == b"/purge" else b"use POST or DELETE\n"
             if self.cfg.admin_token:
                 auth = headers.get(b"authorization", b"")
                 want = b"Bearer " + self.cfg.admin_token.encode()
@@ -109,6 +110,11 @@ class Admin:
                     b"text/plain",
                     b"set admin_token to use POST endpoints on a non-loopback address\n",
                 )
+            if path == b"/drain" and method == b"DELETE":
+                if self.counters.get_flag(C_STOPPING):  # (a stopping edgecore stays out of the pool)
+                    return 409, b"text/plain", b"stopping: draining cannot be undone\n"
+                self.counters.set_flag(C_DRAINING, 0)
+                return 200, b"application/json", b'{"draining": false}\n'
             if path == b"/drain":
                 self.counters.set_flag(C_DRAINING, 1)
                 return 200, b"application/json", b'{"draining": true}\n'
@@ -219,6 +225,7 @@ class AdminProtocol(asyncio.Protocol):
             403: b"Forbidden",
             404: b"Not Found",
             405: b"Method Not Allowed",
+            409: b"Conflict",
             500: b"Internal Server Error",
             503: b"Service Unavailable",
         }.get(status, b"")

@@ -113,8 +113,36 @@ def test_admin_token_and_drain(origin, path):
         r = e.admin("/readyz")
         assert r.status == 503 and b"draining" in r.body
         assert get(e.port, "/still?body=served").body == b"served"  # traffic is still served
+        # DELETE /drain undoes it, token-protected like POST
+        assert e.admin("/drain", "DELETE").status == 401
+        assert e.admin("/readyz").status == 503
+        r = e.admin("/drain", "DELETE", headers={"Authorization": "Bearer s3cret"})
+        assert r.status == 200 and json.loads(r.body) == {"draining": False}
+        assert e.admin("/readyz").status == 200
+        assert e.stats()["draining"] is False
+        assert e.admin("/drain", "PUT", headers={"Authorization": "Bearer s3cret"}).status == 405
     finally:
         e.stop()
+
+
+def test_delete_drain_cannot_undo_a_stopping_edgecore():
+    from edgecore.admin import Admin
+    from edgecore.config import build
+    from edgecore.metrics import C_DRAINING, C_STOPPING, SharedCounters
+
+    class NoCache:
+        def stats(self):
+            return {}
+
+    counters = SharedCounters(2)
+    a = Admin(build({"upstream": ["http://127.0.0.1:1"]}), NoCache(), counters, 1)
+    assert a.handle(b"POST", b"/drain", {}, b"")[0] == 200 and counters.get_flag(C_DRAINING)
+    assert a.handle(b"DELETE", b"/drain", {}, b"")[0] == 200 and not counters.get_flag(C_DRAINING)
+    assert a.handle(b"DELETE", b"/purge", {}, b"")[0] == 405
+    counters.set_flag(C_DRAINING, 1)
+    counters.set_flag(C_STOPPING, 1)  # SIGTERM: readiness stays off until the process is gone
+    status, _, body = a.handle(b"DELETE", b"/drain", {}, b"")
+    assert status == 409 and b"stopping" in body and counters.get_flag(C_DRAINING)
 
 
 def test_post_endpoints_need_a_token_off_loopback():
