@@ -1,4 +1,4 @@
-"""Command line: `edgecore serve | demo | check-config | purge` (see ../shared/INTERFACE.md).
+"""Command line: `edgecore serve | demo | check-config | config | health | purge` (../shared/INTERFACE.md).
 
 Owns: argument parsing and exit codes. Every serve option is also a config-file key and an
 EDGECORE_<KEY> environment variable; precedence command line > environment > file > default (config.py).
@@ -36,6 +36,9 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-object-size", metavar="SIZE", help="larger responses are not cached (default 1MiB)")
     p.add_argument("--admin-token", metavar="TOKEN", help="Bearer token required by POST admin endpoints")
     p.add_argument("--grace-period", metavar="SECONDS", help="SIGTERM: time to finish in-flight requests")
+    p.add_argument(
+        "--drain-delay", metavar="SECONDS", help="SIGTERM: seconds of readiness 503 while still accepting"
+    )
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
 
 
@@ -50,6 +53,7 @@ def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
         "max_object_size",
         "admin_token",
         "grace_period",
+        "drain_delay",
         "log_level",
     ):
         v = getattr(a, k, None)
@@ -83,14 +87,73 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def cmd_check_config(a: argparse.Namespace) -> int:
+    """The file and the environment together, validated as `serve` would."""
     try:
-        config.load(a.config, {}, environ={})
+        config.load(a.config, {})
     except ConfigErrors as e:
         for p in e.problems:
             print(f"{p.key}: {p.why}")
         return 2
-    print(f"{a.config}: ok")
+    print(f"{a.config or 'environment'}: ok")
     return 0
+
+
+def _show(key: str, value: Any) -> str:
+    if key == "admin_token":
+        return '"****"' if value else '""'
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[1], int)
+        and key in ("listen", "admin")
+    ):
+        return json.dumps(f"{value[0]}:{value[1]}")
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_show(key, v) for v in value) + "]"
+    if isinstance(value, config.Upstream):
+        return json.dumps(f"http://{value.authority}")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return repr(value)
+
+
+def cmd_config(a: argparse.Namespace) -> int:
+    """The effective configuration, one `key = value  # source` line each, admin_token masked."""
+    path = a.config or os.environ.get("EDGECORE_CONFIG")
+    try:
+        file_values = config.read_file(path) if path else {}
+        env_values = config.from_env(os.environ)
+        cfg = config.build(file_values, env_values, {})
+    except ConfigErrors as e:
+        for p in e.problems:
+            print(f"{p.key}: {p.why}")
+        return 2
+    src = config.sources(file_values, env_values, {})
+    for k in config.KEYS:
+        print(f"{k} = {_show(k, getattr(cfg, k))}  # {src[k]}")
+    return 0
+
+
+def cmd_health(a: argparse.Namespace) -> int:
+    """GET /healthz on the configured admin address (--admin, else EDGECORE_ADMIN, else the default): exit 0
+    when it answers 200, else 1 (the container HEALTHCHECK)."""
+    try:
+        host, port = config.parse_hostport(a.admin or os.environ.get("EDGECORE_ADMIN") or "127.0.0.1:9901")
+    except ValueError as e:
+        print(f"edgecore health: admin: {e}", file=sys.stderr)
+        return 2
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1" if host != "::" else "::1"
+    h = f"[{host}]" if ":" in host else host
+    try:
+        with urllib.request.urlopen(f"http://{h}:{port}/healthz", timeout=a.timeout) as resp:
+            ok = resp.status == 200
+    except OSError as e:
+        print(f"edgecore health: {h}:{port}: {e}", file=sys.stderr)
+        return 1
+    return 0 if ok else 1
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -153,9 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--serve", action="store_true", help="keep both running after the summary")
     d.add_argument("--requests", type=int, default=2000, help="sample requests to send (default 2000)")
     d.set_defaults(func=cmd_demo)
-    c = sub.add_parser("check-config", help="validate a config file")
-    c.add_argument("--config", metavar="FILE", required=True)
+    c = sub.add_parser("check-config", help="validate a config file with the environment, as serve would")
+    c.add_argument("--config", metavar="FILE", help="default EDGECORE_CONFIG; none: the environment alone")
     c.set_defaults(func=cmd_check_config)
+    e = sub.add_parser("config", help="print the effective configuration and each value's source")
+    e.add_argument("--config", metavar="FILE")
+    e.set_defaults(func=cmd_config)
+    h = sub.add_parser("health", help="exit 0 when the admin listener's /healthz answers 200")
+    h.add_argument("--admin", metavar="HOST:PORT", help="default EDGECORE_ADMIN, else 127.0.0.1:9901")
+    h.add_argument("--timeout", type=float, default=2.0)
+    h.set_defaults(func=cmd_health)
     g = sub.add_parser("purge", help="purge through the admin endpoint")
     g.add_argument("--admin", default="127.0.0.1:9901", metavar="HOST:PORT")
     g.add_argument("--token", help="admin token (or EDGECORE_ADMIN_TOKEN)")
