@@ -149,6 +149,8 @@ def run_demo(serve_forever: bool = False, requests: int = 2000) -> int:
                 f"http://127.0.0.1:{oport}",
                 "--cache-size",
                 "64MiB",
+                "--drain-delay",  # (loopback only: no load balancer to tell)
+                "0",
             ],
             _SERVING,
             "stderr",

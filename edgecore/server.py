@@ -4,8 +4,13 @@ Owns: sockets (one SO_REUSEPORT listener per worker on the same port), fork, sig
 shutdown. The supervisor creates the shared cache and counters *before* forking, so every child maps the
 same memory; it runs no event loop itself (so every fork starts from a clean process), sweeps the cache
 every 100 ms, reaps and replaces dead children (releasing at once the miss locks a dead worker held:
-flights.lock_tag), and on SIGTERM/SIGINT turns readiness off, asks the
-workers to finish in-flight requests within the grace period, and exits 0.
+flights.lock_tag), and on SIGTERM/SIGINT turns readiness off at once, lets the workers keep accepting for
+drain_delay seconds (a second signal cuts it short), then asks them to stop accepting and finish in-flight
+requests within the grace period, and exits 0.
+Before binding, the listen and admin addresses are probed with a plain bind (SO_REUSEADDR, no SO_REUSEPORT):
+a port another process holds, another edgecore included, fails the probe and serve exits 2 naming the
+address (AddressInUse), instead of silently sharing it through SO_REUSEPORT. A probe rather than a lock file:
+it catches every kind of holder, not only edgecores that agree on a lock path.
 Invariants: a worker never outlives a stopped supervisor by more than the grace period (it also exits when
 its parent disappears); a crash-looping worker is restarted with backoff, never in a tight loop.
 """
@@ -25,7 +30,7 @@ import time
 from typing import Any
 
 from .cache import Cache
-from .config import Config, fastpath_disabled
+from .config import Config, available_cpus, fastpath_disabled
 from .flights import lock_tag
 from .metrics import C_DRAINING, C_STOPPING, F_PID, F_READY, SharedCounters
 
@@ -37,6 +42,26 @@ SWEEP_BUDGET = 4096
 
 def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class AddressInUse(Exception):
+    def __init__(self, what: str, host: str, port: int, why: str) -> None:
+        super().__init__(f"{what} address {host}:{port} is already in use by another process ({why})")
+
+
+def probe_free(what: str, host: str, port: int) -> None:
+    """Raise AddressInUse when another process holds host:port (listening, or bound without SO_REUSEADDR):
+    a bind without SO_REUSEPORT fails there. Port 0 (the kernel picks a free one) is not probed."""
+    if port == 0:
+        return
+    sock = socket.socket(_family(host), socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (TIME_WAIT leftovers are no holder)
+        sock.bind((host, port))
+    except OSError as e:
+        raise AddressInUse(what, host, port, e.strerror or str(e))
+    finally:
+        sock.close()
 
 
 def bind_socket(host: str, port: int, reuseport: bool, listen: bool) -> socket.socket:
@@ -54,22 +79,25 @@ def bind_socket(host: str, port: int, reuseport: bool, listen: bool) -> socket.s
 class Supervisor:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.nworkers = cfg.workers or os.cpu_count() or 1
+        self.nworkers = cfg.workers or available_cpus()
         self.cache = Cache(cfg.cache_size, cfg.max_object_size)
         # with one health block per upstream: the admin process's checks write it, the workers read it
         self.counters = SharedCounters(slots=self.nworkers + 1, upstreams=len(cfg.upstream))
         self.admin_slot = self.nworkers
         host, port = cfg.listen
+        ahost, aport = cfg.admin
+        probe_free("listen", host, port)
+        probe_free("admin", ahost, aport)
         # Resolves port 0 and reserves the port; never listens, so the kernel hands connections only to
         # the workers' SO_REUSEPORT listeners.
         self.placeholder = bind_socket(host, port, reuseport=True, listen=False)
         self.port = self.placeholder.getsockname()[1]
-        ahost, aport = cfg.admin
         self.admin_sock = bind_socket(ahost, aport, reuseport=False, listen=True)
         self.admin_port = self.admin_sock.getsockname()[1]
         self.children: dict[int, int] = {}  # pid -> slot
         self.restarts: dict[int, list[float]] = {}  # slot -> recent start times
         self.stopping = False
+        self.hurry = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -132,6 +160,8 @@ class Supervisor:
     # ------------------------------------------------------------------ main loop
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
+            if self.stopping:
+                self.hurry = True  # a second signal: no more drain delay
             self.stopping = True
 
     def run(self) -> int:
@@ -170,9 +200,25 @@ class Supervisor:
         return self._shutdown()
 
     def _shutdown(self) -> int:
-        log.info("stopping: draining %d workers (grace %.1fs)", self.nworkers, self.cfg.grace_period)
         self.counters.set_flag(C_DRAINING, 1)
         self.counters.set_flag(C_STOPPING, 1)
+        if self.cfg.drain_delay > 0:
+            # readiness is 503 from now on; the workers still accept, so a load balancer that has not yet
+            # noticed sends to a live listener, never to a refused port
+            log.info("stopping: readiness off, still accepting for %.1fs (drain_delay)", self.cfg.drain_delay)
+            until = time.monotonic() + self.cfg.drain_delay
+            while not self.hurry and time.monotonic() < until:
+                with contextlib.suppress(InterruptedError):
+                    select.select(
+                        [self._wake_r], [], [], min(SWEEP_INTERVAL, max(0.0, until - time.monotonic()))
+                    )
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 4096)
+                self.stopping = False  # (so _reap still replaces a worker that dies meanwhile)
+                self._reap()
+                self.stopping = True
+                self.cache.sweep(SWEEP_BUDGET)
+        log.info("stopping: draining %d workers (grace %.1fs)", self.nworkers, self.cfg.grace_period)
         admin_pids = [p for p, s in self.children.items() if s == self.admin_slot]
         workers = [p for p, s in self.children.items() if s != self.admin_slot]
         for pid in workers:
@@ -343,6 +389,12 @@ def serve(cfg: Config) -> int:
     raise_open_files_limit()
     try:
         sup = Supervisor(cfg)
+    except AddressInUse as e:
+        print(f"edgecore: {e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"edgecore: config error: cache_size: cannot allocate {cfg.cache_size} bytes", file=sys.stderr)
+        return 2
     except OSError as e:
         # the usual cause: the port is taken (by another edgecore without SO_REUSEPORT, or anything else)
         (h, p), (ah, ap) = cfg.listen, cfg.admin

@@ -222,6 +222,8 @@ class Edge:
             "32MiB",
             "--grace-period",
             "5",
+            "--drain-delay",  # (tests that need the SIGTERM drain delay pass their own)
+            "0",
             *self.args,
         ]
         env = {**os.environ, "PYTHONPATH": ROOT, **path_env(self.path), **self.env}

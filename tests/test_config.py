@@ -114,7 +114,7 @@ def test_serve_refuses_bad_config_with_exit_2():
     assert "cache_size" in r.stderr and "upstream" in r.stderr
 
 
-def test_serve_on_a_taken_port_says_so_and_exits_1():
+def test_serve_on_a_taken_admin_port_says_so_and_exits_2():
     import socket
 
     s = socket.socket()
@@ -141,8 +141,9 @@ def test_serve_on_a_taken_port_says_so_and_exits_1():
         )
     finally:
         s.close()
-    assert r.returncode == 1
-    assert "cannot listen" in r.stderr and "Address already in use" in r.stderr
+    assert r.returncode == 2
+    line = [x for x in r.stderr.splitlines() if "in use" in x]
+    assert len(line) == 1 and f"admin address 127.0.0.1:{port} is already in use" in line[0], r.stderr
 
 
 def test_security_keys():

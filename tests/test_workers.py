@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
-from client import Conn, Edge, get
+from client import Conn, Edge, get, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +144,90 @@ def test_worker_killed_leading_a_coalesced_miss_releases_its_lock_at_once(origin
         for c in conns:
             c.close()
         e.stop()
+
+
+# -- issue 12 point 5: an address another process holds; the SIGTERM drain delay
+
+
+def _serve(listen: str, admin: str, upstream: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("EDGECORE_") or k == "EDGECORE_NO_FASTPATH"
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgecore",
+            "serve",
+            "--listen",
+            listen,
+            "--admin",
+            admin,
+            "--upstream",
+            upstream,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def test_a_listen_address_held_by_another_process_is_refused_with_exit_2(origin):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # (even a holder that would share the port)
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    try:
+        port = s.getsockname()[1]
+        r = _serve(f"127.0.0.1:{port}", "127.0.0.1:0", origin.url)
+    finally:
+        s.close()
+    assert r.returncode == 2
+    lines = [x for x in r.stderr.splitlines() if "in use" in x]
+    assert lines == [
+        f"edgecore: listen address 127.0.0.1:{port} is already in use by another process "
+        "(Address already in use)"
+    ], r.stderr
+
+
+def test_a_second_edgecore_on_the_same_addresses_is_refused_and_the_first_keeps_serving(origin, uniq):
+    e = Edge(origin.url, workers=2)
+    try:
+        r = _serve(f"127.0.0.1:{e.port}", "127.0.0.1:0", origin.url)
+        assert r.returncode == 2 and f"listen address 127.0.0.1:{e.port} is already in use" in r.stderr
+        r = _serve("127.0.0.1:0", f"127.0.0.1:{e.admin_port}", origin.url)
+        assert r.returncode == 2 and f"admin address 127.0.0.1:{e.admin_port} is already in use" in r.stderr
+        # every connection still reaches the first edgecore (nothing shares its port)
+        for i in range(8):
+            assert get(e.port, f"{uniq}/{i}?body=first").body == b"first"
+        assert e.stats()["workers"]["ready"] == 2
+    finally:
+        e.stop()
+
+
+def test_sigterm_keeps_accepting_for_drain_delay_with_readiness_503(origin, uniq, path):
+    e = Edge(origin.url, path=path, args=["--drain-delay", "3"])
+    try:
+        assert wait_for(lambda: e.admin("/readyz").status == 200, timeout=10)
+        t0 = time.monotonic()
+        e.proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: e.admin("/readyz").status == 503, timeout=5)
+        assert b"draining" in e.admin("/readyz").body
+        # connections made during the delay are served (new ones, and on a fresh connection each time)
+        served = 0
+        for i in range(1000):
+            if time.monotonic() - t0 > 1.5:
+                break
+            assert get(e.port, f"{uniq}/{i}?body=during").body == b"during"
+            served += 1
+        assert served >= 1
+        assert e.proc.poll() is None  # still running: the delay has not ended
+        e.proc.wait(20)
+        assert e.proc.returncode == 0
+        assert time.monotonic() - t0 >= 3.0  # (a lower bound only: the delay was waited, never a speed claim)
+    finally:
+        e.stop()
+    # after it: nothing listens any more
+    with pytest.raises(OSError):
+        get(e.port, f"{uniq}/after")
