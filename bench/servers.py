@@ -153,6 +153,9 @@ class Supervisor:
                 stdin=subprocess.DEVNULL,
                 cwd=cwd,
                 start_new_session=True,
+                # a benchmarked edgecore stops at once on SIGTERM (no load balancer to drain; older builds
+                # ignore the variable)
+                env={**os.environ, "EDGECORE_DRAIN_DELAY": "0"},
             )
         proc = Proc(name, p, log_path)
         self.procs.append(proc)
