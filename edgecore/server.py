@@ -24,6 +24,7 @@ import sys
 import time
 from typing import Any
 
+from .accesslog import open_access_log, set_process_format
 from .cache import Cache
 from .config import Config, fastpath_disabled
 from .flights import lock_tag
@@ -85,6 +86,7 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
                 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(s, signal.SIG_DFL)
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a worker reopens its access log on it
                 self.placeholder.close()
                 if slot == self.admin_slot:
                     from .admin import run_admin
@@ -133,9 +135,14 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: Any) -> None:
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stopping = True
+        elif signum == signal.SIGUSR1:  # logrotate: every worker reopens its access log file
+            for pid, slot in list(self.children.items()):
+                if slot != self.admin_slot:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGUSR1)
 
     def run(self) -> int:
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(s, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload: operations issue
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -290,6 +297,9 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
     asyncio.set_event_loop(loop)
     slot_counters = counters.slot_view(slot)
     ctx = make_context(cfg, cache, slot_counters, loop)
+    ctx.access = open_access_log(cfg.access_log, loop, slot)
+    if ctx.access is not None:
+        loop.add_signal_handler(signal.SIGUSR1, ctx.access.reopen)
     host, _ = cfg.listen
     listener = Listener(loop, host, port, lambda: ClientProtocol(ctx))
     loop.run_until_complete(listener.open())
@@ -340,6 +350,7 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
 
 
 def serve(cfg: Config) -> int:
+    set_process_format(cfg.log_format)
     raise_open_files_limit()
     try:
         sup = Supervisor(cfg)
