@@ -262,3 +262,36 @@ def test_config_access_log_values(value, parsed, tmp_path):
     f = str(tmp_path / "x.log")
     assert load(None, {"access_log": f}, environ={}, require_upstream=False).access_log == f
     assert load(None, {}, environ={}, require_upstream=False).access_log == "off"
+
+
+def test_lines_are_batched_one_write_per_loop_iteration(tmp_path):
+    """Off the hot path: records made in one loop iteration are written by one call_soon, in one write."""
+    import asyncio
+
+    from edgecore.accesslog import AccessLog
+
+    writes: list[str] = []
+
+    class Spy:
+        def write(self, s: str) -> None:
+            writes.append(s)
+
+        def flush(self) -> None:
+            pass
+
+    loop = asyncio.new_event_loop()
+    try:
+        a = AccessLog(str(tmp_path / "b.log"), loop, 3)
+        a._file = Spy()  # type: ignore[assignment]
+        for i in range(5):
+            a.record(b"10.0.0.1", b"GET", b"h", b"/%d" % i, 200, 1, 0.0, b"edgecore; hit", None, 0.0)
+        assert writes == []  # nothing written inside the request's own callback
+        loop.run_until_complete(asyncio.sleep(0))
+        assert len(writes) == 1
+        got = [json.loads(x) for x in writes[0].splitlines()]
+        assert [x["target"] for x in got] == [f"/{i}" for i in range(5)] and got[0]["worker"] == 3
+        a.record(b"10.0.0.1", b"GET", b"h", b"/later", 200, 1, 0.0, b"edgecore; hit", None, 0.0)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert len(writes) == 2 and json.loads(writes[1])["target"] == "/later"
+    finally:
+        loop.close()
