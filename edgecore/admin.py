@@ -12,6 +12,7 @@ request gets 400 and the connection closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -261,7 +262,10 @@ def run_admin(cfg: Config, cache: Cache, counters: SharedCounters, sock: socket.
     try:
         loop.run_until_complete(stop)
     finally:
+        # cancel the prober and wait for it: a task left pending at close logs "Task was destroyed"
         prober.cancel()
         server.close()
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(asyncio.gather(prober, return_exceptions=True))
         loop.close()
     return 0

@@ -244,6 +244,7 @@ async def exchange(
             raise UpstreamOverloaded(
                 f"{cfg.max_upstream_requests} requests in flight to {server.upstream.authority}"
             )
+        r.upstream, r.up_t0 = server.upstream.authority, time.time()  # the access log's upstream fields
         try:
             conn = await pool.acquire(fresh=fresh, server=server)
         except UpstreamError as e:

@@ -251,6 +251,8 @@ class Config:
     stale_keep: float = 600.0  # entries kept this long past expiry (stale-if-error, revalidation)
     client_header_timeout: float = 10.0  # client: deadline for a whole request head
     max_connections: int = 0  # client connections per worker (0 = unlimited); beyond it, stop accepting
+    access_log: str = "off"  # off | stdout | stderr | a file path (accesslog.py)
+    log_format: str = "text"  # process log: text | json
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
@@ -299,8 +301,25 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "stale_keep": _parse_seconds0,
     "client_header_timeout": _parse_seconds,
     "max_connections": _parse_int(0, 1_000_000),
+    "access_log": lambda v: _parse_access_log(v),
+    "log_format": lambda v: _choice(v, ("text", "json")),
 }
 KEYS = tuple(_PARSERS)
+
+
+def _parse_access_log(v: Any) -> str:
+    """off | stdout | stderr | a file path in a folder that exists."""
+    if v is False:
+        return "off"
+    s = str(v)
+    if s.lower() in ("off", "stdout", "stderr"):
+        return s.lower()
+    if not s or s.lower() in ("true", "on") or v is True:
+        raise ValueError(f"{v!r} is not off, stdout, stderr or a file path")
+    folder = os.path.dirname(os.path.abspath(s))
+    if not os.path.isdir(folder):
+        raise ValueError(f"folder {folder} does not exist")
+    return s
 
 
 def _choice(v: Any, choices: tuple[str, ...]) -> str:

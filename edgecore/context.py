@@ -7,7 +7,9 @@ set up from the same facts as the Python path, the worker's listener that max_co
 plainmiss) may ask of a client connection.
 Invariants: the C fast path gets every fact it shares with Python (entry layout, field lists, thresholds,
 histogram bounds) from the Python source at construction, never retyped; EDGECORE_NO_FASTPATH=1 turns it
-off (and with it the plain-miss path, which only starts from its miss result).
+off (and with it the plain-miss path, which only starts from its miss result), and so does an access log
+that is on (the C path answers hits without Python, so it could not log them); `log_response` is the one
+call that records a response, made where it is counted (serve, sinks, protocol.error).
 Never: touch a transport itself, or decide anything about caching.
 """
 
@@ -21,6 +23,7 @@ from typing import Any, Protocol
 
 from . import cachestatus, entry, keys, policy
 from ._hitpath import HitPath
+from .accesslog import AccessLog
 from .cache import Cache
 from .config import Config, fastpath_disabled
 from .errors import EdgeError
@@ -94,6 +97,8 @@ class Request:
         "conn_tokens",
         "head_bytes",
         "buffered",
+        "upstream",
+        "up_t0",
     )
 
     def __init__(self) -> None:
@@ -116,6 +121,8 @@ class Request:
         self.conn_tokens: list[bytes] = []
         self.head_bytes = 0
         self.buffered = 0  # body bytes received and not yet sent upstream
+        self.upstream: str | None = None  # host:port of the last upstream asked (the access log)
+        self.up_t0 = 0.0  # when that exchange started
 
     def has_body(self) -> bool:
         return self.chunked or bool(self.clen)
@@ -202,6 +209,7 @@ class Context:
         self.tasks: set[asyncio.Task[None]] = set()  # background tasks, kept until done
         self._sweeper: asyncio.TimerHandle | None = None
         self.listener: Listener | None = None  # the worker's listener (max_connections pauses it)
+        self.access: AccessLog | None = None  # the access log (None: off); set by the worker
 
     @property
     def draining(self) -> bool:
@@ -229,9 +237,19 @@ class Context:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def log_response(self, peer: bytes, r: Request, status: int, nbytes: int, cache_status: bytes) -> None:
+        """One response, to the access log (called only when it is on, where the response is counted)."""
+        a = self.access
+        if a is not None:
+            a.record(
+                peer, r.method, r.host, r.target, status, nbytes, r.t0, cache_status, r.upstream, r.up_t0
+            )
+
     def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.access is not None:
+            self.access.close()
         self.pool.close()
 
 
@@ -258,7 +276,12 @@ def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: ke
         max_line=cfg.max_request_line,
         underscores=cfg.underscores_in_headers,
         write_high=WRITE_HIGH_WATER,
-        enabled=default_opts and probe.endswith(b"1:h/") and not fastpath_disabled(),
+        # the access log records every response in Python: the C path, which answers hits without Python,
+        # is off while it is on (README "Access log": the measured cost)
+        enabled=default_opts
+        and probe.endswith(b"1:h/")
+        and not fastpath_disabled()
+        and cfg.access_log == "off",
     )
 
 

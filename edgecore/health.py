@@ -110,7 +110,7 @@ class Health:
                 raise ValueError(f"connection closed before a status line (GET {path})")
             parts = line.split(None, 2)
             if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-                raise ValueError(f"not an HTTP status line: {line[:60]!r}")
+                raise ValueError(f"not an HTTP status line: {line[:60].decode('latin-1')!r}")
             status = int(parts[1])
             if not 200 <= status < 400:
                 raise ValueError(f"GET {path} answered {status}")

@@ -21,7 +21,7 @@ import time
 from . import cachestatus, policy
 from ._hitpath import PlainRequest
 from .cachepath import fetch, finish_miss
-from .context import Client, Request
+from .context import Client, Request, log_text
 from .errors import EdgeError, UpstreamIncomplete, UpstreamTimeout
 from .fields import connection_tokens
 from .flights import Flight
@@ -180,7 +180,9 @@ class PlainMiss:
             ttl = max(0, int(fresh.lifetime - fresh.initial_age))
             cs = cachestatus.render(fwd=b"uri-miss", fwd_status=status, stored=True, ttl=ttl)
             if not ctx.hitpath.respond(value, p, self.keep if r.keep_alive else 0, r.method == b"HEAD", cs):
-                log.error("unrenderable stored response for %s", r.target[:200])  # never: we just encoded it
+                log.error(
+                    "unrenderable stored response for %s", log_text(r.target)
+                )  # never: we just encoded it
                 p.abort()
         p.done(r)
 

@@ -21,6 +21,8 @@ Invariants:
   (which checks between pipelined hits) and the general path (the request task waits) alike;
 - a request head must be complete within client_header_timeout of its first byte (408 and close), however
   steadily it trickles; beyond max_connections the worker's listener stops accepting until below.
+- every error response is counted, access-logged (when the log is on) and, for a 4xx refusal, logged at
+  info with its reason, in `error`;
 Never: decide cacheability or freshness (policy), build keys (keys), or block the loop.
 """
 
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -400,6 +403,9 @@ class ClientProtocol(asyncio.Protocol):
         self._stop_reading()
         r = self.req or Request()
         self.req = None
+        if not r.method and r.target:
+            with contextlib.suppress(httptools.HttpParserError):
+                r.method = self.parser.get_method()  # for the log lines: the head failed before it was set
         r.error = err
         r.keep_alive = False
         if self.active is None and not self.queue:
@@ -459,6 +465,14 @@ class ClientProtocol(asyncio.Protocol):
             log.info("%d for %s %s: %s", status, log_text(r.method), log_text(r.target), e)
             body = f"{status} {e.reason}\n".encode()
         else:
+            log.info(
+                "%d refused for %s %s from %s: %s",
+                status,
+                log_text(r.method),
+                log_text(r.target),
+                log_text(self.peer),
+                e,
+            )
             body = f"{status} {e.reason}: {e}\n".encode()
         if status < 500 or status == 505:
             r.keep_alive = False
@@ -475,6 +489,8 @@ class ClientProtocol(asyncio.Protocol):
                 r.connection_field(),
             )
         )
+        if self.ctx.access is not None:
+            self.ctx.log_response(self.peer, r, status, 0 if r.method == b"HEAD" else len(body), cs)
         self.write(head if r.method == b"HEAD" else head + body)
         if not r.keep_alive:
             self.finish()

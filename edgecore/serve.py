@@ -4,8 +4,9 @@ the status line.
 
 Owns: the Python twin of the C hit path's write (ext/hitpath.pyx `_write_value`): both splice the same
 dynamic fields into the same stored bytes (entry.py's layout).
-Invariants: counted before it is written (whoever has the response can already see it in the metrics); a
-large body is written as views of the lookup's private copy, never copied again.
+Invariants: counted (and, when the access log is on, logged) before it is written (whoever has the response
+can already see it in the metrics); a large body is written as views of the lookup's private copy,
+never copied again.
 Never: decide whether the stored response may be used (policy did).
 """
 
@@ -46,6 +47,8 @@ def serve_stored(
     if r.slow and m.status == 200 and r.method in _CACHEABLE_METHODS:
         stored = entry.headers(value, m)
         if conditional.client_not_modified(r.headers, stored):
+            if c.ctx.access is not None:
+                c.ctx.log_response(c.peer, r, 304, 0, cache_status)
             c.write(_head_304(stored, dyn))
             _close_unless_keep_alive(c, r)
             return
@@ -60,6 +63,8 @@ def serve_stored(
             span = conditional.parse_range(rng, total)
             if span is None:
                 if conditional.range_not_satisfiable(rng, total):  # else: the full 200 (RFC 9110 14.2)
+                    if c.ctx.access is not None:
+                        c.ctx.log_response(c.peer, r, 416, 0, cache_status)
                     c.write(
                         b"HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */%d\r\n"
                         b"content-length: 0\r\n%s\r\n" % (total, dyn)
@@ -68,6 +73,8 @@ def serve_stored(
                     return
             else:
                 lo, hi = span
+                if c.ctx.access is not None:
+                    c.ctx.log_response(c.peer, r, 206, hi - lo + 1, cache_status)
                 fields = b"".join(n + b": " + v + b"\r\n" for n, v in stored)
                 c.write(
                     b"".join(
@@ -84,6 +91,9 @@ def serve_stored(
                 )
                 _close_unless_keep_alive(c, r)
                 return
+    if c.ctx.access is not None:
+        nbytes = 0 if r.method == b"HEAD" else len(value) - head_end
+        c.ctx.log_response(c.peer, r, m.status, nbytes, cache_status)
     if r.method == b"HEAD":
         c.write(b"".join((status_line, dyn, rest_head)))
     elif len(value) > LARGE_BODY:  # no second copy of a large body: views of the private lookup copy

@@ -29,6 +29,7 @@ import sys
 import time
 from typing import Any
 
+from .accesslog import open_access_log, set_process_format
 from .cache import Cache
 from .config import Config, available_cpus, fastpath_disabled
 from .flights import lock_tag
@@ -113,6 +114,7 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
                 for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
                     signal.signal(s, signal.SIG_DFL)
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a worker reopens its access log on it
                 self.placeholder.close()
                 if slot == self.admin_slot:
                     from .admin import run_admin
@@ -163,9 +165,14 @@ class Supervisor:
             if self.stopping:
                 self.hurry = True  # a second signal: no more drain delay
             self.stopping = True
+        elif signum == signal.SIGUSR1:  # logrotate: every worker reopens its access log file
+            for pid, slot in list(self.children.items()):
+                if slot != self.admin_slot:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGUSR1)
 
     def run(self) -> int:
-        for s in (signal.SIGTERM, signal.SIGINT):
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(s, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload: operations issue
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -336,6 +343,9 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
     asyncio.set_event_loop(loop)
     slot_counters = counters.slot_view(slot)
     ctx = make_context(cfg, cache, slot_counters, loop)
+    ctx.access = open_access_log(cfg.access_log, loop, slot)
+    if ctx.access is not None:
+        loop.add_signal_handler(signal.SIGUSR1, ctx.access.reopen)
     host, _ = cfg.listen
     listener = Listener(loop, host, port, lambda: ClientProtocol(ctx))
     loop.run_until_complete(listener.open())
@@ -386,6 +396,7 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
 
 
 def serve(cfg: Config) -> int:
+    set_process_format(cfg.log_format)
     raise_open_files_limit()
     try:
         sup = Supervisor(cfg)

@@ -151,6 +151,7 @@ class StreamSink:
         self.started = False  # bytes written to the client transport
         self.out: list[bytes] = []  # response bytes not yet written: one write per upstream read
         self.out_len = 0
+        self.sent = 0  # body bytes given to the client (the access log's "bytes")
         self.chunked_out = False
         self.no_body = False
         self.close_delimited = False
@@ -164,6 +165,7 @@ class StreamSink:
         self.error = None
         self.out.clear()
         self.out_len = 0
+        self.sent = 0
         if self._done.done():
             self._done = asyncio.get_running_loop().create_future()
 
@@ -237,6 +239,7 @@ class StreamSink:
     def body(self, chunk: bytes) -> None:
         if self.proto is None or self.no_body:
             return
+        self.sent += len(chunk)
         if self.chunked_out:
             chunk = b"%x\r\n%s\r\n" % (len(chunk), chunk)
         self.out.append(chunk)
@@ -260,6 +263,8 @@ class StreamSink:
             p.ctx.counters.request(
                 self.outcome, time.time() - self.r.t0, self.detail
             )  # before the last write
+            if p.ctx.access is not None:
+                p.ctx.log_response(p.peer, self.r, self.status or 0, self.sent, self.cache_status())
             if self.chunked_out:
                 self.out.append(b"0\r\n\r\n")
             self.flush()
