@@ -39,6 +39,7 @@ from .servers import (
     REPO,
     SkipSystem,
     Supervisor,
+    edgecore_argv,
     find_edgecore,
     free_port,
     http_get,
@@ -143,20 +144,7 @@ class Rig:
     # -- systems
     def start_edgecore(self, cap: int) -> tuple[object, int, int]:
         port, admin = free_port(), free_port()
-        argv = [
-            *find_edgecore(),
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-            "--upstream",
-            f"http://127.0.0.1:{self.origin_port}",
-            "--workers",
-            str(self.workers),
-            "--cache-size",
-            f"{cap}B",
-        ]
+        argv = edgecore_argv(find_edgecore(), port, admin, self.origin_port, self.workers, cap)
         proc = self.sup.start("edgecore", argv, cwd=REPO)
         wait_http(self.sup, proc, admin, "/healthz", 60)
         wait_http(self.sup, proc, port, "/ping", 10)

@@ -486,28 +486,36 @@ class Lab:
         )
 
     def _start_edgecore(self, cmd: list[str] | None) -> System:
-        cmd = cmd or find_edgecore()
         port, admin = free_port(), free_port()
-        argv = [
-            *cmd,
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--admin",
-            f"127.0.0.1:{admin}",
-            "--upstream",
-            f"http://127.0.0.1:{self.origin_port}",
-            "--workers",
-            str(self.workers),
-            "--cache-size",
-            f"{self.cache_size}B",
-        ]
+        argv = edgecore_argv(
+            cmd or find_edgecore(), port, admin, self.origin_port, self.workers, self.cache_size
+        )
         proc = self.sup.start("edgecore", argv, cpus=self.sut_cpus, cwd=REPO)
         wait_http(self.sup, proc, admin, "/healthz", 30)
         wait_http(self.sup, proc, port, "/b1k.json", 10)
         return System(
             "edgecore", "edgecore", port, proc, True, f"`{' '.join(argv)}`", edgecore_hit, {"admin": admin}
         )
+
+
+def edgecore_argv(
+    cmd: list[str], port: int, admin: int, origin_port: int, workers: int, cache_size: int
+) -> list[str]:
+    """`edgecore serve` on 127.0.0.1 in front of the origin on origin_port, as every scenario runs it."""
+    return [
+        *cmd,
+        "serve",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--admin",
+        f"127.0.0.1:{admin}",
+        "--upstream",
+        f"http://127.0.0.1:{origin_port}",
+        "--workers",
+        str(workers),
+        "--cache-size",
+        f"{cache_size}B",
+    ]
 
 
 def find_edgecore() -> list[str]:
