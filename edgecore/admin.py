@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import platform
 import signal
 import socket
 from typing import Any
@@ -25,9 +26,9 @@ import httptools
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import keys
+from . import __version__, keys
 from .cache import Cache
-from .config import Config
+from .config import Config, fastpath_disabled
 from .health import Health, readiness
 from .metrics import (
     C_DRAINING,
@@ -53,7 +54,16 @@ class Admin:
         self.health = Health(cfg, counters)
         self.key_opts = keys.options_for(cfg)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(EdgeCollector(counters, cache.stats, tuple(u.authority for u in cfg.upstream)))
+        build = (__version__, platform.python_version(), "off" if fastpath_disabled() else "on")
+        self.registry.register(
+            EdgeCollector(
+                counters,
+                cache.stats,
+                tuple(u.authority for u in cfg.upstream),
+                workers=workers,
+                build=build,
+            )
+        )
 
     def stats(self) -> dict[str, Any]:
         s = self.cache.stats()
