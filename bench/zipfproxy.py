@@ -2,11 +2,11 @@
 
 Owns: one instrument (issue 13): a real `edgecore serve` in front of a small origin on loopback, fed a Zipf
 trace of GET /obj?id=<k> over one keep-alive connection (so the proxy sees the trace in the order the model
-does), every response of `--size` body bytes, cacheable for a day. The edgecore figure is counted at the origin
-(hit ratio = 1 - origin requests / requests over the measured half of the trace; the first half warms the
-cache); the reference is exact LRU replaying the same trace with the same budget, each object costing only its
-body plus its URL (no head, no index, no allocator slack: conservative for edgecore, which counts all of
-those inside --cache-size).
+does), every response of `--size` body bytes, cacheable for a day. The edgecore figure is counted at the
+origin (hit ratio = 1 - origin requests / requests over the measured half of the trace; the first half warms
+the cache); the reference is exact LRU replaying the same trace with the same budget, each object costing
+only its body plus its URL (no head, no index, no allocator slack: conservative for edgecore, which counts
+all of those inside --cache-size).
 Invariants: both see the same trace; a response that is not 200 with the full body fails the run (no figure
 is reported for a broken run).
 Run: python -m bench.zipfproxy [--size 8192] [--cache-size 16MiB] [--keys 20000] [--requests 100000]
@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 
@@ -38,7 +37,7 @@ SERVING = re.compile(r"edgecore: serving http://[\d.]+:(\d+) admin")
 
 
 class Origin:
-    """GET /obj?id=K -> 200 with `size` deterministic body bytes, Cache-Control: max-age=86400; counts requests."""
+    """GET /obj?id=K -> 200 with `size` deterministic body bytes, cacheable for a day; counts requests."""
 
     def __init__(self, size: int) -> None:
         self.size = size
