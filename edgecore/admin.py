@@ -25,7 +25,7 @@ import httptools
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import keys
+from . import keys, routes
 from .cache import Cache
 from .config import Config
 from .health import Health, readiness
@@ -52,6 +52,7 @@ class Admin:
         self.workers = workers
         self.health = Health(cfg, counters)
         self.key_opts = keys.options_for(cfg)
+        self.routes = routes.compile_routes(cfg)  # a URL's key is built with its route's key options
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(EdgeCollector(counters, cache.stats, tuple(u.authority for u in cfg.upstream)))
 
@@ -142,7 +143,10 @@ class Admin:
                 return 400, b"text/plain", f"{kind} must be an absolute http:// URL\n".encode()
             host = u.netloc.encode()
             target = (u.path or "/").encode() + (b"?" + u.query.encode() if u.query else b"")
-            primary = keys.primary_key(b"GET", host, target, self.key_opts)
+            route = self.routes.match(host, target)
+            primary = keys.primary_key(
+                b"GET", host, target, self.key_opts if route is None else route.key_opts
+            )
             if kind == "url":
                 # the URL's entry (or Vary marker: its variants become unreachable with it)
                 n = int(self.cache.delete(primary))
