@@ -1,7 +1,8 @@
 """Configuration: frozen dataclasses, parsing and validation.
 
 Owns: every tunable, its default, its parser, and the precedence command line > environment
-(EDGECORE_<KEY>) > TOML file > default.
+(EDGECORE_<KEY>) > TOML file > default; the [[routes]] tables as RouteConfig (file only; each problem named
+routes[i].key, i from 0; routes.py compiles them).
 Also owns what the machine or container offers a Config: memory_limit() (cgroup v2 memory.max, v1
 memory.limit_in_bytes, else MemTotal) checks cache_size, available_cpus() (sched_getaffinity and the cgroup
 cpu.max quota) sizes `workers = 0`; sources() tells where each effective value came from (`edgecore config`).

@@ -73,10 +73,17 @@ class Routes:
         """The first route matching a request's Host and target (as received), or None."""
         if not self.routes:
             return None
-        authority, t = keys.normalise_target(target)
-        h = keys.normalise_host(host if authority is None else authority)
-        h = _without_port(h)
-        path = t.partition(b"?")[0]
+        if target[:1] == b"/" and 0x25 not in target and 0x23 not in target and b"/." not in target:
+            # origin-form without "%", "#" or a possible dot segment: normalise_target leaves it as is
+            q = target.find(b"?")
+            path = target if q == -1 else target[:q]
+            h = host.lower()
+            if not h or 0x3A in h or h[-1] in _HOST_ODD_LAST or h[0] in _HOST_ODD_LAST:  # ":", ".", OWS
+                h = _without_port(keys.normalise_host(h))
+        else:
+            authority, t = keys.normalise_target(target)
+            h = _without_port(keys.normalise_host(host if authority is None else authority))
+            path = t.partition(b"?")[0]
         for route in self.routes:
             if route.matches(h, path):
                 return route
@@ -90,6 +97,7 @@ class Routes:
 
 
 NO_ROUTES = Routes()
+_HOST_ODD_LAST = (0x2E, 0x20, 0x09)  # ".", SP, HTAB: a host ending (or, OWS, starting) so is normalised
 
 
 def _without_port(h: bytes) -> bytes:
