@@ -114,6 +114,11 @@ def test_bypass_always_reaches_the_origin_and_is_never_stored(edge, origin, uniq
         assert "stored" not in r.cache_status and not _hit(r)
         assert origin.count(uniq) == i + 1
     assert r.header("age") is None
+    # counted by its reason (edgecore_cache_decisions_total, the detail's one spelling)
+    m = re.search(
+        r'edgecore_cache_decisions_total\{reason="route-bypass"\} (\d+)', edge.admin("/metrics").body.decode()
+    )
+    assert m and int(m.group(1)) >= 3, m
     # the same URL on a host no route names is cached as usual
     get(edge.port, t, {"Host": "bypass.test"})
     assert _hit(get(edge.port, t, {"Host": "bypass.test"}))
