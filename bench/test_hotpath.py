@@ -20,7 +20,7 @@ protocol = pytest.importorskip(
     "edgecore.protocol", reason="edgecore.protocol (and its cache extension) not built"
 )
 from edgecore.cache import Cache  # noqa: E402
-from edgecore.config import Config, Upstream  # noqa: E402
+from edgecore.config import Config, RouteConfig, Upstream  # noqa: E402
 from edgecore.metrics import SharedCounters  # noqa: E402
 
 BODIES = {"1k": b"a" * 1024, "16k": b"b" * 16384}
@@ -98,9 +98,10 @@ def _request(name: str) -> bytes:
     )
 
 
-def build(cache_size: int = 32 << 20):
+def build(cache_size: int = 32 << 20, routes: tuple[RouteConfig, ...] = ()):
     """A loop, the tiny origin on 127.0.0.1:0, and edgecore's real context and client protocol on an
-    in-memory transport. -> (loop, server, cache, ctx, proto, transport); `teardown` undoes it."""
+    in-memory transport (with `routes` as [[routes]]). -> (loop, server, cache, ctx, proto, transport);
+    `teardown` undoes it."""
     try:
         import uvloop
 
@@ -109,7 +110,7 @@ def build(cache_size: int = 32 << 20):
         loop = asyncio.new_event_loop()
     server = loop.run_until_complete(loop.create_server(_Origin, "127.0.0.1", 0))
     port = server.sockets[0].getsockname()[1]
-    cfg = Config(upstream=(Upstream("127.0.0.1", port),), cache_size=cache_size)
+    cfg = Config(upstream=(Upstream("127.0.0.1", port),), cache_size=cache_size, routes=routes)
     cache = Cache(cfg.cache_size, cfg.max_object_size)
     ctx = protocol.make_context(cfg, cache, SharedCounters(slots=2).slot_view(1), loop)
     proto = protocol.ClientProtocol(ctx)
@@ -127,10 +128,47 @@ def teardown(loop, server, cache, ctx, proto) -> None:
     cache.close()
 
 
+# eight [[routes]] none of which matches the benchmark's requests (Host bench.example, /1k.bin)
+UNMATCHED_ROUTES = (
+    RouteConfig(host="api.example", path_prefix="/v1", default_ttl=30),
+    RouteConfig(host="*.cdn.example", max_ttl=5),
+    RouteConfig(host="static.example", key_sort_query=True),
+    RouteConfig(host="*.bench.example", bypass=True),
+    RouteConfig(path_prefix="/admin/", bypass=True),
+    RouteConfig(path_prefix="/search", key_drop_params=("utm_source",)),
+    RouteConfig(host="bench.example", path_prefix="/1k.bin/x", ignore_client_no_cache=True),
+    RouteConfig(host="geo.example", key_headers=("x-country",)),
+)
+# a route that matches them (and changes nothing about a hit): the general path answers
+MATCHED_ROUTE = (RouteConfig(host="bench.example", max_ttl=600),)
+
+
 @pytest.fixture(scope="module")
 def edge():
-    """(loop, ctx, protocol, transport) with every body of BODIES stored in the cache."""
-    loop, server, cache, ctx, proto, tr = build()
+    yield from _edge(())
+
+
+@pytest.fixture(scope="module")
+def edge_unmatched_routes():
+    yield from _edge(UNMATCHED_ROUTES)
+
+
+@pytest.fixture(scope="module")
+def edge_matched_route():
+    yield from _edge(MATCHED_ROUTE)
+
+
+@pytest.fixture(scope="module")
+def edge_general():
+    yield from _edge((), general=True)
+
+
+def _edge(routes: tuple[RouteConfig, ...], general: bool = False):
+    """(loop, ctx, protocol, transport) with every body of BODIES stored in the cache; `general`: with the
+    C hit path off (as EDGECORE_NO_FASTPATH=1)."""
+    loop, server, cache, ctx, proto, tr = build(routes=routes)
+    if general:
+        ctx.hitpath.enabled = False
 
     async def fill(name: str) -> None:
         # miss: the protocol fetches from the origin and stores; run the loop until the body is written
@@ -145,23 +183,35 @@ def edge():
     for name in BODIES:
         loop.run_until_complete(fill(name))
         tr.data.clear()
-        proto.data_received(_request(name))  # a hit is answered synchronously
+        proto.data_received(_request(name))  # a hit is answered synchronously (on the C path)
+        if routes is MATCHED_ROUTE or general:
+            loop.run_until_complete(fill(name))  # the general path answers in the request's task
         head = bytes(tr.data.split(b"\r\n\r\n", 1)[0]).lower()
         assert tr.data.endswith(BODIES[name]) and b"cache-status: edgecore; hit" in head, bytes(tr.data[:400])
     yield loop, ctx, proto, tr
     teardown(loop, server, cache, ctx, proto)
 
 
-def _bench_hits(benchmark, edge, name: str, pipelined: int = 1) -> None:
-    _, _, proto, tr = edge
+def _bench_hits(benchmark, edge, name: str, pipelined: int = 1, run_loop: bool = False) -> None:
+    loop, _, proto, tr = edge
     req = _request(name) * pipelined
     tr.keep = False
     start = tr.written
     calls = [0]
 
+    async def until(target: int) -> None:
+        for _ in range(100_000):
+            if tr.written >= target:
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("hit not answered")
+
     def one() -> None:
         calls[0] += 1
+        before = tr.written
         proto.data_received(req)
+        if run_loop:  # the general path answers in the request's task: run the loop until it is written
+            loop.run_until_complete(until(before + len(BODIES[name])))
 
     try:
         benchmark(one)
@@ -174,6 +224,33 @@ def _bench_hits(benchmark, edge, name: str, pipelined: int = 1) -> None:
 def test_hit_1k(benchmark, edge):
     """One GET -> one 1 KiB hit, the common case."""
     _bench_hits(benchmark, edge, "1k")
+
+
+@pytest.mark.benchmark(group="hit-1k-routes")
+def test_hit_1k_no_routes(benchmark, edge):
+    """Side by side with the next two (one group): a 1 KiB hit without [[routes]] ..."""
+    _bench_hits(benchmark, edge, "1k")
+
+
+@pytest.mark.benchmark(group="hit-1k-routes")
+def test_hit_1k_unmatched_routes(benchmark, edge_unmatched_routes):
+    """... with eight [[routes]] that do not match it (the C hit path checks its table and answers) ..."""
+    assert edge_unmatched_routes[1].routes.match(b"bench.example", b"/1k.bin") is None
+    _bench_hits(benchmark, edge_unmatched_routes, "1k")
+
+
+@pytest.mark.benchmark(group="hit-1k-routes")
+def test_hit_1k_matched_route(benchmark, edge_matched_route):
+    """... and on a route (the general path answers it, applying the route; each call runs the loop until
+    the response is written, as a general-path hit needs)."""
+    assert edge_matched_route[1].routes.match(b"bench.example", b"/1k.bin") is not None
+    _bench_hits(benchmark, edge_matched_route, "1k", run_loop=True)
+
+
+@pytest.mark.benchmark(group="hit-1k-routes")
+def test_hit_1k_general_path_no_routes(benchmark, edge_general):
+    """The general path's own cost for the same hit, without routes, measured as the matched one is."""
+    _bench_hits(benchmark, edge_general, "1k", run_loop=True)
 
 
 def test_hit_16k(benchmark, edge):

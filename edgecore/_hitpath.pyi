@@ -50,6 +50,7 @@ class HitPath:
         underscores: bool,
         write_high: int,
         enabled: bool = True,
+        routes: tuple[tuple[bytes, bool, bytes], ...] = (),
     ) -> None: ...
     @property
     def facts(self) -> dict[str, Any]: ...

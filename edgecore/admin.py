@@ -26,7 +26,7 @@ import httptools
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import __version__, keys
+from . import __version__, keys, routes
 from .cache import Cache
 from .config import Config, fastpath_disabled
 from .health import Health, readiness
@@ -53,6 +53,7 @@ class Admin:
         self.workers = workers
         self.health = Health(cfg, counters)
         self.key_opts = keys.options_for(cfg)
+        self.routes = routes.compile_routes(cfg)  # a URL's key is built with its route's key options
         self.registry = CollectorRegistry(auto_describe=False)
         build = (__version__, platform.python_version(), "off" if fastpath_disabled() else "on")
         self.registry.register(
@@ -152,7 +153,10 @@ class Admin:
                 return 400, b"text/plain", f"{kind} must be an absolute http:// URL\n".encode()
             host = u.netloc.encode()
             target = (u.path or "/").encode() + (b"?" + u.query.encode() if u.query else b"")
-            primary = keys.primary_key(b"GET", host, target, self.key_opts)
+            route = self.routes.match(host, target)
+            primary = keys.primary_key(
+                b"GET", host, target, self.key_opts if route is None else route.key_opts
+            )
             if kind == "url":
                 # the URL's entry (or Vary marker: its variants become unreachable with it)
                 n = int(self.cache.delete(primary))

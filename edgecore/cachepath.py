@@ -9,7 +9,9 @@ server, up to `retries`, within the pool's retry budget; 503 + Retry-After past 
 Invariants:
 - it talks to its connection only through `context.Client` (write, finish, abort, couple, error, done, spawn);
 - every decision comes from policy (store, reuse, stale, retention), every key from keys, every Cache-Status
-  from cachestatus; an error is raised as an EdgeError and becomes a response in the protocol;
+  from cachestatus, with the key and policy options of the request's route (routes.match, once per request
+  in handle; a background refresh carries the route of the request that started it); an error is raised
+  as an EdgeError and becomes a response in the protocol;
 - a coalesced flight is finished exactly once, with what was stored or None;
 - background work (stale-while-revalidate refreshes) is kept in ctx.tasks until done and its failures are
   logged, never lost.
@@ -57,6 +59,13 @@ async def handle(c: Client, r: Request) -> None:
         raise r.error
     if r.expect_continue and r.version == b"1.1" and not r.body_done:
         c.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # RFC 9110 10.1.1
+    routes = c.ctx.routes
+    if routes:
+        route = r.route = routes.match(r.host, r.target)
+        if route is not None and route.policy_opts.bypass:
+            # the route says bypass (policy.Reason.ROUTE_BYPASS): not looked up, not stored, not coalesced
+            await pass_through(c, r, Outcome.BYPASS, fwd=b"bypass", detail=cachestatus.ROUTE_BYPASS)
+            return
     if r.method in _CACHEABLE_METHODS and not r.has_body():
         await cache_path(c, r)
     else:
@@ -68,7 +77,7 @@ async def handle(c: Client, r: Request) -> None:
 async def cache_path(c: Client, r: Request) -> None:
     ctx = c.ctx
     now = time.time()
-    rc = policy.parse_request(r.headers)
+    rc = policy.parse_request(r.headers, ctx.policy_opts_for(r))
     key, found, fwd = lookup(ctx, r, now)
     if rc.no_store:
         await pass_through(c, r, Outcome.BYPASS, fwd=b"request", detail=cachestatus.REQUEST_NO_STORE)
@@ -127,7 +136,7 @@ async def _pass_connection_listed(c: Client, r: Request) -> None:
 
 def lookup(ctx: Context, r: Request, now: float) -> tuple[bytes, Any, bytes]:
     """-> (the request's cache key, what the cache holds there or None, the fwd reason of a miss)."""
-    key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts)
+    key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts_for(r))
     found = ctx.cache.lookup(key, now)
     if found is not None and found[3] == entry.FLAG_VARY:
         gen, names = entry.decode_vary(found[0])
@@ -215,7 +224,7 @@ async def exchange(
     head = upstream_head(c, r, method, drop, extra)
     m = method or r.method
     if key is None and cfg.lb == "consistent_hash":
-        key = keys.primary_key(b"GET", r.host, r.target, ctx.key_opts)
+        key = keys.primary_key(b"GET", r.host, r.target, ctx.key_opts_for(r))
     hkey = key or b""
     server = pool.choose(hkey)
     assert server is not None
@@ -284,10 +293,10 @@ async def pass_through(
     """Forward upstream and stream the response back; nothing is stored. Unsafe methods invalidate
     (RFC 9111 4.4)."""
     sink: StreamSink
-    if r.method == b"POST":
+    if r.method == b"POST" and (r.route is None or not r.route.policy_opts.bypass):
         # RFC 9110 9.3.3: a POST response naming its own target in Content-Location, with explicit
         # freshness, may answer later GETs; StoreSink invalidates first, then stores it
-        key = keys.primary_key(b"GET", r.host, r.target, c.ctx.key_opts)
+        key = keys.primary_key(b"GET", r.host, r.target, c.ctx.key_opts_for(r))
         sink = StoreSink(c.ctx, c, r, key, fwd=fwd, flight=None)
         sink.outcome = outcome
     else:
@@ -416,7 +425,8 @@ async def head_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry
         await exchange(c, r, sink)
         await sink.finished()
     except UpstreamError as e:
-        if not sink.started and serve_stale_on_error(c, r, value, m, policy.parse_request(r.headers), e):
+        rc = policy.parse_request(r.headers, c.ctx.policy_opts_for(r))
+        if not sink.started and serve_stale_on_error(c, r, value, m, rc, e):
             return
         raise
     if sink.status is None:
@@ -433,7 +443,7 @@ async def head_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry
         merged,
         request_time=request_time,
         response_time=time.time(),
-        opts=c.ctx.policy_opts,
+        opts=c.ctx.policy_opts_for(r),
     )
     if fresh is not None:
         vary = keys.parse_vary([v for n, v in merged if n == b"vary"]) or ()
@@ -448,7 +458,7 @@ def background_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry
         return
     ctx.refreshing.add(key)
     bg = Request()
-    for s in ("method", "target", "host", "version", "conn_tokens"):
+    for s in ("method", "target", "host", "version", "conn_tokens", "route"):
         setattr(bg, s, getattr(r, s))
     bg.method = b"GET"
     bg.headers = list(r.headers)

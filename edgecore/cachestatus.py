@@ -26,6 +26,7 @@ __all__ = [
     "COLLAPSED_UNCACHEABLE",
     "ONLY_IF_CACHED",
     "REQUEST_NO_STORE",
+    "ROUTE_BYPASS",
     "PROXY_DETAILS",
     "ERROR_DETAILS",
     "ALL_DETAILS",
@@ -59,6 +60,7 @@ COLLAPSED_UNCACHEABLE = b"collapsed-uncacheable"  # waited on a flight whose res
 ONLY_IF_CACHED = detail(Reason.ONLY_IF_CACHED)  # b"only-if-cached": nothing stored fits (RFC 9111 5.2.1.7)
 REQUEST_NO_STORE = detail(Reason.REQUEST_NO_STORE)  # b"request-no-store": passed through (RFC 9111 5.2.1.5)
 CONNECTION_LISTED = b"connection-listed"  # Connection removes a field the request has: passed, not stored
+ROUTE_BYPASS = detail(Reason.ROUTE_BYPASS)  # b"route-bypass": its route says bypass (fwd=bypass)
 PROXY_DETAILS = (
     CONNECTION_LISTED,
     STALE_WHILE_REVALIDATE,

@@ -8,6 +8,7 @@ Exit codes: 0 ok, 2 configuration or usage error, 1 runtime failure.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -112,6 +113,13 @@ def _show(key: str, value: Any) -> str:
         return "[" + ", ".join(_show(key, v) for v in value) + "]"
     if isinstance(value, config.Upstream):
         return json.dumps(f"http://{value.authority}")
+    if isinstance(value, config.RouteConfig):  # a [[routes]] table, inline: only the keys it gives
+        given = [
+            f"{f.name} = {_show(f.name, getattr(value, f.name))}"
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) != f.default
+        ]
+        return "{" + ", ".join(given) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

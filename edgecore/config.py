@@ -1,7 +1,8 @@
 """Configuration: frozen dataclasses, parsing and validation.
 
 Owns: every tunable, its default, its parser, and the precedence command line > environment
-(EDGECORE_<KEY>) > TOML file > default.
+(EDGECORE_<KEY>) > TOML file > default; the [[routes]] tables as RouteConfig (file only; each problem named
+routes[i].key, i from 0; routes.py compiles them).
 Also owns what the machine or container offers a Config: memory_limit() (cgroup v2 memory.max, v1
 memory.limit_in_bytes, else MemTotal) checks cache_size, available_cpus() (sched_getaffinity and the cgroup
 cpu.max quota) sizes `workers = 0`; sources() tells where each effective value came from (`edgecore config`).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -188,6 +190,125 @@ def _parse_params(v: Any) -> tuple[str, ...]:
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    """One [[routes]] table as configured (routes.compile turns the list into a matcher). None: the key was
+    not given (the global setting applies)."""
+
+    host: str = ""  # "" = any host; "api.example" exact; "*.example" any name ending in ".example"
+    path_prefix: str = ""  # "" = any path; "/api" matches /api, /api/..., not /apix
+    default_ttl: float | None = None
+    max_ttl: float | None = None
+    stale_if_error: float | None = None
+    stale_while_revalidate: float | None = None
+    ignore_client_no_cache: bool = False
+    bypass: bool = False
+    key_sort_query: bool | None = None
+    key_drop_params: tuple[str, ...] | None = None
+    key_headers: tuple[str, ...] = ()
+
+
+_HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
+_FIELD_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9a-z-]+$")
+
+
+def _parse_route_host(v: Any) -> str:
+    """A host name, exact ("api.example") or a suffix ("*.example"), lower-cased, without a trailing dot."""
+    if not isinstance(v, str):
+        raise ValueError(f"{v!r} is not a host name")
+    s = v.strip().lower()
+    if s.endswith(".") and len(s) > 1:
+        s = s[:-1]
+    if s.startswith("[") and s.endswith("]"):  # an IPv6 literal, as Host carries it (RFC 3986 3.2.2)
+        try:
+            return "[" + ipaddress.IPv6Address(s[1:-1]).compressed + "]"
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IPv6 address") from None
+    name = s[2:] if s.startswith("*.") else s
+    if not _HOST_NAME_RE.match(name):
+        raise ValueError(f"{v!r} is not a host name (exact, or *.suffix; no port)")
+    return s
+
+
+def _parse_path_prefix(v: Any) -> str:
+    if not isinstance(v, str) or not v.startswith("/"):
+        raise ValueError(f"{v!r} does not start with /")
+    if any(c in v for c in "?#%") or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in v):
+        raise ValueError(f"{v!r} is not a plain path (no ?, #, %, spaces or control characters)")
+    segs = v.split("/")
+    if "." in segs or ".." in segs:
+        raise ValueError(f"{v!r} has a . or .. segment")
+    return v
+
+
+def _parse_field_names(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list | tuple) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"{v!r} is not a list of strings")
+    out = tuple(x.strip().lower() for x in v)
+    for x in out:
+        if not _FIELD_NAME_RE.match(x):
+            raise ValueError(f"{x!r} is not a field name")
+    return out
+
+
+def _parse_param_list(v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list | tuple) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"{v!r} is not a list of strings")
+    return _parse_params(v)
+
+
+def _parse_strict_bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"{v!r} is not true or false")
+    return v
+
+
+_ROUTE_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "host": _parse_route_host,
+    "path_prefix": _parse_path_prefix,
+    "default_ttl": _parse_seconds0,
+    "max_ttl": _parse_seconds0,
+    "stale_if_error": _parse_seconds0,
+    "stale_while_revalidate": _parse_seconds0,
+    "ignore_client_no_cache": _parse_strict_bool,
+    "bypass": _parse_strict_bool,
+    "key_sort_query": _parse_strict_bool,
+    "key_drop_params": _parse_param_list,
+    "key_headers": _parse_field_names,
+}
+
+
+def _parse_route_tables(v: Any) -> tuple[RouteConfig, ...]:
+    """[[routes]] tables (README "Routes"). Every problem is one ConfigError naming routes[i].key (i from 0,
+    in file order); raised together as ConfigErrors."""
+    if not isinstance(v, list | tuple):
+        raise ValueError("expected [[routes]] tables in the config file (there is no environment form)")
+    out = []
+    problems: list[ConfigError] = []
+    for i, t in enumerate(v):
+        if not isinstance(t, dict):
+            problems.append(ConfigError(f"routes[{i}]", "expected a table"))
+            continue
+        values: dict[str, Any] = {}
+        for k0, x in t.items():
+            k = k0.replace("-", "_")
+            parser = _ROUTE_PARSERS.get(k)
+            if parser is None:
+                near = difflib.get_close_matches(k, tuple(_ROUTE_PARSERS), n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                problems.append(ConfigError(f"routes[{i}].{k0}", f"unknown route key{hint}"))
+                continue
+            try:
+                values[k] = parser(x)
+            except ValueError as e:
+                problems.append(ConfigError(f"routes[{i}].{k0}", str(e)))
+        if not problems:
+            out.append(RouteConfig(**values))
+    if problems:
+        raise ConfigErrors(problems)
+    return tuple(out)
+
+
 def _parse_upstreams(v: Any) -> tuple[Upstream, ...]:
     items = v if isinstance(v, list | tuple) else [x for x in str(v).split(",") if x.strip()]
     return tuple(parse_upstream(x) for x in items)
@@ -253,6 +374,7 @@ class Config:
     max_connections: int = 0  # client connections per worker (0 = unlimited); beyond it, stop accepting
     access_log: str = "off"  # off | stdout | stderr | a file path (accesslog.py)
     log_format: str = "text"  # process log: text | json
+    routes: tuple[RouteConfig, ...] = ()  # [[routes]] tables, first match wins (routes.py)
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
@@ -303,6 +425,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_connections": _parse_int(0, 1_000_000),
     "access_log": lambda v: _parse_access_log(v),
     "log_format": lambda v: _choice(v, ("text", "json")),
+    "routes": lambda v: _parse_route_tables(v),
 }
 KEYS = tuple(_PARSERS)
 
@@ -377,6 +500,8 @@ def build(
             values[k] = _PARSERS[k](v)
         except ValueError as e:
             problems.append(ConfigError(k, str(e)))
+        except ConfigErrors as e:  # a list of tables ([[routes]]): each problem names its own key
+            problems.extend(e.problems)
     cfg_fields = {f.name for f in dataclasses.fields(Config)}
     assert set(_PARSERS) <= cfg_fields
     bad = {p.key for p in problems}

@@ -1,8 +1,9 @@
 """What one worker's connections share, the parsed request, and the narrow face a connection shows to the
 caching flow.
 
-Owns: `Context` (config, cache, counters, upstream pool, flights, key and policy options, the C fast path
-set up from the same facts as the Python path, the worker's listener that max_connections pauses),
+Owns: `Context` (config, cache, counters, upstream pool, flights, key and policy options, the compiled
+[[routes]] (`routes`, built from cfg here only; a request's route picks its key and policy options), the C
+fast path set up from the same facts as the Python path, the worker's listener that max_connections pauses),
 `Request` (one parsed request), and `Client`, the only things the caching flow (cachepath, sinks,
 plainmiss) may ask of a client connection.
 Invariants: the C fast path gets every fact it shares with Python (entry layout, field lists, thresholds,
@@ -21,7 +22,7 @@ import functools
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol
 
-from . import cachestatus, entry, keys, policy
+from . import cachestatus, entry, keys, policy, routes
 from ._hitpath import HitPath
 from .accesslog import AccessLog
 from .cache import Cache
@@ -100,6 +101,7 @@ class Request:
         "buffered",
         "upstream",
         "up_t0",
+        "route",
     )
 
     def __init__(self) -> None:
@@ -124,6 +126,7 @@ class Request:
         self.buffered = 0  # body bytes received and not yet sent upstream
         self.upstream: str | None = None  # host:port of the last upstream asked (the access log)
         self.up_t0 = 0.0  # when that exchange started
+        self.route: routes.Route | None = None  # the [[routes]] table it matched (cachepath.handle)
 
     def has_body(self) -> bool:
         return self.chunked or bool(self.clen)
@@ -203,14 +206,30 @@ class Context:
         )
         self.key_opts = keys.options_for(cfg)
         self.policy_opts = policy.options_for(cfg)
+        self.routes = routes.compile_routes(cfg)  # [[routes]]: the one place a worker keeps them
         self.connections: set[Connection] = set()
         self._draining = False
-        self.hitpath = make_hitpath(cfg, cache, counters, self.key_opts)
+        self.hitpath = make_hitpath(cfg, cache, counters, self.key_opts, self.routes)
         self.refreshing: set[bytes] = set()  # keys with a background refresh in flight
         self.tasks: set[asyncio.Task[None]] = set()  # background tasks, kept until done
         self._sweeper: asyncio.TimerHandle | None = None
         self.listener: Listener | None = None  # the worker's listener (max_connections pauses it)
         self.access: AccessLog | None = None  # the access log (None: off); set by the worker
+
+    def key_opts_for(self, r: Request) -> keys.KeyOptions:
+        """The key options of r: its route's, else the global ones."""
+        route = r.route
+        return self.key_opts if route is None else route.key_opts
+
+    def policy_opts_for(self, r: Request) -> policy.Options:
+        """The policy options of r: its route's, else the global ones."""
+        route = r.route
+        return self.policy_opts if route is None else route.policy_opts
+
+    def target_key_opts(self, host: bytes, target: bytes) -> keys.KeyOptions:
+        """The key options of another URL (one an unsafe method invalidates): its own route's."""
+        route = self.routes.match(host, target)
+        return self.key_opts if route is None else route.key_opts
 
     @property
     def draining(self) -> bool:
@@ -254,9 +273,16 @@ class Context:
         self.pool.close()
 
 
-def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: keys.KeyOptions) -> HitPath:
+def make_hitpath(
+    cfg: Config,
+    cache: Cache,
+    counters: SlotCounters,
+    key_opts: keys.KeyOptions,
+    route_table: routes.Routes = routes.NO_ROUTES,
+) -> HitPath:
     """The C fast path for fresh plain hits, set up to build keys exactly as keys.primary_key does and told
-    every fact it shares with Python by that fact's one source."""
+    every fact it shares with Python by that fact's one source; a request any route may match is left to
+    the general path (route_table.c_table())."""
     probe = keys.primary_key(b"GET", b"h", b"/", key_opts)
     prefix = probe[: -len(b"1:h/")]
     default_opts = not key_opts.sort_query and not key_opts.drop_params and key_opts.default_ports == (b"80",)
@@ -277,6 +303,7 @@ def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: ke
         max_line=cfg.max_request_line,
         underscores=cfg.underscores_in_headers,
         write_high=WRITE_HIGH_WATER,
+        routes=route_table.c_table(),
         # the access log records every response in Python: the C path, which answers hits without Python,
         # is off while it is on (README "Access log": the measured cost)
         enabled=default_opts

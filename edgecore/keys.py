@@ -1,8 +1,8 @@
 """Cache keys: request -> primary key bytes, Vary -> secondary key bytes (RFC 9111 2, 4.1; RFC 9110 4.2.3).
 
 Owns: the method class, host and target normalisation, query options (sort, drop), the secondary key built
-from the request fields a response's Vary names, and the list of request fields that must not reach the
-origin because they are not keyed (cache poisoning).
+from the request fields a response's Vary names (plus a route's key_headers: variant_names), and the list
+of request fields that must not reach the origin because they are not keyed (cache poisoning).
 Invariants: the encoding is unambiguous (every variable part is length-prefixed, or the last one; a secondary
 key starts with b"V" and a primary key never does), so two requests that differ in a keyed part never share a
 key; two requests that are equivalent per RFC 9110 4.2.3 (host case, default port, percent-encoding of
@@ -40,6 +40,7 @@ __all__ = [
     "normalise_field_value",
     "normalise_weighted",
     "secondary_key",
+    "variant_names",
 ]
 
 
@@ -50,6 +51,9 @@ class KeyOptions:
     sort_query: bool = False  # stable sort of parameters by name (values of one name keep their order)
     drop_params: tuple[bytes, ...] = ()  # parameter names left out of the key (e.g. b"utm_source")
     default_ports: tuple[bytes, ...] = (b"80",)  # ports that equal "no port" for the host
+    # request fields added to the key (a route's key_headers; lower-case, sorted): keyed like Vary names,
+    # under the URL's Vary marker, so that a purge of the URL removes every variant (variant_names)
+    headers: tuple[bytes, ...] = ()
 
 
 _DEFAULT_OPTS = KeyOptions()
@@ -387,6 +391,14 @@ def normalise_weighted(lines: list[bytes]) -> bytes | None:
         members.append((q, name))
     members.sort(key=lambda m: (-float(m[0]), m[1]))
     return b", ".join(n if q == b"1" else n + b";q=" + q for q, n in members)
+
+
+def variant_names(vary: tuple[bytes, ...], opts: KeyOptions) -> tuple[bytes, ...]:
+    """The request fields a stored response is keyed by beyond its primary key: its Vary names (parse_vary)
+    and the options' `headers` (a route's key_headers), lower-cased, sorted, each once."""
+    if not opts.headers:
+        return vary
+    return tuple(sorted(set(vary).union(opts.headers)))
 
 
 def secondary_key(primary: bytes, vary: tuple[bytes, ...], req_headers: Headers) -> bytes:

@@ -14,6 +14,9 @@ Per-client responses are not shared: a Set-Cookie response is not stored (SET_CO
 say "strip" (stored without the field, Options.strip_on_store); a 400/413/414/431 (a response about the
 request, not the resource) is stored only with explicit freshness, never with cache_client_errors = "never"
 (CLIENT_ERROR; the CPDoS class of attacks).
+Routes ([[routes]], routes.py) decide through the Options of the request's route: default_ttl in place of
+the heuristic, max_ttl capping how long a response stays fresh, their own stale defaults,
+ignore_client_no_cache (parse_request), bypass (ROUTE_BYPASS).
 Invariants: every refusal to store or reuse is a named Reason (cachestatus spells it for Cache-Status and
 metrics); times are plain floats (seconds since the epoch) passed in by the caller; a Freshness holds only
 floats and bools; when in doubt the answer is "do not store" / "go upstream".
@@ -24,6 +27,7 @@ current_age).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 from dataclasses import dataclass
@@ -108,6 +112,8 @@ class Reason(enum.Enum):
     NO_CACHE = enum.auto()  # response no-cache: always revalidate (5.2.2.4)
     MUST_REVALIDATE = enum.auto()  # stale and must-revalidate, proxy-revalidate, s-maxage (5.2.2.2, 5.2.2.8)
     ONLY_IF_CACHED = enum.auto()  # request only-if-cached and nothing fits: 504 (5.2.1.7)
+    # routes ([[routes]] tables: the options of the route a request is on)
+    ROUTE_BYPASS = enum.auto()  # the route says bypass: neither looked up nor stored, not coalesced
 
 
 class Use(enum.Enum):
@@ -136,6 +142,11 @@ class Options:
     max_object_size: int = DEFAULT_MAX_OBJECT_SIZE  # bodies above this are not stored (TOO_LARGE)
     cache_set_cookie: str = "pass"  # "pass": Set-Cookie responses not stored; "strip": stored without it
     cache_client_errors: str = "explicit"  # CLIENT_ERROR_STATUSES: "explicit" freshness only, or "never"
+    # a route's overrides (routes.compile_route; the global options have none)
+    default_ttl: float | None = None  # lifetime of a response without explicit freshness (not heuristic)
+    max_ttl: float | None = None  # seconds at most a response stays fresh here after it is received
+    ignore_client_no_cache: bool = False  # request no-cache, max-age=0, Pragma: no-cache do not force a fetch
+    bypass: bool = False  # neither looked up nor stored (ROUTE_BYPASS)
 
     @property
     def strip_on_store(self) -> tuple[bytes, ...]:
@@ -453,6 +464,9 @@ def decide_store(
         return None, Reason.METHOD
     elif client_error:  # about the request, not the resource: explicit freshness only (CPDoS)
         return None, Reason.CLIENT_ERROR
+    elif (status in HEURISTIC_STATUSES or public) and opts.default_ttl is not None:
+        # a route's default_ttl in place of the heuristic (4.2.2 leaves the heuristic to the cache)
+        lifetime = opts.default_ttl
     elif status in HEURISTIC_STATUSES or public:  # 4.2.2: heuristic freshness
         explicit = False
         lifetime = 0.0
@@ -462,6 +476,8 @@ def decide_store(
             heuristic = True
     else:  # 3: nothing allows storing this status
         return None, Reason.STATUS
+    if opts.max_ttl is not None and lifetime - initial_age > opts.max_ttl:
+        lifetime = initial_age + opts.max_ttl  # a route's cap on how long it stays fresh here (4.2.1)
 
     no_cache = False
     if b"no-cache" in d:
@@ -581,9 +597,23 @@ def retention(f: Freshness, has_validators: bool, now: float, stale_keep: float 
 # --------------------------------------------------------------------------------------------------------
 
 
-def parse_request(req_headers: Headers) -> RequestControl:
+def parse_request(req_headers: Headers, opts: Options = DEFAULT_OPTIONS) -> RequestControl:
     """Request directives (RFC 9111 5.2.1). Pragma: no-cache counts only without Cache-Control (5.4).
-    Invalid arguments make a directive ignored (max-stale without an argument means any staleness)."""
+    Invalid arguments make a directive ignored (max-stale without an argument means any staleness).
+    With opts.ignore_client_no_cache (a route's), no-cache, max-age=0 and Pragma: no-cache are dropped: they
+    do not force a fetch (5.2.1 lets a cache be configured to ignore request directives)."""
+    rc = _parse_request(req_headers)
+    if opts.ignore_client_no_cache and (rc.no_cache or rc.max_age == 0):
+        return _without_no_cache(rc)
+    return rc
+
+
+@functools.lru_cache(maxsize=256)
+def _without_no_cache(rc: RequestControl) -> RequestControl:
+    return dataclasses.replace(rc, no_cache=False, max_age=None if rc.max_age == 0 else rc.max_age)
+
+
+def _parse_request(req_headers: Headers) -> RequestControl:
     cc: list[bytes] | None = None
     pragma_no_cache = False
     for name, value in req_headers:

@@ -42,7 +42,7 @@ def invalidate(ctx: Context, r: Request, status: int, headers: Headers) -> None:
     if status >= 400:
         return
     for target in policy.invalidation_targets(r.method, status, r.host, r.target, headers):
-        ctx.cache.delete(keys.primary_key(b"GET", r.host, target, ctx.key_opts))
+        ctx.cache.delete(keys.primary_key(b"GET", r.host, target, ctx.target_key_opts(r.host, target)))
 
 
 def stored_form(
@@ -103,8 +103,9 @@ def store(
     """Store a complete response policy allowed (at its variant's key when it varies). -> the stored value,
     or None when the cache refused it."""
     value, birth, expires, flags = stored_form(
-        status, reason, headers, body, fresh, request_time, ctx.policy_opts
+        status, reason, headers, body, fresh, request_time, ctx.policy_opts_for(r)
     )
+    vary = keys.variant_names(vary, ctx.key_opts_for(r))  # a route's key_headers key like Vary names
     if vary:
         key = _variant_key(ctx, r, vary, birth, expires)
     return value if ctx.cache.store(key, value, birth, expires, flags, tags=tags(headers)) else None
@@ -113,7 +114,7 @@ def store(
 def _variant_key(ctx: Context, r: Request, vary: tuple[bytes, ...], birth: float, expires: float) -> bytes:
     """The secondary key of a response (RFC 9111 4.1), under the URL's Vary marker: the current marker's
     generation when it names the same fields, else a new marker (which orphans old variants)."""
-    primary = keys.primary_key(b"GET", r.host, r.target, ctx.key_opts)
+    primary = keys.primary_key(b"GET", r.host, r.target, ctx.key_opts_for(r))
     found = ctx.cache.lookup(primary, time.time())
     marker = None
     if found is not None and found[3] == entry.FLAG_VARY:
@@ -360,7 +361,7 @@ class StoreSink(StreamSink):
             headers,
             request_time=self.request_time,
             response_time=now,
-            opts=ctx.policy_opts,
+            opts=ctx.policy_opts_for(self.r),
             post_target=(self.r.host, self.r.target) if post else None,
         )
         self.vary = (
@@ -385,7 +386,7 @@ class StoreSink(StreamSink):
             # Not when the stored head would differ from what this client gets (qualified no-cache/private).
             clen = first(headers, b"content-length")
             self.deferred = clen is not None and not policy.stored_head_differs(
-                headers, ctx.policy_opts.strip_on_store
+                headers, ctx.policy_opts_for(self.r).strip_on_store
             )
         p = self.proto
         if p is None:
@@ -495,7 +496,7 @@ class StoreSink(StreamSink):
             merged,
             request_time=self.request_time,
             response_time=now,
-            opts=ctx.policy_opts,
+            opts=ctx.policy_opts_for(self.r),
         )
         body = bytes(entry.body(value, m))
         new_value = None
@@ -514,7 +515,7 @@ class StoreSink(StreamSink):
                 new_value = entry.encode(
                     m.status,
                     entry.reason(value, m),
-                    policy.storable_headers(merged, ctx.policy_opts.strip_on_store),
+                    policy.storable_headers(merged, ctx.policy_opts_for(self.r).strip_on_store),
                     body,
                     fresh or entry.freshness(m),
                     self.request_time,

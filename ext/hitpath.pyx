@@ -187,17 +187,22 @@ cdef class HitPath:
     cdef bint _underscores      # field names with "_" kept (else dropped, as the general path does)
     cdef char *_buf             # scratch for upstream_head (max_head * 2 + 1024 bytes)
     cdef Py_ssize_t _bufsize
+    cdef tuple _routes          # (host, suffix, path prefix) a [[routes]] table may match: general path
 
     def __init__(self, cache, *, words, counter_index, bounds, Py_ssize_t max_head, layout, int flag_plain,
                  bytes key_prefix, bail_fields, fetch_drop, Py_ssize_t large_body, bytes hit_status,
-                 Py_ssize_t max_line, bint underscores, Py_ssize_t write_high, bint enabled=True):
+                 Py_ssize_t max_line, bint underscores, Py_ssize_t write_high, bint enabled=True,
+                 routes=()):
         """counter_index: the words' indexes of (hits, served, duration sum in ns, first histogram bucket,
         the 1xx status-class counter: 2xx..5xx follow it);
         bounds: the histogram's upper bounds in seconds (one bucket more counts the rest); layout: the stored
         entry's (META size, statusline_len offset (u16), head_len offset (u32), fresh_until offset (f64),
-        birth offset (f64), status offset (u16)), as edgecore.entry defines them; hit_status: a fresh hit's Cache-Status up to its
-        ttl value, as edgecore.cachestatus spells it; write_high: the client transports' write buffer
-        high-water mark (serve() answers no further pipelined hit once the buffer is above it)."""
+        birth offset (f64), status offset (u16)), as edgecore.entry defines them; hit_status: a fresh hit's
+        Cache-Status up to its ttl value, as edgecore.cachestatus spells it; write_high: the client transports' write buffer
+        high-water mark (serve() answers no further pipelined hit once the buffer is above it); routes:
+        edgecore.routes.Routes.c_table(), (host, suffix, path prefix) rows: a request whose host without
+        port (b"": any; suffix: ends with it) and target (a byte prefix) fit a row is left to the general
+        path, which applies the route."""
         cdef long long[::1] view = words
         self._lookup = cache.lookup
         self._words = words
@@ -228,6 +233,10 @@ cdef class HitPath:
         self._fetch_drop = tuple(fetch_drop)
         self._max_line = max_line
         self._underscores = underscores
+        for row in routes:
+            if len(row) != 3 or type(row[0]) is not bytes or type(row[2]) is not bytes:
+                raise ValueError("routes rows are (host bytes, suffix bool, path prefix bytes)")
+        self._routes = tuple((row[0], bool(row[1]), row[2]) for row in routes)
         self._bufsize = max_head * 2 + 1024
         self._buf = <char *>PyMem_Malloc(self._bufsize)
         if self._buf == NULL:
@@ -244,6 +253,7 @@ cdef class HitPath:
                        self._off_status),
             "bounds": tuple(self._bounds[i] for i in range(self._nbuckets)),
             "bail_fields": self._bail_fields,
+            "routes": self._routes,
             "fetch_drop": self._fetch_drop,
             "large_body": self._large,
             "max_line": self._max_line,
@@ -360,10 +370,34 @@ cdef class HitPath:
             hlen -= 1
         if hlen == 0:
             return None
+        if self._routes and self._routed(host, hlen, target, tlen):
+            return None   # a [[routes]] table may match: the general path applies it
         # 0: close after the response; 1: HTTP/1.1 keep-alive; 2: HTTP/1.0 keep-alive (said in the response)
         keep[0] = (1 if not conn_close else 0) if http11 else (2 if conn_keep and not conn_close else 0)
         return b"%s%d:%s%s" % (self._prefix, hlen, PyBytes_FromStringAndSize(host, hlen),
                                 PyBytes_FromStringAndSize(target, tlen))
+
+    cdef bint _routed(self, const char *host, Py_ssize_t hlen, const char *target, Py_ssize_t tlen):
+        """Whether a row of the routes table fits (a superset of what edgecore.routes matches)."""
+        cdef const char *colon = <const char *>memchr(host, b':', hlen)
+        cdef Py_ssize_t nlen = (colon - host) if colon != NULL else hlen
+        cdef Py_ssize_t rl, pl
+        cdef bytes rh, rp
+        for row in self._routes:
+            rh = <bytes>row[0]
+            rl = PyBytes_GET_SIZE(rh)
+            if rl:
+                if row[1]:
+                    if nlen <= rl or memcmp(host + nlen - rl, PyBytes_AS_STRING(rh), rl) != 0:
+                        continue
+                elif nlen != rl or memcmp(host, PyBytes_AS_STRING(rh), rl) != 0:
+                    continue
+            rp = <bytes>row[2]
+            pl = PyBytes_GET_SIZE(rp)
+            if pl and (tlen < pl or memcmp(target, PyBytes_AS_STRING(rp), pl) != 0):
+                continue
+            return True
+        return False
 
     def serve(self, bytes data, transport):
         """Answer the fresh plain hits at the start of `data`, stopping early when the transport's write
