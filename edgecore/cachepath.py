@@ -171,9 +171,10 @@ def upstream_head(
 ) -> bytes:
     """The request head r sends upstream (upstream.request_head), built from the same normalised Host and
     origin-form target as r's cache key (keys.request_form); the body's framing only when the method is
-    r's own (a cache fetch of a HEAD is a GET without body)."""
+    r's own (a cache fetch of a HEAD is a GET without body). With r's route's key options: what goes
+    upstream is what was keyed (a parameter the key drops never reaches the origin)."""
     framing = r.framing() if method is None or method == r.method else b""
-    host, target = keys.request_form(r.host, r.target, c.ctx.key_opts)
+    host, target = keys.request_form(r.host, r.target, c.ctx.key_opts_for(r))
     return request_head(
         method or r.method, target, r.headers, frozenset(r.conn_tokens), c.peer, drop, extra, framing, host
     )
