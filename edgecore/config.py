@@ -439,8 +439,9 @@ def load(
 
 
 # keys a running edgecore cannot change: its sockets, its processes and its shared memory are made once,
-# before the fork (a reload reports them and keeps their running values; a restart applies them)
-RESTART_KEYS = ("listen", "admin", "workers", "cache_size")
+# before the fork (a reload reports them and keeps their running values; a restart applies them);
+# max_object_size too: the slab cache's size classes are cut for it when the arena is made
+RESTART_KEYS = ("listen", "admin", "workers", "cache_size", "max_object_size")
 
 
 @dataclass(frozen=True, slots=True)

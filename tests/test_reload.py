@@ -340,6 +340,7 @@ def _cfg(**kw: Any) -> config.Config:
         ({}, {"listen": "127.0.0.1:81", "admin": "127.0.0.1:82"}, ("listen", "admin"), ("listen", "admin")),
         ({}, {"cache_size": "64MiB", "stale_if_error": 5}, ("cache_size", "stale_if_error"), ("cache_size",)),
         ({"admin_token": "a"}, {"admin_token": "b"}, ("admin_token",), ()),
+        ({}, {"max_object_size": "2MiB"}, ("max_object_size",), ("max_object_size",)),
         (
             {},
             {"upstreams": [{"url": "http://127.0.0.1:3", "weight": 2}]},
