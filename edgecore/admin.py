@@ -72,6 +72,7 @@ class Admin:
         self.registry.register(self.collector)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.prober: asyncio.Task[None] | None = None
+        self._old_probers: set[asyncio.Task[None]] = set()  # cancelled by a reload, until they are done
         self.channel: control.ChildChannel | None = None  # to the supervisor (reloads); None: a test's admin
         self._reloads: dict[int, asyncio.Future[dict[str, Any]]] = {}  # request id -> its answer
         self._next_reload = 0
@@ -82,9 +83,10 @@ class Admin:
 
     async def stop(self) -> None:
         # cancel the prober and wait for it: a task left pending at close logs "Task was destroyed"
-        if self.prober is not None:
-            self.prober.cancel()
-            await asyncio.gather(self.prober, return_exceptions=True)
+        tasks = [t for t in (self.prober, *self._old_probers) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def configure(self, cfg: Config) -> None:
         """A reload: everything the admin process derives from cfg (the token, key options, the health
@@ -109,7 +111,10 @@ class Admin:
         self.collector.upstreams = tuple(u.authority for u in cfg.upstream)
         if self.loop is not None:
             if self.prober is not None:
-                self.prober.cancel()
+                old_prober = self.prober
+                old_prober.cancel()
+                self._old_probers.add(old_prober)
+                old_prober.add_done_callback(self._old_probers.discard)
             self.prober = self.loop.create_task(self.health.run())
 
     def on_control(self, msg: tuple[Any, ...]) -> None:
