@@ -7,6 +7,12 @@ every 100 ms, reaps and replaces dead children (releasing at once the miss locks
 flights.lock_tag), and on SIGTERM/SIGINT turns readiness off at once, lets the workers keep accepting for
 drain_delay seconds (a second signal cuts it short), then asks them to stop accepting and finish in-flight
 requests within the grace period, and exits 0.
+Reload (SIGHUP, and POST /reload relayed by the admin process over the control channel, control.py): the
+supervisor is the one place a reload happens. It loads the config with the loader serve was given (file,
+environment, the original command line), refuses an invalid one whole (one log line per problem, counted),
+else computes config.reload_diff, keeps the restart keys at their running values, sends the Config to every
+child and answers only once each has acknowledged applying it (or failed, or died; bounded). A child forked
+later starts from the config running then. Children ignore SIGHUP.
 Before binding, the listen and admin addresses are probed with a plain bind (SO_REUSEADDR, no SO_REUSEPORT):
 a port another process holds, another edgecore included, fails the probe and serve exits 2 naming the
 address (AddressInUse), instead of silently sharing it through SO_REUSEPORT. A probe rather than a lock file:
