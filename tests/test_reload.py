@@ -204,6 +204,15 @@ def test_removed_upstream_pool_closed_kept_upstream_pool_reused(make, origin, or
     assert b_conns and wait_for(lambda: not (b_conns & set(origin_b.open_conns)), 10)
 
 
+def test_upstream_timeout_reloaded(make, origin, path, uniq):
+    rl = make(path, upstream=_up(origin), response_timeout=30, retries=0)
+    port = rl.edge.port
+    assert get(port, f"{uniq}/a?delay=1.5").status == 200  # (within 30 s)
+    rl.write(response_timeout=0.5)
+    assert json.loads(rl.post_reload().body)["changed"] == ["response_timeout"]
+    assert get(port, f"{uniq}/b?delay=1.5").status == 504
+
+
 # ----------------------------------------------------------------------------------------- refused
 def test_invalid_config_refused_whole(make, origin, origin_b, uniq):
     rl = make("general", upstream=_up(origin), retries=1)
