@@ -142,6 +142,22 @@ def test_post_reload_changes_upstream_at_once(make, origin, origin_b, path, uniq
     assert [h["upstream"] for h in s["upstream"]["health"]] == [origin_b.url[len("http://") :]]
 
 
+def test_reload_applied_in_every_worker_before_the_answer(make, origin, origin_b, path, uniq):
+    rl = make(path, upstream=_up(origin), workers=2)
+    rl.write(upstream=_up(origin_b))
+    assert rl.post_reload().status == 200
+    # new connections spread over both workers (SO_REUSEPORT): every miss, whichever worker takes it, goes
+    # to the new origin; keep going until both workers have answered (bounded)
+    start = rl.edge.stats()["workers"]["requests"]
+    for i in range(200):
+        assert get(rl.edge.port, f"{uniq}/m{i}").status == 200
+        served = rl.edge.stats()["workers"]["requests"]
+        if i >= 3 and all(a > b for a, b in zip(served, start, strict=True)):
+            break
+    assert all(a > b for a, b in zip(served, start, strict=True)), (start, served)
+    assert origin.count(f"{uniq}/m") == 0 and origin_b.count(f"{uniq}/m") == i + 1
+
+
 def test_idle_keepalive_connection_survives_reload(make, origin, origin_b, path, uniq):
     rl = make(path, upstream=_up(origin))
     c = Conn(rl.edge.port)
