@@ -23,7 +23,11 @@ Invariants:
   once, from start to complete/fail, and is published in the worker's shared block: the
   `max_upstream_requests` circuit breaker counts all workers together;
 - retries on another server are allowed by `RetryBudget`: at most `retry_budget` of the requests (plus
-  RETRY_BUDGET_MIN) per window, so retries cannot multiply an outage.
+  RETRY_BUDGET_MIN) per window, so retries cannot multiply an outage;
+- a reload's new Pool (`previous=`) takes over the Servers still configured (their idle connections,
+  in-flight counts, ejections) and the exchanges in flight, which finish under the pool they started in;
+  a removed Server is retired: its idle connections close at once, busy ones when released. Each Server
+  carries its own shared-counter words (its upstream's block, SharedCounters.assign_blocks).
 Never: touch a client transport; decide cacheability (policy's job); probe health (the admin process does).
 """
 
