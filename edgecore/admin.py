@@ -278,6 +278,8 @@ class AdminProtocol(asyncio.Protocol):
         self.admin = admin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self._busy = False  # a POST /reload is waiting for its answer
+        self._queued: list[tuple[bytes, bytes, dict[bytes, bytes], bytes, bool]] = []
         self._reset()
 
     def _reset(self) -> None:
@@ -310,38 +312,41 @@ class AdminProtocol(asyncio.Protocol):
             raise ValueError("body too large")
 
     def on_message_complete(self) -> None:
-        method = self.parser.get_method()
-        if self.target.split(b"?", 1)[0] == b"/reload":
-            self._reload(method)
-            return
-        try:
-            status, ctype, body = self.admin.handle(method, self.target, self.headers, bytes(self.body))
-        except Exception as e:  # the admin process never dies of one request
-            status, ctype, body = 500, b"text/plain", f"internal error: {e}\n".encode()
-        self._respond(
-            status,
-            ctype,
-            b"" if method == b"HEAD" else body,
+        req = (
+            self.parser.get_method(),
+            self.target,
+            self.headers,
+            bytes(self.body),
             self.parser.should_keep_alive(),
-            length=len(body),
         )
         self._reset()
+        if self._busy:  # a reload is being answered: pipelined requests wait for it, in order
+            self._queued.append(req)
+            return
+        self._dispatch(req)
 
-    def _reload(self, method: bytes) -> None:
-        """POST /reload: answered once the supervisor has applied it everywhere (or refused it); the
-        connection reads nothing more meanwhile, so a pipelined request is answered after it, in order."""
-        keep_alive = self.parser.should_keep_alive()
+    def _dispatch(self, req: tuple[bytes, bytes, dict[bytes, bytes], bytes, bool]) -> None:
+        method, target, headers, body, keep_alive = req
+        if target.split(b"?", 1)[0] == b"/reload":
+            self._reload(method, headers, keep_alive)
+            return
+        try:
+            status, ctype, out = self.admin.handle(method, target, headers, body)
+        except Exception as e:  # the admin process never dies of one request
+            status, ctype, out = 500, b"text/plain", f"internal error: {e}\n".encode()
+        self._respond(status, ctype, b"" if method == b"HEAD" else out, keep_alive, length=len(out))
+
+    def _reload(self, method: bytes, headers: dict[bytes, bytes], keep_alive: bool) -> None:
+        """POST /reload: answered once the supervisor has applied it everywhere (or refused it); requests
+        pipelined behind it are answered after it, in order."""
         if method != b"POST":
             self._respond(405, b"text/plain", b"use POST\n", keep_alive)
-            self._reset()
             return
-        refused = self.admin.authorize(self.headers)
-        self._reset()
+        refused = self.admin.authorize(headers)
         if refused is not None:
             self._respond(*refused, keep_alive)
             return
-        if self.transport is not None:
-            self.transport.pause_reading()
+        self._busy = True
 
         async def run() -> None:
             try:
@@ -349,8 +354,9 @@ class AdminProtocol(asyncio.Protocol):
             except Exception as e:  # the admin process never dies of one request
                 status, ctype, body = 500, b"text/plain", f"internal error: {e}\n".encode()
             self._respond(status, ctype, body, keep_alive)
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.resume_reading()
+            self._busy = False
+            while self._queued and not self._busy:
+                self._dispatch(self._queued.pop(0))
 
         asyncio.get_running_loop().create_task(run())
 

@@ -292,6 +292,22 @@ def test_reload_needs_the_admin_token(make, origin):
     assert rl.edge.admin("/reload").status == 405  # (GET)
 
 
+def test_requests_pipelined_behind_a_reload_are_answered_after_it(make, origin):
+    rl = make("general", upstream=_up(origin))
+    c = Conn(rl.edge.admin_port)
+    try:
+        host = f"127.0.0.1:{rl.edge.admin_port}"
+        c.send(
+            f"POST /reload HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
+            f"GET /stats HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        )
+        first, second = c.read_response(), c.read_response()
+        assert first.status == 200 and json.loads(first.body)["reloaded"] is True
+        assert second.status == 200 and json.loads(second.body)["reloads"]["generation"] == 1
+    finally:
+        c.close()
+
+
 # ----------------------------------------------------------------------------------------- processes
 def test_worker_receiving_sighup_survives(make, origin, uniq):
     rl = make("general", upstream=_up(origin), workers=2)
