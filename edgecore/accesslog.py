@@ -152,9 +152,20 @@ def json_formatter() -> logging.Formatter:
     return _JsonFormatter()
 
 
+TEXT_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"  # the process log's text lines
+
+
 def set_process_format(fmt: str) -> None:
-    """`log_format = json`: every handler of the root logger writes one JSON object per line."""
-    if fmt != "json":
-        return
+    """`log_format = json`: every handler of the root logger writes one JSON object per line; `text` (a
+    reload back from json) puts the text lines back on the handlers json had."""
     for h in logging.getLogger().handlers:
-        h.setFormatter(_JsonFormatter())
+        if fmt == "json" and not isinstance(h.formatter, _JsonFormatter):
+            h.setFormatter(_JsonFormatter())
+        elif fmt != "json" and isinstance(h.formatter, _JsonFormatter):
+            h.setFormatter(logging.Formatter(TEXT_FORMAT))
+
+
+def apply_process_log(log_format: str, log_level: str) -> None:
+    """The process log's settings (at start and on a reload, in every process)."""
+    set_process_format(log_format)
+    logging.getLogger().setLevel(getattr(logging, log_level.upper(), logging.INFO))

@@ -1,9 +1,11 @@
-"""The admin listener: /healthz, /readyz, /metrics, /stats, POST /purge, POST and DELETE /drain, and the
-active upstream health checks (health.Health), run here once for all workers.
+"""The admin listener: /healthz, /readyz, /metrics, /stats, POST /purge, POST and DELETE /drain, POST /reload,
+and the active upstream health checks (health.Health), run here once for all workers.
 
 Owns: the admin process (forked by the supervisor, its own uvloop loop) and its small HTTP/1.1 server.
 It reads the shared counters and the shared cache; it never serves proxy traffic and is bound to its own
 address (127.0.0.1:9901 by default), never the proxy port.
+POST /reload is not done here: it asks the supervisor (control.py), which reloads as on SIGHUP, and answers
+once every process has applied it; the admin process applies a reload like a worker (Admin.configure).
 Invariants: POST endpoints (and DELETE /drain) need `Authorization: Bearer <admin_token>` when a token is
 configured (constant-time comparison); every request gets a complete response with Content-Length; a malformed
 request gets 400 and the connection closes.
@@ -16,6 +18,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import logging
 import platform
 import signal
 import socket
@@ -26,23 +29,35 @@ import httptools
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import __version__, keys, routes
+from . import __version__, control, keys, routes
+from .accesslog import apply_process_log
 from .cache import Cache
 from .config import Config, fastpath_disabled
 from .health import Health, readiness
 from .metrics import (
     C_DRAINING,
+    C_GENERATION,
+    C_RELOADS_ERROR,
+    C_RELOADS_OK,
     C_STOPPING,
     F_PID,
     F_SERVED,
     F_UPSTREAM,
     F_WAITING,
+    U_DOWN,
+    U_PROBED,
     EdgeCollector,
     SharedCounters,
     request_hits_misses,
 )
 
 MAX_BODY = 64 << 10
+log = logging.getLogger("edgecore")
+
+
+RELOAD_TIMEOUT = (
+    30.0  # seconds POST /reload waits for the supervisor's answer (it waits 10 s for the workers)
+)
 
 
 class Admin:
@@ -56,15 +71,113 @@ class Admin:
         self.routes = routes.compile_routes(cfg)  # a URL's key is built with its route's key options
         self.registry = CollectorRegistry(auto_describe=False)
         build = (__version__, platform.python_version(), "off" if fastpath_disabled() else "on")
-        self.registry.register(
-            EdgeCollector(
-                counters,
-                cache.stats,
-                tuple(u.authority for u in cfg.upstream),
-                workers=workers,
-                build=build,
-            )
+        self.collector = EdgeCollector(
+            counters,
+            cache.stats,
+            tuple(u.authority for u in cfg.upstream),
+            workers=workers,
+            build=build,
         )
+        self.registry.register(self.collector)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.prober: asyncio.Task[None] | None = None
+        self._old_probers: set[asyncio.Task[None]] = set()  # cancelled by a reload, until they are done
+        self.channel: control.ChildChannel | None = None  # to the supervisor (reloads); None: a test's admin
+        self._reloads: dict[int, asyncio.Future[dict[str, Any]]] = {}  # request id -> its answer
+        self._next_reload = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.prober = loop.create_task(self.health.run())
+
+    async def stop(self) -> None:
+        # cancel the prober and wait for it: a task left pending at close logs "Task was destroyed"
+        tasks = [t for t in (self.prober, *self._old_probers) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def configure(self, cfg: Config) -> None:
+        """A reload: everything the admin process derives from cfg (the token, key options, the health
+        checks, the metrics' upstream list). The checks restart with the new list at once; an upstream
+        still configured keeps its state (its up/down and counts), a new one starts not probed."""
+        old = {h.upstream.authority: h for h in self.health.upstreams}
+        self.cfg = cfg
+        self.key_opts = keys.options_for(cfg)
+        self.routes = routes.compile_routes(cfg)
+        health = Health(cfg, self.counters)
+        c = self.counters
+        for i, h in enumerate(health.upstreams):
+            prev = old.get(h.upstream.authority)
+            if prev is not None:
+                prev.upstream = h.upstream
+                health.upstreams[i] = prev
+            else:
+                b = c.block_of(h.upstream.authority, i)
+                if b is not None:  # (a block it held before it was removed: no stale state)
+                    c.words[c.upstream_word(b, U_DOWN)] = 0
+                    c.words[c.upstream_word(b, U_PROBED)] = 0
+        self.health = health
+        self.collector.upstreams = tuple(u.authority for u in cfg.upstream)
+        if self.loop is not None:
+            if self.prober is not None:
+                old_prober = self.prober
+                old_prober.cancel()
+                self._old_probers.add(old_prober)
+                old_prober.add_done_callback(self._old_probers.discard)
+            self.prober = self.loop.create_task(self.health.run())
+
+    def on_control(self, msg: tuple[Any, ...]) -> None:
+        """A message from the supervisor: a config to apply (acknowledged), or the answer to a reload."""
+        if msg[0] == "config":
+            _, gen, cfg = msg[:3]
+            assert self.channel is not None
+            try:
+                self.configure(cfg)
+                apply_process_log(cfg.log_format, cfg.log_level)
+            except Exception:
+                log.exception("admin could not apply config generation %d", gen)
+                self.channel.send(control.ACK_FAILED, gen)
+                return
+            self.channel.send(control.ACK_OK, gen)
+        elif msg[0] == "result":
+            fut = self._reloads.pop(msg[1], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg[2])
+
+    async def reload(self) -> tuple[int, bytes, bytes]:
+        """POST /reload: asks the supervisor (the one reload, as SIGHUP) and answers with its outcome."""
+        if self.channel is None or self.loop is None:
+            return 503, b"text/plain", b"reload is not available in this process\n"
+        self._next_reload += 1
+        rid = self._next_reload
+        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self._reloads[rid] = fut
+        self.channel.send(control.RELOAD_REQUEST, rid)
+        try:
+            answer = await asyncio.wait_for(fut, RELOAD_TIMEOUT)
+        except TimeoutError:
+            self._reloads.pop(rid, None)
+            return 503, b"text/plain", b"the supervisor did not answer the reload in time\n"
+        if not answer.get("reloaded"):
+            return 422, b"application/json", json.dumps({"errors": answer["errors"]}).encode() + b"\n"
+        return 200, b"application/json", json.dumps(answer).encode() + b"\n"
+
+    def authorize(self, headers: dict[bytes, bytes]) -> tuple[int, bytes, bytes] | None:
+        """The refusal of a state-changing request (POST, DELETE), or None when it may go on."""
+        if self.cfg.admin_token:
+            auth = headers.get(b"authorization", b"")
+            want = b"Bearer " + self.cfg.admin_token.encode()
+            if not hmac.compare_digest(auth, want):
+                return 401, b"text/plain", b"missing or wrong admin token\n"
+        elif not _is_loopback(self.cfg.admin[0]):
+            # reachable from other hosts and no token: changing state is not open to the world
+            return (
+                403,
+                b"text/plain",
+                b"set admin_token to use POST endpoints on a non-loopback address\n",
+            )
+        return None
 
     def stats(self) -> dict[str, Any]:
         s = self.cache.stats()
@@ -83,6 +196,11 @@ class Admin:
             },
             "coalescing": {"waiting": self.counters.total(F_WAITING)},
             "draining": bool(self.counters.get_flag(C_DRAINING)),
+            "reloads": {
+                "generation": self.counters.get_flag(C_GENERATION),
+                "ok": self.counters.get_flag(C_RELOADS_OK),
+                "error": self.counters.get_flag(C_RELOADS_ERROR),
+            },
         }
 
     def handle(
@@ -110,18 +228,9 @@ class Admin:
         if path in (b"/purge", b"/drain"):
             if method != b"POST" and not (path == b"/drain" and method == b"DELETE"):
                 return 405, b"text/plain", b"use POST\n" if path == b"/purge" else b"use POST or DELETE\n"
-            if self.cfg.admin_token:
-                auth = headers.get(b"authorization", b"")
-                want = b"Bearer " + self.cfg.admin_token.encode()
-                if not hmac.compare_digest(auth, want):
-                    return 401, b"text/plain", b"missing or wrong admin token\n"
-            elif not _is_loopback(self.cfg.admin[0]):
-                # reachable from other hosts and no token: changing state is not open to the world
-                return (
-                    403,
-                    b"text/plain",
-                    b"set admin_token to use POST endpoints on a non-loopback address\n",
-                )
+            refused = self.authorize(headers)
+            if refused is not None:
+                return refused
             if path == b"/drain" and method == b"DELETE":
                 if self.counters.get_flag(C_STOPPING):  # (a stopping edgecore stays out of the pool)
                     return 409, b"text/plain", b"stopping: draining cannot be undone\n"
@@ -182,6 +291,8 @@ class AdminProtocol(asyncio.Protocol):
         self.admin = admin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self._busy = False  # a POST /reload is waiting for its answer
+        self._queued: list[tuple[bytes, bytes, dict[bytes, bytes], bytes, bool]] = []
         self._reset()
 
     def _reset(self) -> None:
@@ -214,19 +325,53 @@ class AdminProtocol(asyncio.Protocol):
             raise ValueError("body too large")
 
     def on_message_complete(self) -> None:
-        method = self.parser.get_method()
-        try:
-            status, ctype, body = self.admin.handle(method, self.target, self.headers, bytes(self.body))
-        except Exception as e:  # the admin process never dies of one request
-            status, ctype, body = 500, b"text/plain", f"internal error: {e}\n".encode()
-        self._respond(
-            status,
-            ctype,
-            b"" if method == b"HEAD" else body,
+        req = (
+            self.parser.get_method(),
+            self.target,
+            self.headers,
+            bytes(self.body),
             self.parser.should_keep_alive(),
-            length=len(body),
         )
         self._reset()
+        if self._busy:  # a reload is being answered: pipelined requests wait for it, in order
+            self._queued.append(req)
+            return
+        self._dispatch(req)
+
+    def _dispatch(self, req: tuple[bytes, bytes, dict[bytes, bytes], bytes, bool]) -> None:
+        method, target, headers, body, keep_alive = req
+        if target.split(b"?", 1)[0] == b"/reload":
+            self._reload(method, headers, keep_alive)
+            return
+        try:
+            status, ctype, out = self.admin.handle(method, target, headers, body)
+        except Exception as e:  # the admin process never dies of one request
+            status, ctype, out = 500, b"text/plain", f"internal error: {e}\n".encode()
+        self._respond(status, ctype, b"" if method == b"HEAD" else out, keep_alive, length=len(out))
+
+    def _reload(self, method: bytes, headers: dict[bytes, bytes], keep_alive: bool) -> None:
+        """POST /reload: answered once the supervisor has applied it everywhere (or refused it); requests
+        pipelined behind it are answered after it, in order."""
+        if method != b"POST":
+            self._respond(405, b"text/plain", b"use POST\n", keep_alive)
+            return
+        refused = self.admin.authorize(headers)
+        if refused is not None:
+            self._respond(*refused, keep_alive)
+            return
+        self._busy = True
+
+        async def run() -> None:
+            try:
+                status, ctype, body = await self.admin.reload()
+            except Exception as e:  # the admin process never dies of one request
+                status, ctype, body = 500, b"text/plain", f"internal error: {e}\n".encode()
+            self._respond(status, ctype, body, keep_alive)
+            self._busy = False
+            while self._queued and not self._busy:
+                self._dispatch(self._queued.pop(0))
+
+        asyncio.get_running_loop().create_task(run())
 
     def _respond(
         self, status: int, ctype: bytes, body: bytes, keep_alive: bool, length: int | None = None
@@ -241,6 +386,7 @@ class AdminProtocol(asyncio.Protocol):
             404: b"Not Found",
             405: b"Method Not Allowed",
             409: b"Conflict",
+            422: b"Unprocessable Content",
             500: b"Internal Server Error",
             503: b"Service Unavailable",
         }.get(status, b"")
@@ -257,14 +403,24 @@ class AdminProtocol(asyncio.Protocol):
             self.transport.close()
 
 
-def run_admin(cfg: Config, cache: Cache, counters: SharedCounters, sock: socket.socket, workers: int) -> int:
+def run_admin(
+    cfg: Config,
+    cache: Cache,
+    counters: SharedCounters,
+    sock: socket.socket,
+    workers: int,
+    chan: tuple[int, int, int] | None = None,
+) -> int:
+    """The admin process; `chan`: its end of the control channel (server.py), for reloads."""
     import uvloop
 
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     admin = Admin(cfg, cache, counters, workers)
+    if chan is not None:
+        admin.channel = control.ChildChannel(loop, chan[0], chan[1], admin.on_control)
+    admin.start(loop)  # (before the first request: /reload needs the loop)
     server = loop.run_until_complete(loop.create_server(lambda: AdminProtocol(admin), sock=sock))
-    prober = loop.create_task(admin.health.run())
     stop = loop.create_future()
 
     def on_term() -> None:
@@ -276,10 +432,8 @@ def run_admin(cfg: Config, cache: Cache, counters: SharedCounters, sock: socket.
     try:
         loop.run_until_complete(stop)
     finally:
-        # cancel the prober and wait for it: a task left pending at close logs "Task was destroyed"
-        prober.cancel()
         server.close()
         with contextlib.suppress(BaseException):
-            loop.run_until_complete(asyncio.gather(prober, return_exceptions=True))
+            loop.run_until_complete(admin.stop())
         loop.close()
     return 0

@@ -84,7 +84,9 @@ def cmd_serve(a: argparse.Namespace) -> int:
     _setup_logging(cfg.log_level)
     from .server import serve
 
-    return serve(cfg)
+    # a reload (SIGHUP, POST /reload) loads again exactly so: the file, the environment and these options
+    cli_values = _cli_values(a)
+    return serve(cfg, loader=lambda: config.load(a.config, cli_values))
 
 
 def cmd_check_config(a: argparse.Namespace) -> int:

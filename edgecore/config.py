@@ -6,6 +6,8 @@ routes[i].key, i from 0; routes.py compiles them).
 Also owns what the machine or container offers a Config: memory_limit() (cgroup v2 memory.max, v1
 memory.limit_in_bytes, else MemTotal) checks cache_size, available_cpus() (sched_getaffinity and the cgroup
 cpu.max quota) sizes `workers = 0`; sources() tells where each effective value came from (`edgecore config`).
+Also owns the reload diff (reload_diff, RESTART_KEYS): which keys a new Config changes and which of them
+only a restart applies.
 Invariants: a Config that exists is valid; every problem names the key and the reason; the only I/O here is
 reading the TOML file and those /proc and /sys/fs/cgroup files.
 """
@@ -559,6 +561,34 @@ def load(
     path = config_path or env.get("EDGECORE_CONFIG")
     file_values = read_file(path) if path else {}
     return build(file_values, from_env(env), cli_values, require_upstream=require_upstream)
+
+
+# keys a running edgecore cannot change: its sockets, its processes and its shared memory are made once,
+# before the fork (a reload reports them and keeps their running values; a restart applies them);
+# max_object_size too: the slab cache's size classes are cut for it when the arena is made
+RESTART_KEYS = ("listen", "admin", "workers", "cache_size", "max_object_size")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadDiff:
+    """What a reload changes: `changed` the keys whose value differs (config order), `restart_required` those
+    of them that only a restart applies, `applied` the Config to run: the new one with the restart keys kept
+    at their running values."""
+
+    changed: tuple[str, ...]
+    restart_required: tuple[str, ...]
+    applied: Config
+
+
+def reload_diff(running: Config, new: Config) -> ReloadDiff:
+    """The reload diff of two valid Configs (the one running, the one just loaded). `upstreams` (the
+    [[upstreams]] tables, already folded into `upstream`) is reported as itself when its tables changed."""
+    changed = tuple(
+        f.name for f in dataclasses.fields(Config) if getattr(running, f.name) != getattr(new, f.name)
+    )
+    restart = tuple(k for k in changed if k in RESTART_KEYS)
+    applied = dataclasses.replace(new, **{k: getattr(running, k) for k in restart})
+    return ReloadDiff(changed, restart, applied)
 
 
 def _did_you_mean(key: str) -> str:

@@ -2,8 +2,9 @@
 caching flow.
 
 Owns: `Context` (config, cache, counters, upstream pool, flights, key and policy options, the compiled
-[[routes]] (`routes`, built from cfg here only; a request's route picks its key and policy options), the C
-fast path set up from the same facts as the Python path, the worker's listener that max_connections pauses),
+[[routes]] (`routes`; a request's route picks its key and policy options), the C fast path set up from the
+same facts as the Python path, the access log, the worker's listener that max_connections pauses; everything
+derived from the config is built by `Context.configure`, at start and on each reload),
 `Request` (one parsed request), and `Client`, the only things the caching flow (cachepath, sinks,
 plainmiss) may ask of a client connection.
 Invariants: the C fast path gets every fact it shares with Python (entry layout, field lists, thresholds,
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 
 from . import cachestatus, entry, keys, policy, routes
 from ._hitpath import HitPath
-from .accesslog import AccessLog
+from .accesslog import AccessLog, open_access_log
 from .cache import Cache
 from .config import Config, fastpath_disabled
 from .errors import EdgeError
@@ -192,29 +193,74 @@ class Context:
         counters: SlotCounters,
         loop: asyncio.AbstractEventLoop,
         pool: Pool | None = None,
+        worker: int | None = None,
     ) -> None:
-        self.cfg = cfg
         self.cache = cache
         self.counters = counters
         self.loop = loop
-        self.pool = pool or Pool(
-            cfg, loop, on_request=functools.partial(counters.inc, F_UPSTREAM), counters=counters
-        )
-        # the cross-worker miss lock lives in the shared cache; one worker has nobody to share it with
-        self.flights = Flights(
-            loop, cfg.hit_for_miss_ttl, cache if cfg.workers != 1 else None, lock_ttl=cfg.response_timeout
-        )
-        self.key_opts = keys.options_for(cfg)
-        self.policy_opts = policy.options_for(cfg)
-        self.routes = routes.compile_routes(cfg)  # [[routes]]: the one place a worker keeps them
+        self.worker = worker  # the worker's index (its access log); None: a context built by a test
         self.connections: set[Connection] = set()
         self._draining = False
-        self.hitpath = make_hitpath(cfg, cache, counters, self.key_opts, self.routes)
         self.refreshing: set[bytes] = set()  # keys with a background refresh in flight
         self.tasks: set[asyncio.Task[None]] = set()  # background tasks, kept until done
         self._sweeper: asyncio.TimerHandle | None = None
         self.listener: Listener | None = None  # the worker's listener (max_connections pauses it)
-        self.access: AccessLog | None = None  # the access log (None: off); set by the worker
+        self.access: AccessLog | None = None  # the access log (None: off)
+        self.cfg = cfg
+        self._configured = False
+        self.pool: Pool
+        self.flights: Flights
+        if pool is not None:
+            self.pool = pool
+        self.configure(cfg)
+
+    def configure(self, cfg: Config) -> None:
+        """Build everything this worker derives from cfg: at start and again on each reload (server.py), so
+        whatever derives its state here is reloaded with it. Kept across a reload: the cache, the counters,
+        every client connection, the flights and hit-for-miss memory, the background tasks, and the pooled
+        connections of upstreams still configured (Pool takes over the previous pool's servers and its
+        exchanges in flight; removed upstreams' connections close once idle). A request in flight keeps
+        the pool and options it started with; the next request, on any connection, uses the new ones.
+        The restart keys (config.RESTART_KEYS) never change here: the supervisor keeps their running
+        values."""
+        old = self.cfg if self._configured else None
+        self.cfg = cfg
+        counters = self.counters
+        if old is not None or not hasattr(self, "pool"):  # (unless a pool was given at construction)
+            self.pool = Pool(
+                cfg,
+                self.loop,
+                on_request=functools.partial(counters.inc, F_UPSTREAM),
+                counters=counters,
+                previous=self.pool if old is not None else None,
+            )
+        if old is None:
+            # the cross-worker miss lock lives in the shared cache; one worker has nobody to share it with
+            self.flights = Flights(
+                self.loop,
+                cfg.hit_for_miss_ttl,
+                self.cache if cfg.workers != 1 else None,
+                lock_ttl=cfg.response_timeout,
+            )
+        else:
+            self.flights.hfm_ttl = cfg.hit_for_miss_ttl
+            self.flights.lock_ttl = cfg.response_timeout
+        self.key_opts = keys.options_for(cfg)
+        self.policy_opts = policy.options_for(cfg)
+        self.routes = routes.compile_routes(cfg)  # [[routes]]: the one place a worker keeps them
+        self.hitpath = make_hitpath(cfg, self.cache, counters, self.key_opts, self.routes)
+        self.hitpath.draining = self._draining
+        if self.worker is not None and (old is None or old.access_log != cfg.access_log):
+            if self.access is not None:
+                self.access.close()
+            self.access = open_access_log(cfg.access_log, self.loop, self.worker)
+        if old is not None and self.listener is not None:
+            limit = cfg.max_connections
+            if not limit or len(self.connections) < limit:
+                self.listener.resume()  # (a raised or removed limit: accept again)
+            elif len(self.connections) >= limit:
+                self.listener.pause()
+        self._configured = True
 
     def key_opts_for(self, r: Request) -> keys.KeyOptions:
         """The key options of r: its route's, else the global ones."""
@@ -326,6 +372,10 @@ ENTRY_LAYOUT = (
 
 
 def make_context(
-    cfg: Config, cache: Cache, counters: SlotCounters, loop: asyncio.AbstractEventLoop
+    cfg: Config,
+    cache: Cache,
+    counters: SlotCounters,
+    loop: asyncio.AbstractEventLoop,
+    worker: int | None = None,
 ) -> Context:
-    return Context(cfg, cache, counters, loop)
+    return Context(cfg, cache, counters, loop, worker=worker)

@@ -121,10 +121,11 @@ class Health:
 
     def _publish(self, i: int, h: UpstreamHealth) -> None:
         c = self.counters
-        if c is None or i >= c.upstreams:
+        b = None if c is None else c.block_of(h.upstream.authority, i)  # (its block, assign_blocks)
+        if c is None or b is None:
             return
-        c.words[c.upstream_word(i, U_DOWN)] = 0 if h.up else 1
-        c.words[c.upstream_word(i, U_PROBED)] = 1
+        c.words[c.upstream_word(b, U_DOWN)] = 0 if h.up else 1
+        c.words[c.upstream_word(b, U_PROBED)] = 1
 
     async def run(self) -> None:
         while True:

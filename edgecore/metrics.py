@@ -2,10 +2,12 @@
 
 Owns: one anonymous shared mapping created by the supervisor before it forks. Each process writes only its
 own slot (plain int64 stores from Python, no locks); readers sum the slots. A small control block holds the
-flags the admin process reports (draining, per-worker readiness). After the slots, one block per configured
-upstream: its health as the admin process's active checks last saw it (written only there; the workers read
-it and never probe), then per process and upstream the upstream's duration histogram, requests, failures,
-retries and ejections (each process writes only its own part).
+flags the admin process reports (draining, per-worker readiness) and the config reload counts. Then a
+table naming the upstream of each upstream block (assign_blocks: an upstream keeps its block across reloads,
+so the number of blocks is fixed at start, MIN_UPSTREAM_BLOCKS or more, and a reload may change the list).
+After it, one block per upstream: its health as the admin process's active checks last saw it (written
+only there; the workers read it and never probe), then per process and upstream the upstream's duration
+histogram, requests, failures, retries and ejections (each process writes only its own part).
 Invariants: the hot path does at most a few `array[i] += 1` per request; nothing here allocates per request.
 Never: import the protocol or server (they import this).
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import enum
+import hashlib
 import mmap
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -88,6 +91,13 @@ SLOT_WORDS = (F_OPEN + 1 + 7) // 8 * 8
 C_DRAINING = 0
 C_STOPPING = 1
 C_RESTARTS = 2  # child processes restarted by the supervisor after dying (written by the supervisor only)
+# config reloads (written by the supervisor only): the generation applied, and reloads by result
+C_GENERATION = 5
+C_RELOADS_OK = 6
+C_RELOADS_ERROR = 7
+# the upstream blocks a supervisor sizes for: reloads may change the upstream list, so blocks are assigned by
+# upstream (assign_blocks) out of a fixed number, never re-sized after the fork
+MIN_UPSTREAM_BLOCKS = 64
 
 # per-upstream health block (after the slots; written by the admin process's health checks only)
 U_DOWN = 0  # 1 while the active checks say the server is down (0 = up or not probed yet)
@@ -110,13 +120,59 @@ class SharedCounters:
     def __init__(self, slots: int, upstreams: int = 0) -> None:
         self.slots = slots
         self.upstreams = upstreams  # upstreams with a health block (0: none shared, e.g. a test's context)
-        self._ubase = (slots + 1) * SLOT_WORDS
+        self._nbase = (slots + 1) * SLOT_WORDS  # block -> upstream name hash (0: free), assign_blocks
+        self._ubase = self._nbase + upstreams
         self._pbase = self._ubase + upstreams * U_WORDS
         words = self._pbase + slots * upstreams * P_WORDS
         self._mm = mmap.mmap(-1, words * 8, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
         self.words = memoryview(self._mm).cast("q")
 
     # upstream blocks
+    @staticmethod
+    def _name_hash(authority: str) -> int:
+        h = int.from_bytes(hashlib.blake2b(authority.encode(), digest_size=8).digest(), "big") >> 1
+        return h or 1
+
+    def assign_blocks(self, authorities: tuple[str, ...] | list[str]) -> None:
+        """Give every upstream in `authorities` a block (the supervisor, before forking and before each
+        reload is applied): one already assigned keeps its block (its health and totals go on), a new one
+        takes a free block, else the block of an upstream no longer listed (its counters zeroed first).
+        Raises ValueError when there are more upstreams than blocks."""
+        w = self.words
+        if len(set(authorities)) > self.upstreams:
+            raise ValueError(f"{len(authorities)} upstreams: at most {self.upstreams} (restart to raise it)")
+        want = {self._name_hash(a) for a in authorities}
+        held = {int(w[self._nbase + b]) for b in range(self.upstreams)}
+        for a in authorities:
+            h = self._name_hash(a)
+            if h in held:
+                continue
+            free = [b for b in range(self.upstreams) if not w[self._nbase + b]]
+            if not free:
+                free = [b for b in range(self.upstreams) if int(w[self._nbase + b]) not in want]
+                b = free[0]
+                for f in range(U_WORDS):
+                    w[self.upstream_word(b, f)] = 0
+                for s in range(self.slots):
+                    base = self.per_upstream_base(s, b)
+                    for f in range(P_WORDS):
+                        w[base + f] = 0
+            w[self._nbase + free[0]] = h
+            held.add(h)
+
+    def block_of(self, authority: str, position: int) -> int | None:
+        """The block of upstream `authority` (assign_blocks); when none was ever assigned (a test's counters)
+        the block at its `position` in the config; None when it has none."""
+        w = self.words
+        h = self._name_hash(authority)
+        assigned = False
+        for b in range(self.upstreams):
+            v = w[self._nbase + b]
+            if v == h:
+                return b
+            assigned = assigned or bool(v)
+        return position if not assigned and position < self.upstreams else None
+
     def upstream_word(self, upstream: int, field: int) -> int:
         """Index in `words` of upstream `upstream`'s health field (U_DOWN, U_PROBED)."""
         return self._ubase + upstream * U_WORDS + field
@@ -231,7 +287,7 @@ class EdgeCollector(Collector):
         self.cache_stats = cache_stats
         self.workers = workers
         self.build = build
-        self.upstreams = upstreams[: counters.upstreams]  # authorities, in config order
+        self.upstreams = upstreams  # authorities, in config order (the admin process replaces it on reload)
 
     def collect(self) -> Iterator[Any]:
         c = self.counters
@@ -327,6 +383,12 @@ class EdgeCollector(Collector):
         )
         info.add_metric(list(self.build), 1)
         yield info
+        reloads = CounterMetricFamily(
+            "edgecore_config_reloads", "Config reloads (SIGHUP, POST /reload) by result", labels=["result"]
+        )
+        reloads.add_metric(["ok"], c.get_flag(C_RELOADS_OK))
+        reloads.add_metric(["error"], c.get_flag(C_RELOADS_ERROR))
+        yield reloads
         yield from self._upstream_metrics()
 
     def _upstream_metrics(self) -> Iterator[Any]:
@@ -355,7 +417,10 @@ class EdgeCollector(Collector):
             "Passive ejections (max_fails failures within fail_timeout), all workers",
             labels=["upstream"],
         )
-        for i, name in enumerate(self.upstreams):
+        for pos, name in enumerate(self.upstreams):
+            i = c.block_of(name, pos)
+            if i is None:
+                continue
             up.add_metric([name], 0 if w[c.upstream_word(i, U_DOWN)] else 1)
             acc = 0
             buckets = []

@@ -7,6 +7,12 @@ every 100 ms, reaps and replaces dead children (releasing at once the miss locks
 flights.lock_tag), and on SIGTERM/SIGINT turns readiness off at once, lets the workers keep accepting for
 drain_delay seconds (a second signal cuts it short), then asks them to stop accepting and finish in-flight
 requests within the grace period, and exits 0.
+Reload (SIGHUP, and POST /reload relayed by the admin process over the control channel, control.py): the
+supervisor is the one place a reload happens. It loads the config with the loader serve was given (file,
+environment, the original command line), refuses an invalid one whole (one log line per problem, counted),
+else computes config.reload_diff, keeps the restart keys at their running values, sends the Config to every
+child and answers only once each has acknowledged applying it (or failed, or died; bounded). A child forked
+later starts from the config running then. Children ignore SIGHUP.
 Before binding, the listen and admin addresses are probed with a plain bind (SO_REUSEADDR, no SO_REUSEPORT):
 a port another process holds, another edgecore included, fails the probe and serve exits 2 naming the
 address (AddressInUse), instead of silently sharing it through SO_REUSEPORT. A probe rather than a lock file:
@@ -27,18 +33,33 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-from .accesslog import open_access_log, set_process_format
+from . import control
+from .accesslog import apply_process_log, set_process_format
 from .cache import Cache
-from .config import Config, available_cpus, fastpath_disabled
+from .config import Config, available_cpus, fastpath_disabled, reload_diff
+from .errors import ConfigErrors
 from .flights import lock_tag
-from .metrics import C_DRAINING, C_RESTARTS, C_STOPPING, F_PID, F_READY, SharedCounters
+from .metrics import (
+    C_DRAINING,
+    C_GENERATION,
+    C_RELOADS_ERROR,
+    C_RELOADS_OK,
+    C_RESTARTS,
+    C_STOPPING,
+    F_PID,
+    F_READY,
+    MIN_UPSTREAM_BLOCKS,
+    SharedCounters,
+)
 
 log = logging.getLogger("edgecore")
 
 SWEEP_INTERVAL = 0.1
 SWEEP_BUDGET = 4096
+RELOAD_ACK_TIMEOUT = 10.0  # seconds the supervisor waits for every child to apply a reload
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -78,12 +99,18 @@ def bind_socket(host: str, port: int, reuseport: bool, listen: bool) -> socket.s
 
 
 class Supervisor:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, loader: Callable[[], Config] | None = None) -> None:
         self.cfg = cfg
+        self.loader = loader  # loads and validates the config as serve did (a reload); None: no reloads
+        self.generation = 0  # of the config running: +1 per applied reload
         self.nworkers = cfg.workers or available_cpus()
         self.cache = Cache(cfg.cache_size, cfg.max_object_size)
-        # with one health block per upstream: the admin process's checks write it, the workers read it
-        self.counters = SharedCounters(slots=self.nworkers + 1, upstreams=len(cfg.upstream))
+        # with one health block per upstream: the admin process's checks write it, the workers read it; a
+        # fixed number of them, assigned by upstream, so that a reload may change the upstream list
+        self.counters = SharedCounters(
+            slots=self.nworkers + 1, upstreams=max(MIN_UPSTREAM_BLOCKS, 2 * len(cfg.upstream))
+        )
+        self.counters.assign_blocks([u.authority for u in cfg.upstream])
         self.admin_slot = self.nworkers
         host, port = cfg.listen
         ahost, aport = cfg.admin
@@ -102,31 +129,54 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        # the control channel (control.py): records from every child on one pipe, a message pipe per child
+        self._ctl_r, self._ctl_w = os.pipe()
+        os.set_blocking(self._ctl_r, False)
+        self._ctl_buf = bytearray()
+        self._to_child: dict[int, int] = {}  # pid -> write end of its message pipe
+        self._out: dict[int, bytearray] = {}  # pid -> message bytes not yet written
+        self._reload_requests: list[tuple[int, int] | None] = []  # (admin pid, request id) or None: SIGHUP
+        self._acks: dict[int, tuple[bytes, int]] = {}  # pid -> its last (ack kind, generation)
 
     # ------------------------------------------------------------------ children
     def _fork(self, slot: int) -> None:
+        msg_r, msg_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child
             code = 1
             try:
                 os.close(self._wake_r)
                 os.close(self._wake_w)
+                os.close(self._ctl_r)
+                os.close(msg_w)
+                for fd in self._to_child.values():  # (the other children's pipes)
+                    os.close(fd)
                 signal.set_wakeup_fd(-1)
-                for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+                for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(s, signal.SIG_DFL)
-                signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # a worker reopens its access log on it
+                # a reload is the supervisor's: a SIGHUP sent to a child (a process group, by mistake) is
+                # ignored, never fatal; a worker reopens its access log on SIGUSR1
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.signal(signal.SIGUSR1, signal.SIG_IGN)
                 self.placeholder.close()
+                # a child forked after a reload starts with the config running now (self.cfg)
+                chan = (msg_r, self._ctl_w, self.generation)
                 if slot == self.admin_slot:
                     from .admin import run_admin
 
-                    code = run_admin(self.cfg, self.cache, self.counters, self.admin_sock, self.nworkers)
+                    code = run_admin(
+                        self.cfg, self.cache, self.counters, self.admin_sock, self.nworkers, chan
+                    )
                 else:
                     self.admin_sock.close()
-                    code = run_worker(self.cfg, self.cache, self.counters, slot, self.port)
+                    code = run_worker(self.cfg, self.cache, self.counters, slot, self.port, chan)
             except BaseException:
                 log.exception("process in slot %d failed", slot)
             finally:
                 os._exit(code)
+        os.close(msg_r)
+        os.set_blocking(msg_w, False)
+        self._to_child[pid] = msg_w
         self.children[pid] = slot
         self.restarts.setdefault(slot, []).append(time.monotonic())
 
@@ -139,6 +189,10 @@ class Supervisor:
             if pid == 0:
                 return
             slot = self.children.pop(pid, None)
+            fd = self._to_child.pop(pid, None)
+            self._out.pop(pid, None)
+            if fd is not None:
+                os.close(fd)
             if slot is None:
                 continue
             self.counters.reset_slot(slot)
@@ -166,6 +220,8 @@ class Supervisor:
             if self.stopping:
                 self.hurry = True  # a second signal: no more drain delay
             self.stopping = True
+        elif signum == signal.SIGHUP:  # reload, in the main loop
+            self._reload_requests.append(None)
         elif signum == signal.SIGUSR1:  # logrotate: every worker reopens its access log file
             for pid, slot in list(self.children.items()):
                 if slot != self.admin_slot:
@@ -173,9 +229,8 @@ class Supervisor:
                         os.kill(pid, signal.SIGUSR1)
 
     def run(self) -> int:
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP):
             signal.signal(s, self._on_signal)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reload: operations issue
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.set_wakeup_fd(self._wake_w)
         if fastpath_disabled():
@@ -187,10 +242,16 @@ class Supervisor:
         deadline = time.monotonic() + 30.0
         while not self.stopping:
             with contextlib.suppress(InterruptedError):
-                select.select([self._wake_r], [], [], SWEEP_INTERVAL)
+                select.select([self._wake_r, self._ctl_r], self._pending_fds(), [], SWEEP_INTERVAL)
             with contextlib.suppress(OSError):
                 os.read(self._wake_r, 4096)
             self._reap()
+            self._pump()
+            while self._reload_requests and not self.stopping:
+                who = self._reload_requests.pop(0)
+                answer = self.reload()
+                if who is not None:
+                    self._send(who[0], ("result", who[1], answer))
             self.cache.sweep(SWEEP_BUDGET)
             if not announced and (
                 self.counters.ready_workers() >= self.nworkers or time.monotonic() > deadline
@@ -206,6 +267,137 @@ class Supervisor:
                     flush=True,
                 )
         return self._shutdown()
+
+    # ------------------------------------------------------------------ reload
+    def reload(self) -> dict[str, Any]:
+        """SIGHUP and POST /reload (the one implementation): load and validate the config as serve did,
+        refuse it whole when it does not validate, else apply it in every child (the restart keys kept at
+        their running values) and answer once each has applied it or reported failing to."""
+        problems: list[str] = []
+        new: Config | None = None
+        if self.loader is None:
+            problems.append("config: this edgecore was started without a config loader (no reloads)")
+        else:
+            try:
+                new = self.loader()
+            except ConfigErrors as e:
+                problems = [f"{p.key}: {p.why}" for p in e.problems]
+            except Exception as e:  # a reload never stops a running edgecore
+                problems = [f"config: {e}"]
+        if new is not None:
+            diff = reload_diff(self.cfg, new)
+            try:
+                self.counters.assign_blocks([u.authority for u in diff.applied.upstream])
+            except ValueError as e:
+                problems = [f"upstream: {e}"]
+        if problems or new is None:
+            for line in problems:
+                log.error("config reload refused: %s", line)
+            self.counters.words[C_RELOADS_ERROR] += 1
+            return {"reloaded": False, "errors": problems}
+        self.generation += 1
+        gen = self.generation
+        self.cfg = diff.applied
+        apply_process_log(self.cfg.log_format, self.cfg.log_level)
+        waiting = set(self.children)
+        for pid in waiting:
+            self._send(pid, ("config", gen, self.cfg))
+        failed = self._await_acks(waiting, gen)
+        self.counters.set_flag(C_GENERATION, gen)
+        self.counters.words[C_RELOADS_OK] += 1
+        log.info(
+            "config reloaded (generation %d): changed %s",
+            gen,
+            ", ".join(diff.changed) if diff.changed else "nothing",
+        )
+        for k in diff.restart_required:
+            log.warning("config reload: %s changed; it needs a restart (the running value is kept)", k)
+        for line in failed:
+            log.error("config reload: %s", line)
+        answer: dict[str, Any] = {
+            "reloaded": True,
+            "changed": list(diff.changed),
+            "restart_required": list(diff.restart_required),
+            "generation": gen,
+        }
+        if failed:
+            answer["failed"] = failed
+        return answer
+
+    def _await_acks(self, waiting: set[int], gen: int) -> list[str]:
+        """Wait (RELOAD_ACK_TIMEOUT at most) until every child in `waiting` has applied generation `gen`,
+        reported failing to, or died (one forked meanwhile starts with it) -> one line per child that
+        failed or did not answer."""
+        failed: list[str] = []
+        deadline = time.monotonic() + RELOAD_ACK_TIMEOUT
+        while True:
+            slots = dict(self.children)
+            for pid in list(waiting):
+                got = self._acks.get(pid)
+                if pid not in slots:
+                    waiting.discard(pid)
+                elif got is not None and got[1] >= gen:
+                    waiting.discard(pid)
+                    if got[0] != control.ACK_OK:
+                        failed.append(f"{self._what(slots[pid])} (pid {pid}) failed to apply it")
+            if not waiting:
+                return failed
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            with contextlib.suppress(InterruptedError):
+                select.select([self._wake_r, self._ctl_r], self._pending_fds(), [], min(0.05, left))
+            with contextlib.suppress(OSError):
+                os.read(self._wake_r, 4096)
+            self._reap()
+            self._pump()
+        for pid in waiting:
+            failed.append(f"{self._what(self.children.get(pid, -1))} (pid {pid}) did not answer in time")
+        return failed
+
+    def _what(self, slot: int) -> str:
+        return "admin" if slot == self.admin_slot else f"worker {slot}"
+
+    def _send(self, pid: int, msg: tuple[Any, ...]) -> None:
+        if pid in self._to_child:
+            self._out.setdefault(pid, bytearray()).extend(control.frame(msg))
+            self._flush(pid)
+
+    def _flush(self, pid: int) -> None:
+        buf = self._out.get(pid)
+        fd = self._to_child.get(pid)
+        if not buf or fd is None:
+            return
+        try:
+            n = os.write(fd, buf)
+        except BlockingIOError:
+            return
+        except OSError:  # the child is gone: _reap forgets it
+            buf.clear()
+            return
+        del buf[:n]
+
+    def _pending_fds(self) -> list[int]:
+        return [self._to_child[p] for p, b in self._out.items() if b and p in self._to_child]
+
+    def _pump(self) -> None:
+        """Write what is pending to the children and read their records (acks, the admin's reload
+        requests)."""
+        for pid in list(self._out):
+            self._flush(pid)
+        while True:
+            try:
+                data = os.read(self._ctl_r, 1 << 16)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not data:
+                break
+            self._ctl_buf += data
+        for kind, pid, value in control.parse_records(self._ctl_buf):
+            if kind == control.RELOAD_REQUEST:
+                self._reload_requests.append((pid, value))
+            elif kind in (control.ACK_OK, control.ACK_FAILED):
+                self._acks[pid] = (kind, value)
 
     def _shutdown(self) -> int:
         self.counters.set_flag(C_DRAINING, 1)
@@ -334,8 +526,16 @@ def raise_open_files_limit() -> None:
         log.info("open files limit %d", soft)
 
 
-def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, port: int) -> int:
-    """A worker process: its own SO_REUSEPORT listener, its own uvloop loop, the shared cache."""
+def run_worker(
+    cfg: Config,
+    cache: Cache,
+    counters: SharedCounters,
+    slot: int,
+    port: int,
+    chan: tuple[int, int, int] | None = None,
+) -> int:
+    """A worker process: its own SO_REUSEPORT listener, its own uvloop loop, the shared cache. `chan`: its
+    end of the control channel (message pipe, record pipe, generation of cfg): reloads arrive there."""
     import uvloop
 
     from .protocol import ClientProtocol, make_context
@@ -343,10 +543,32 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     slot_counters = counters.slot_view(slot)
-    ctx = make_context(cfg, cache, slot_counters, loop)
-    ctx.access = open_access_log(cfg.access_log, loop, slot)
-    if ctx.access is not None:
-        loop.add_signal_handler(signal.SIGUSR1, ctx.access.reopen)
+    ctx = make_context(cfg, cache, slot_counters, loop, worker=slot)
+
+    def reopen() -> None:
+        if ctx.access is not None:
+            ctx.access.reopen()
+
+    loop.add_signal_handler(signal.SIGUSR1, reopen)
+    if chan is not None:
+        channel: control.ChildChannel | None = None
+
+        def on_message(msg: tuple[Any, ...]) -> None:
+            if msg[0] != "config":
+                return
+            _, gen, new = msg[:3]
+            try:
+                ctx.configure(new)
+                apply_process_log(new.log_format, new.log_level)
+            except Exception:
+                log.exception("worker %d could not apply config generation %d", slot, gen)
+                assert channel is not None
+                channel.send(control.ACK_FAILED, gen)
+                return
+            assert channel is not None
+            channel.send(control.ACK_OK, gen)
+
+        channel = control.ChildChannel(loop, chan[0], chan[1], on_message)
     host, _ = cfg.listen
     listener = Listener(loop, host, port, lambda: ClientProtocol(ctx))
     loop.run_until_complete(listener.open())
@@ -377,7 +599,7 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
         slot_counters.set(F_READY, 0)
         listener.close()
         ctx.draining = True
-        deadline = loop.time() + cfg.grace_period
+        deadline = loop.time() + ctx.cfg.grace_period  # (as reloaded)
         for c in list(ctx.connections):
             c.close_if_idle()
         while ctx.connections and loop.time() < deadline:
@@ -396,11 +618,12 @@ def run_worker(cfg: Config, cache: Cache, counters: SharedCounters, slot: int, p
     return 0
 
 
-def serve(cfg: Config) -> int:
+def serve(cfg: Config, loader: Callable[[], Config] | None = None) -> int:
+    """Run until stopped; `loader` loads and validates the config as this one was (a reload calls it)."""
     set_process_format(cfg.log_format)
     raise_open_files_limit()
     try:
-        sup = Supervisor(cfg)
+        sup = Supervisor(cfg, loader)
     except AddressInUse as e:
         print(f"edgecore: {e}", file=sys.stderr)
         return 2

@@ -23,7 +23,11 @@ Invariants:
   once, from start to complete/fail, and is published in the worker's shared block: the
   `max_upstream_requests` circuit breaker counts all workers together;
 - retries on another server are allowed by `RetryBudget`: at most `retry_budget` of the requests (plus
-  RETRY_BUDGET_MIN) per window, so retries cannot multiply an outage.
+  RETRY_BUDGET_MIN) per window, so retries cannot multiply an outage;
+- a reload's new Pool (`previous=`) takes over the Servers still configured (their idle connections,
+  in-flight counts, ejections) and the exchanges in flight, which finish under the pool they started in;
+  a removed Server is retired: its idle connections close at once, busy ones when released. Each Server
+  carries its own shared-counter words (its upstream's block, SharedCounters.assign_blocks).
 Never: touch a client transport; decide cacheability (policy's job); probe health (the admin process does).
 """
 
@@ -195,6 +199,10 @@ class Server:
         "fails",
         "ejected_until",
         "hkey",
+        "down_word",
+        "pbase",
+        "inflight_words",
+        "retired",
     )
 
     def __init__(self, index: int, upstream: Upstream) -> None:
@@ -207,6 +215,12 @@ class Server:
         self.fails: list[float] = []  # loop times of recent failures (passive ejection)
         self.ejected_until = 0.0
         self.hkey = upstream.authority.encode()[:64]  # rendezvous hashing: this server's hash key
+        # its words in the shared counters (Pool sets them; -1 / empty: none): they go with the server, so a
+        # request that started before a reload counts where it started
+        self.down_word = -1
+        self.pbase = -1
+        self.inflight_words: list[int] = []
+        self.retired = False  # removed from the config by a reload: its connections close once idle
 
 
 RETRY_WINDOW = 10.0  # seconds over which the retry budget compares retries with requests
@@ -524,35 +538,55 @@ class Pool:
         loop: asyncio.AbstractEventLoop,
         on_request: Callable[[], None] | None = None,
         counters: SlotCounters | None = None,
+        previous: Pool | None = None,
     ) -> None:
         if not cfg.upstream:
             raise ValueError("no upstream configured")
         self.cfg = cfg
         self.loop = loop
-        self.servers = [Server(i, u) for i, u in enumerate(cfg.upstream)]
+        # a reload's new pool (Context.configure) takes over the previous one's servers that are still
+        # configured (their idle connections, in-flight counts and ejections) and its exchanges in flight
+        kept = {s.upstream.authority: s for s in previous.servers} if previous is not None else {}
+        self.servers: list[Server] = []
+        for i, u in enumerate(cfg.upstream):
+            s = kept.pop(u.authority, None)
+            if s is None:
+                s = Server(i, u)
+            else:
+                s.index, s.upstream, s.weight = i, u, u.weight
+            self.servers.append(s)
+        for s in kept.values():  # removed: idle connections close now, busy ones when they are released
+            s.retired = True
+            for conn in s.idle:
+                conn.close()
+            s.idle.clear()
         self._by_upstream = {s.upstream: s for s in self.servers}
         self._total_weight = sum(s.weight for s in self.servers)
         self._lb = cfg.lb
-        self.budget = RetryBudget(cfg.retry_budget)
+        self.budget: RetryBudget = RetryBudget(cfg.retry_budget) if previous is None else previous.budget
+        self.budget.ratio = cfg.retry_budget
         # the shared health block (written by the admin process's checks) and this process's per-upstream
         # counters; absent when the counters have no upstream blocks (a context built by a test)
         self._words: memoryview | None = None
-        self._down: list[int] = []
-        self._pbase: list[int] = []
-        self._inflight_words: list[list[int]] = []
-        if counters is not None and counters.shared.upstreams >= len(self.servers):
+        if counters is not None:
             shared = counters.shared
             slot = counters.b // SLOT_WORDS - 1
-            self._words = shared.words
-            self._down = [shared.upstream_word(s.index, U_DOWN) for s in self.servers]
-            self._pbase = [shared.per_upstream_base(slot, s.index) for s in self.servers]
-            self._inflight_words = [
-                [shared.per_upstream_base(p, s.index) + P_INFLIGHT for p in range(shared.slots)]
-                for s in self.servers
-            ]
+            blocks = [shared.block_of(s.upstream.authority, s.index) for s in self.servers]
+            if all(b is not None for b in blocks):
+                self._words = shared.words
+                for s, b in zip(self.servers, blocks, strict=True):
+                    assert b is not None
+                    s.down_word = shared.upstream_word(b, U_DOWN)
+                    s.pbase = shared.per_upstream_base(slot, b)
+                    s.inflight_words = [
+                        shared.per_upstream_base(p, b) + P_INFLIGHT for p in range(shared.slots)
+                    ]
         self._on_request = on_request
-        self.active: set[Timed] = set()  # exchanges and plain fetches in flight, checked by the ticker
-        self._ticker = loop.call_later(TICK, self._tick)
+        # exchanges and plain fetches in flight, checked by the ticker (each against its own pool's timeouts)
+        self.active: set[Timed] = set() if previous is None else previous.active
+        if previous is not None:
+            previous._ticker.cancel()
+        self._ticker: asyncio.TimerHandle = loop.call_later(TICK, self._tick)
 
     def server_of(self, upstream: Upstream) -> Server:
         return self._by_upstream[upstream]
@@ -567,7 +601,7 @@ class Pool:
     # -- selection and health
     def usable(self, s: Server, now: float) -> bool:
         """Neither marked down by the active checks nor passively ejected."""
-        if self._words is not None and self._words[self._down[s.index]]:
+        if self._words is not None and s.down_word >= 0 and self._words[s.down_word]:
             return False
         if s.ejected_until:
             if now < s.ejected_until:
@@ -638,17 +672,17 @@ class Pool:
     def count(self, s: Server, delta: int) -> None:
         """A request to s starts (+1) or ends (-1): this worker's count, published in its shared block."""
         s.inflight += delta
-        if self._words is not None:
-            self._words[self._pbase[s.index] + P_INFLIGHT] = s.inflight
+        if self._words is not None and s.pbase >= 0:
+            self._words[s.pbase + P_INFLIGHT] = s.inflight
 
     def full(self, s: Server) -> bool:
         """max_upstream_requests in flight to s, all workers together (the shared blocks; this worker's own
         count when there are none)."""
         limit = self.cfg.max_upstream_requests
-        if self._words is None or s.inflight >= limit:
+        if self._words is None or s.inflight >= limit or not s.inflight_words:
             return s.inflight >= limit
         w = self._words
-        return sum(w[i] for i in self._inflight_words[s.index]) >= limit
+        return sum(w[i] for i in s.inflight_words) >= limit
 
     def failed(self, s: Server, exc: EdgeError) -> None:
         """A connect error, reset or head timeout of s: passive ejection after max_fails within fail_timeout
@@ -676,9 +710,9 @@ class Pool:
     def answered(self, s: Server, seconds: float) -> None:
         """A response head from s, `seconds` after the request went out."""
         s.fails.clear()
-        if self._words is not None:
+        if self._words is not None and s.pbase >= 0:
             w = self._words
-            b = self._pbase[s.index]
+            b = s.pbase
             w[b + P_DUR_SUM_NS] += int(seconds * 1e9)
             w[b + P_DUR_BUCKETS + bisect.bisect_left(UPSTREAM_BUCKETS, seconds)] += 1
 
@@ -687,8 +721,8 @@ class Pool:
         self._inc(s, P_RETRIES)
 
     def _inc(self, s: Server, field: int) -> None:
-        if self._words is not None:
-            self._words[self._pbase[s.index] + field] += 1
+        if self._words is not None and s.pbase >= 0:
+            self._words[s.pbase + field] += 1
 
     # -- connections
     async def _connect(self, upstream: Upstream, idle: list[UpstreamConnection]) -> UpstreamConnection:
@@ -766,7 +800,12 @@ class Pool:
 
     def release(self, conn: UpstreamConnection, keep_alive: bool) -> None:
         idle = conn.idle
-        if keep_alive and not conn.closed and len(idle) < self.cfg.upstream_pool_size:
+        if (
+            keep_alive
+            and not conn.closed
+            and not conn.server.retired
+            and len(idle) < self.cfg.upstream_pool_size
+        ):
             conn.reused = True
             if conn.paused_by_client:
                 conn.resume_reading()  # paused for the last client's sake: the next exchange reads it

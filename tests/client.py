@@ -205,6 +205,9 @@ class Edge:
     env: dict[str, str] = field(default_factory=dict)
     path: str | None = None  # "fast", "general" or None: as EDGECORE_NO_FASTPATH is inherited
     main: list[str] = field(default_factory=lambda: [sys.executable, "-m", "edgecore"])  # the program
+    # replaces the options below (listen, admin, upstream, workers, ...) when given: a test whose config
+    # file must own those keys (a reload changes them) passes ["--config", FILE]
+    base_args: list[str] | None = None
 
     def __post_init__(self) -> None:
         cmd = [
@@ -226,6 +229,8 @@ class Edge:
             "0",
             *self.args,
         ]
+        if self.base_args is not None:
+            cmd = [*self.main, "serve", *self.base_args, *self.args]
         env = {**os.environ, "PYTHONPATH": ROOT, **path_env(self.path), **self.env}
         self.proc = subprocess.Popen(
             cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=ROOT

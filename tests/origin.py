@@ -20,6 +20,7 @@ Every request is recorded (method, target, headers, body) before it is answered.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import threading
@@ -34,6 +35,7 @@ class Seen:
     target: str
     headers: list[tuple[str, str]]
     body: bytes
+    conn: int = 0  # which connection it came on (Origin.open_conns)
 
     def header(self, name: str) -> str | None:
         for n, v in self.headers:
@@ -60,6 +62,8 @@ class Origin:
         self._gates: dict[str, asyncio.Event] = {}
         self._overrides: dict[str, dict[str, str]] = {}
         self._conns: set[asyncio.StreamWriter] = set()
+        self._conn_ids = itertools.count(1)
+        self.open_conns: set[int] = set()  # the connections open now, by Seen.conn
         started = threading.Event()
 
         def run() -> None:
@@ -128,6 +132,8 @@ class Origin:
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conns.add(writer)
+        conn = next(self._conn_ids)
+        self.open_conns.add(conn)
         try:
             while True:
                 line = await reader.readline()
@@ -156,7 +162,7 @@ class Origin:
                             break
                         body += await reader.readexactly(size)
                         await reader.readline()
-                seen = Seen(method, target, headers, body)
+                seen = Seen(method, target, headers, body, conn)
                 with self._cond:
                     self.seen.append(seen)
                     self._cond.notify_all()
@@ -166,6 +172,7 @@ class Origin:
             return
         finally:
             self._conns.discard(writer)
+            self.open_conns.discard(conn)
             writer.close()
 
     async def _answer(self, req: Seen, hd: dict[str, str], w: asyncio.StreamWriter) -> bool:

@@ -69,6 +69,7 @@ def test_dashboard_queries_name_only_what_edgecore_exposes(edge, uniq):
         "edgecore_upstream_up",
         "edgecore_upstream_duration_seconds_bucket",
         "edgecore_worker_restarts_total",
+        "edgecore_config_reloads_total",
         "edgecore_build_info",
     ):
         assert n in used, n
