@@ -253,6 +253,11 @@ class Config:
     max_connections: int = 0  # client connections per worker (0 = unlimited); beyond it, stop accepting
     access_log: str = "off"  # off | stdout | stderr | a file path (accesslog.py)
     log_format: str = "text"  # process log: text | json
+    # restart and upgrade (README "Upgrading without losing the cache"): the arena's file ("auto" = a file on
+    # /dev/shm named after the listen address when its port is fixed, "none" = an anonymous mapping, as
+    # before), and the control socket of a running edgecore to take the listeners and cache over from
+    cache_file: str = "auto"
+    upgrade_from: str = ""
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
@@ -303,6 +308,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_connections": _parse_int(0, 1_000_000),
     "access_log": lambda v: _parse_access_log(v),
     "log_format": lambda v: _choice(v, ("text", "json")),
+    "cache_file": lambda v: _parse_cache_file(v),
+    "upgrade_from": lambda v: _parse_upgrade_from(v),
 }
 KEYS = tuple(_PARSERS)
 
@@ -320,6 +327,49 @@ def _parse_access_log(v: Any) -> str:
     if not os.path.isdir(folder):
         raise ValueError(f"folder {folder} does not exist")
     return s
+
+
+def _parse_cache_file(v: Any) -> str:
+    """auto | none | a file path in a folder that exists (a tmpfs such as /dev/shm keeps it in memory)."""
+    if v is False:
+        return "none"
+    s = str(v).strip()
+    if s.lower() in ("auto", "none", "off"):
+        return "none" if s.lower() == "off" else s.lower()
+    if not s or v is True:
+        raise ValueError(f"{v!r} is not auto, none or a file path")
+    folder = os.path.dirname(os.path.abspath(s))
+    if not os.path.isdir(folder):
+        raise ValueError(f"folder {folder} does not exist")
+    if os.path.isdir(s):
+        raise ValueError(f"{s} is a folder, not a file")
+    return s
+
+
+def _parse_upgrade_from(v: Any) -> str:
+    """A running edgecore's control socket (its cache file's path + ".ctl"), or "" (none)."""
+    s = str(v).strip()
+    if s and not os.path.exists(s):
+        raise ValueError(f"no control socket at {s} (is the edgecore to upgrade from running?)")
+    return s
+
+
+def cache_file_path(cfg: Config) -> str | None:
+    """The cache file a Config asks for: None for an anonymous mapping ("none", or "auto" with port 0 or
+    without /dev/shm); "auto" is /dev/shm/edgecore-<host>-<port>.cache."""
+    if cfg.cache_file == "none":
+        return None
+    if cfg.cache_file != "auto":
+        return cfg.cache_file
+    host, port = cfg.listen
+    if port == 0 or not os.path.isdir("/dev/shm"):
+        return None
+    return f"/dev/shm/edgecore-{host.replace(':', '_') or 'any'}-{port}.cache"
+
+
+def control_socket_path(cache_file: str) -> str:
+    """Where a running edgecore offers its listeners and cache to its successor (serve --upgrade-from)."""
+    return cache_file + ".ctl"
 
 
 def _choice(v: Any, choices: tuple[str, ...]) -> str:
