@@ -368,6 +368,7 @@ def test_upgrade_refuses_no_connection_and_keeps_the_cache_warm(origin, path, sh
         assert wait_for(lambda: load.ok >= served_at_handoff + 50, 20)
         load.finish()
         assert load.errors == [], (load.errors[:5], load.ok, load.reopened)
+        print(f"upgrade under load: {load.ok} requests ok, 0 errors, {load.reopened} keep-alive reopened")
         assert any("stepping down" in line for line in old.lines)
         assert any("serving in place of pid" in line for line in new.lines)
         # warm: the key stored before is a hit on the new process, the origin not asked again
