@@ -41,7 +41,7 @@ from .cache import Cache, CacheFileInUse, open_cache_file
 from .config import Config, available_cpus, cache_file_path, control_socket_path, fastpath_disabled
 from .flights import LOCK_PREFIX, lock_tag
 from .metrics import C_DRAINING, C_STOPPING, F_PID, F_READY, SharedCounters
-from .upgrade import Handoff, Offer, UpgradeError, take_over
+from .upgrade import Handoff, NobodyThere, Offer, UpgradeError, take_over
 
 log = logging.getLogger("edgecore")
 
@@ -102,7 +102,13 @@ class Supervisor:
         host, port = cfg.listen
         ahost, aport = cfg.admin
         # an upgrade: the running edgecore's very listening sockets, admin socket and cache file
-        self.handoff: Handoff | None = take_over(cfg.upgrade_from) if cfg.upgrade_from else None
+        self.handoff: Handoff | None = None
+        if cfg.upgrade_from:
+            try:
+                self.handoff = take_over(cfg.upgrade_from)
+            except NobodyThere as e:
+                # the edgecore to replace is gone (crashed, killed): this is a plain (re-attaching) start
+                log.warning("upgrade: %s; starting without a handoff", e)
         self.upgraded = False  # set when our successor took over (we step down)
         self.offer: Offer | None = None
         handed: list[socket.socket] = []

@@ -35,6 +35,10 @@ class UpgradeError(Exception):
     pass
 
 
+class NobodyThere(UpgradeError):
+    """The control socket is a leftover: no process listens on it (the edgecore there died)."""
+
+
 def _line(conn: socket.socket, limit: int = 65536) -> bytes:
     buf = b""
     while not buf.endswith(b"\n"):
@@ -79,9 +83,15 @@ def take_over(path: str) -> Handoff:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.settimeout(HANDSHAKE_TIMEOUT)
     try:
-        conn.connect(path)
+        try:
+            conn.connect(path)
+        except ConnectionRefusedError:
+            raise NobodyThere(f"no edgecore answers on {path}")
         conn.sendall(b"UPGRADE %d\n" % os.getpid())
         msg, fds, _flags, _addr = socket.recv_fds(conn, 65536, MAX_FDS)
+    except NobodyThere:
+        conn.close()
+        raise
     except OSError as e:
         conn.close()
         raise UpgradeError(f"cannot take over from {path}: {e.strerror or e}")

@@ -253,8 +253,12 @@ def test_sigkill_then_start_again_reattaches_safely(origin, path, shm_path, uniq
         assert wait_for(lambda: all(_gone(p) for p in pids), 10)
         e.stop()
     before = origin.count(uniq)
-    e = _edge(origin, path, shm_path, workers=2)
+    ctl = control_socket_path(shm_path)
+    assert os.path.exists(ctl)  # left behind by the killed supervisor
+    # the same command as an upgrade: nothing answers on the control socket, so a plain re-attaching start
+    e = _edge(origin, path, shm_path, "--upgrade-from", ctl, workers=2)
     try:
+        assert any("starting without a handoff" in line for line in e.lines), "".join(e.lines[-10:])
         assert any("re-attached" in line for line in e.lines), "".join(e.lines[-10:])
         for i in range(20):
             r = get(e.port, f"{target}&i={i}")
@@ -382,6 +386,29 @@ def test_upgrade_refuses_no_connection_and_keeps_the_cache_warm(origin, path, sh
     finally:
         if load is not None:
             load.finish()
+        old.stop()
+        if new is not None:
+            new.stop()
+
+
+def test_upgrade_to_an_incompatible_config_starts_cold_on_the_same_port(origin, shm_path, uniq):
+    """Another cache_size: the arena cannot be shared, so the successor makes a new file at the same path
+    (the old process keeps its own until it exits) and starts cold, still on the handed-over sockets."""
+    target = f"{uniq}/c?cc=max-age=300"
+    old = _edge(origin, None, shm_path)
+    new: Edge | None = None
+    try:
+        assert "stored" in _hit(old.port, target)
+        ctl = control_socket_path(shm_path)
+        assert wait_for(lambda: os.path.exists(ctl), 10)
+        args = ["--cache-file", shm_path, "--upgrade-from", ctl, "--cache-size", "16MiB"]
+        new = Edge(origin.url, args=args)
+        assert new.port == old.port
+        assert old.proc.wait(30) == 0
+        assert any("starting cold in a new file" in line for line in new.lines), "".join(new.lines[-10:])
+        assert "stored" in _hit(new.port, target)  # cold: fetched again, and stored in the new file
+        assert os.path.getsize(shm_path) == 16 << 20
+    finally:
         old.stop()
         if new is not None:
             new.stop()
