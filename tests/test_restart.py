@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -21,6 +22,7 @@ from client import ROOT, Conn, Edge, get, path_env, wait_for
 from edgecore import cache as cache_mod
 from edgecore.cache import Cache, CacheFileInUse, debug_cache_class, open_cache_file
 from edgecore.config import control_socket_path
+from edgecore.flights import LOCK_PREFIX
 
 CAP = 4 << 20
 MOS = 64 << 10
@@ -266,6 +268,24 @@ def test_sigkill_then_start_again_reattaches_safely(origin, path, shm_path, uniq
         assert origin.count(uniq) == before
         # a fresh key still coalesces and stores (no miss lock of the dead workers stands in the way)
         assert "stored" in _hit(e.port, f"{target}&new=1")
+    finally:
+        e.stop()
+
+
+def test_miss_locks_of_the_previous_process_are_dropped_at_start(origin, shm_path, uniq):
+    """A cross-worker miss lock left in the file by a dead worker (flights.LOCK_PREFIX entries) is purged
+    when the next edgecore re-attaches, rather than left for waiters to find and time out on."""
+    c = open_cache_file(shm_path, 32 << 20, 1 << 20)  # the geometry Edge's edgecore uses (32MiB, 1MiB)
+    try:
+        dead = 2**22 + 12345  # (above the usual pid_max: no such process)
+        assert c.store(LOCK_PREFIX + f"0:3:GET{uniq}".encode(), b"%d" % dead, 1.0, time.time() + 600)
+        assert c.mark_clean()
+    finally:
+        _close(c)
+    e = _edge(origin, None, shm_path, workers=2)
+    try:
+        assert any("re-attached" in line for line in e.lines)
+        assert any("dropped 1 miss lock(s) of the previous process" in line for line in e.lines), e.lines[-5:]
     finally:
         e.stop()
 
