@@ -180,7 +180,13 @@ def open_cache_file(
         raise
     info = c.arena_info or {}
     if info.get("attached"):
-        log.info("cache file %s: re-attached (%d shard(s) recovered)", path, info["wiped_shards"])
+        how = "stopped cleanly" if info["left"] == "clean" else "did not stop cleanly: locks checked"
+        log.info(
+            "cache file %s: re-attached (the previous process %s; %d shard(s) wiped)",
+            path,
+            how,
+            info["wiped_shards"],
+        )
     else:
         log.info("cache file %s: cold start (%s)", path, info["reason"])
     return _tag_file(c, fd, path)

@@ -72,7 +72,7 @@ def test_cache_file_reattaches_after_a_clean_close(shm_path):
     _fill(shm_path)
     c = open_cache_file(shm_path, CAP, MOS)
     try:
-        assert c.arena_info == {"attached": True, "reason": None, "wiped_shards": 0}
+        assert c.arena_info == {"attached": True, "reason": None, "wiped_shards": 0, "left": "clean"}
         assert c.lookup(b"key-7", 2.0) == (b"value-7" * 10, 1.0, 1e12, 0)
         assert c.stats()["items"] == 50
         assert c.arena_state()["state"] == "in-use"
@@ -190,6 +190,7 @@ def test_reattach_after_a_holder_died_inside_a_shard_lock(shm_path):
     c = open_cache_file(shm_path, big, MOS, cls=dbg)
     try:
         assert c.arena_info["attached"] and c.arena_info["wiped_shards"] == 1
+        assert c.arena_info["left"] == "in-use"
         assert c._test_check() == []
         survivors = [k for k in keys if c.shard_of(k) != victim]
         assert survivors and all(c.lookup(k, 2.0) is not None for k in survivors)
@@ -221,7 +222,7 @@ def test_restart_reattaches_the_cache(origin, path, shm_path, uniq):
     assert any("closed clean" in line for line in e.lines)
     e = _edge(origin, path, shm_path)
     try:
-        assert any("re-attached" in line for line in e.lines)
+        assert any("re-attached (the previous process stopped cleanly" in line for line in e.lines)
         r = get(e.port, target)
         assert r.status == 200 and r.cache_status.startswith("edgecore; hit"), r.cache_status
         assert r.header("age") is not None
@@ -261,7 +262,7 @@ def test_sigkill_then_start_again_reattaches_safely(origin, path, shm_path, uniq
     e = _edge(origin, path, shm_path, "--upgrade-from", ctl, workers=2)
     try:
         assert any("starting without a handoff" in line for line in e.lines), "".join(e.lines[-10:])
-        assert any("re-attached" in line for line in e.lines), "".join(e.lines[-10:])
+        assert any("re-attached (the previous process did not stop cleanly" in line for line in e.lines)
         for i in range(20):
             r = get(e.port, f"{target}&i={i}")
             assert r.status == 200 and r.cache_status.startswith("edgecore; hit"), r.cache_status

@@ -33,7 +33,7 @@ cdef class SlabCache:
             # a named arena (arena.pxi): ARENA_HDR_BYTES of its header, then the mapping, within capacity_bytes
             sizes = layout_plan_for(&p, capacity_bytes - ARENA_HDR_BYTES, max_object_size, shards,
                                     avg_object_size, growth)
-            addr, attached, why, wiped = arena_open(fd, &p, sizes, capacity_bytes, shards, growth,
+            addr, attached, why, wiped, left = arena_open(fd, &p, sizes, capacity_bytes, shards, growth,
                                                     <uint64_t>compat, exclusive, fresh)
             self.map_base = <char*><size_t>addr
             self.map_size = ARENA_HDR_BYTES + p.cap
@@ -41,7 +41,7 @@ cdef class SlabCache:
             self.size = p.cap
             self.owner_pid = getpid()
             self.h = <header_t*>self.base
-            self.arena_info = {"attached": attached, "reason": why, "wiped_shards": wiped}
+            self.arena_info = {"attached": attached, "reason": why, "wiped_shards": wiped, "left": left}
             return
         sizes = layout_plan_for(&p, capacity_bytes, max_object_size, shards, avg_object_size, growth)
         m = mmap(NULL, p.cap, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)

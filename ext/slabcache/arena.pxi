@@ -200,7 +200,8 @@ cdef char* arena_map_fd(int fd, size_t size) noexcept:
 
 cdef tuple arena_open(int fd, const layout_plan *p, list sizes, capacity_bytes, shards, growth,
                       uint64_t compat, bint exclusive, bint fresh):
-    """Map cache file fd: (map base, attached, why it was not attached (or None), shards wiped).
+    """Map cache file fd: (map base, attached, why it was not attached (or None), shards wiped, how the
+    previous process left it: "clean", "in-use" (it died, or still runs: an upgrade) or None when cold).
     The slab mapping starts ARENA_HDR_BYTES into the file. Raises MemoryError/CacheError when the file
     cannot be sized, allocated or mapped, or the fresh layout cannot be written."""
     cdef size_t size = ARENA_HDR_BYTES + p.cap
@@ -230,12 +231,13 @@ cdef tuple arena_open(int fd, const layout_plan *p, list sizes, capacity_bytes, 
             if why is not None:
                 why = "structure check failed: " + why
         if why is None:
+            left = "clean" if a.state == ARENA_CLEAN else "in-use"
             if exclusive:
                 wiped = arena_recover(<header_t*>(m + ARENA_HDR_BYTES))
             a.state = ARENA_IN_USE
             a.owner_pid = getpid()
             a.attaches += 1
-            return (<size_t>m, True, None, wiped)
+            return (<size_t>m, True, None, wiped, left)
         munmap(m, size)
         m = NULL
     if not exclusive:
@@ -260,4 +262,4 @@ cdef tuple arena_open(int fd, const layout_plan *p, list sizes, capacity_bytes, 
     a.created_at = sc_now()
     a.owner_pid = getpid()
     a.state = ARENA_IN_USE      # written last: a file half-initialised by a dead process fails the checksum
-    return (<size_t>m, False, why, 0)
+    return (<size_t>m, False, why, 0, None)
