@@ -412,6 +412,34 @@ def test_upgrade_refuses_no_connection_and_keeps_the_cache_warm(origin, path, sh
             new.stop()
 
 
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 3)])
+def test_upgrade_to_another_worker_count_serves_every_socket(origin, shm_path, uniq, before, after):
+    """Fewer workers than handed sockets: each new worker accepts on several (none is left without an
+    acceptor, where connections would wait for ever); more: new sockets join the port beside the handed."""
+    target = f"{uniq}/w?cc=max-age=300"
+    old = _edge(origin, None, shm_path, workers=before)
+    new: Edge | None = None
+    load: Load | None = None
+    try:
+        assert "stored" in _hit(old.port, target)
+        ctl = control_socket_path(shm_path)
+        assert wait_for(lambda: os.path.exists(ctl), 10)
+        load = Load(old.port, target)
+        new = Edge(origin.url, args=["--cache-file", shm_path, "--upgrade-from", ctl], workers=after)
+        assert old.proc.wait(30) == 0
+        served = load.ok
+        assert wait_for(lambda: load.ok >= served + 200, 30)  # fresh connections hash over every socket
+        load.finish()
+        assert load.errors == [], load.errors[:5]
+        assert len(new.worker_pids()) == after + 1
+    finally:
+        if load is not None:
+            load.finish()
+        old.stop()
+        if new is not None:
+            new.stop()
+
+
 def test_upgrade_to_an_incompatible_config_starts_cold_on_the_same_port(origin, shm_path, uniq):
     """Another cache_size: the arena cannot be shared, so the successor makes a new file at the same path
     (the old process keeps its own until it exits) and starts cold, still on the handed-over sockets."""
