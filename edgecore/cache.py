@@ -21,7 +21,8 @@ Their precise signatures are in edgecore/_slabcache.pyi, which mypy checks calle
 
 The arena can live in a named file (config `cache_file`, usually on /dev/shm): open_cache_file() opens it,
 takes its flock (one edgecore per file: a second one gets CacheFileInUse, naming the file) and re-attaches to
-the cache a previous edgecore left when everything its header records matches this build and this config
+the cache a previous edgecore left (the file: a 4 KiB header, then the same mapping an anonymous cache of
+the same arguments has) when everything its header records matches this build and this config
 (ext/slabcache/arena.pxi checks magic, layout version, struct sizes, size, arguments, class table, hash seed
 and ARENA_FORMAT, the facts about stored values that live in Python: entry.py's format), else starts cold. An
 upgrade hands the running file's descriptor over (the same open file, so the same flock): it is attached

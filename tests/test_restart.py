@@ -78,7 +78,7 @@ def test_cache_file_reattaches_after_a_clean_close(shm_path):
         assert c.arena_state()["state"] == "in-use"
     finally:
         _close(c)
-    assert os.path.getsize(shm_path) == CAP  # the header lives inside cache_size
+    assert os.path.getsize(shm_path) == CAP + ARENA_HDR_BYTES  # the mapping, after its header
 
 
 # Each row: how the file left behind is spoiled, and the reason the next start gives for going cold.
@@ -120,7 +120,7 @@ def test_incompatible_or_corrupt_file_starts_cold(shm_path, what, spoil, size, r
         assert c.store(b"new", b"v", 1.0, 1e12) and c.lookup(b"new", 2.0) is not None
     finally:
         _close(c)
-    assert os.path.getsize(shm_path) == size
+    assert os.path.getsize(shm_path) == size + ARENA_HDR_BYTES
     # and the fresh file is itself re-attachable
     c = open_cache_file(shm_path, size, MOS)
     try:
@@ -203,8 +203,12 @@ def test_reattach_after_a_holder_died_inside_a_shard_lock(shm_path):
 # ---------------------------------------------------------------------------------------- real processes
 
 
+# small caches: a container's /dev/shm is often 64 MiB, and an upgrade test holds two files at once
+SMALL = ["--cache-size", "8MiB"]
+
+
 def _edge(origin, path, cache_file, *args: str, workers: int = 1) -> Edge:
-    return Edge(origin.url, args=["--cache-file", cache_file, *args], workers=workers, path=path)
+    return Edge(origin.url, args=["--cache-file", cache_file, *SMALL, *args], workers=workers, path=path)
 
 
 def _hit(port: int, target: str) -> str:
@@ -276,7 +280,7 @@ def test_sigkill_then_start_again_reattaches_safely(origin, path, shm_path, uniq
 def test_miss_locks_of_the_previous_process_are_dropped_at_start(origin, shm_path, uniq):
     """A cross-worker miss lock left in the file by a dead worker (flights.LOCK_PREFIX entries) is purged
     when the next edgecore re-attaches, rather than left for waiters to find and time out on."""
-    c = open_cache_file(shm_path, 32 << 20, 1 << 20)  # the geometry Edge's edgecore uses (32MiB, 1MiB)
+    c = open_cache_file(shm_path, 8 << 20, 1 << 20)  # the geometry _edge's edgecore uses (8MiB, 1MiB)
     try:
         dead = 2**22 + 12345  # (above the usual pid_max: no such process)
         assert c.store(LOCK_PREFIX + f"0:3:GET{uniq}".encode(), b"%d" % dead, 1.0, time.time() + 600)
@@ -386,7 +390,9 @@ def test_upgrade_refuses_no_connection_and_keeps_the_cache_warm(origin, path, sh
         assert wait_for(lambda: os.path.exists(ctl), 10)
         load = Load(old.port, target)
         assert wait_for(lambda: load.ok >= 20, 20)
-        new = Edge(origin.url, args=["--cache-file", shm_path, "--upgrade-from", ctl], workers=2, path=path)
+        new = Edge(
+            origin.url, args=["--cache-file", shm_path, "--upgrade-from", ctl, *SMALL], workers=2, path=path
+        )
         assert (new.port, new.admin_port) == (old.port, old.admin_port)
         assert old.proc.wait(30) == 0  # the old one stepped down and drained
         served_at_handoff = load.ok
@@ -425,7 +431,7 @@ def test_upgrade_to_another_worker_count_serves_every_socket(origin, shm_path, u
         ctl = control_socket_path(shm_path)
         assert wait_for(lambda: os.path.exists(ctl), 10)
         load = Load(old.port, target)
-        new = Edge(origin.url, args=["--cache-file", shm_path, "--upgrade-from", ctl], workers=after)
+        new = Edge(origin.url, args=["--cache-file", shm_path, "--upgrade-from", ctl, *SMALL], workers=after)
         assert old.proc.wait(30) == 0
         served = load.ok
         assert wait_for(lambda: load.ok >= served + 200, 30)  # fresh connections hash over every socket
@@ -456,7 +462,7 @@ def test_upgrade_to_an_incompatible_config_starts_cold_on_the_same_port(origin, 
         assert old.proc.wait(30) == 0
         assert any("starting cold in a new file" in line for line in new.lines), "".join(new.lines[-10:])
         assert "stored" in _hit(new.port, target)  # cold: fetched again, and stored in the new file
-        assert os.path.getsize(shm_path) == 16 << 20
+        assert os.path.getsize(shm_path) == (16 << 20) + ARENA_HDR_BYTES  # (the old 8MiB one: unlinked)
     finally:
         old.stop()
         if new is not None:

@@ -30,9 +30,9 @@ cdef class SlabCache:
         self.map_base = NULL
         self.arena_info = None
         if fd >= 0:
-            # a named arena (arena.pxi): ARENA_HDR_BYTES of its header, then the mapping, within capacity_bytes
-            sizes = layout_plan_for(&p, capacity_bytes - ARENA_HDR_BYTES, max_object_size, shards,
-                                    avg_object_size, growth)
+            # a named arena (arena.pxi): ARENA_HDR_BYTES of its header, then the very mapping an anonymous
+            # cache of these arguments would have (the same geometry)
+            sizes = layout_plan_for(&p, capacity_bytes, max_object_size, shards, avg_object_size, growth)
             addr, attached, why, wiped, left = arena_open(fd, &p, sizes, capacity_bytes, shards, growth,
                                                     <uint64_t>compat, exclusive, fresh)
             self.map_base = <char*><size_t>addr

@@ -1,6 +1,7 @@
 # slabcache/arena.pxi -- the arena in a named (shared-memory) file: its header, and attaching to it again.
 #
-# Owns: arena_hdr (the first ARENA_HDR_BYTES of a cache file, before the mapping layout.pxi describes),
+# Owns: arena_hdr (the first ARENA_HDR_BYTES of a cache file, before the mapping layout.pxi describes: the
+# same one an anonymous cache of the same arguments has, so the file is cache_size + 4 KiB),
 # arena_open (map a file: re-attach when every fact matches and the structure checks out, else start cold),
 # arena_recover (make a re-attached mapping safe to use after its previous users died).
 # Invariants:
