@@ -265,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.edgecore_cmd:
             args += ["--edgecore-cmd", a.edgecore_cmd]
         return outage.main(args)
+    if names == ["upgrade"]:  # its own instrument (bench/upgrade.py): edgecore replaced mid-run
+        from . import upgrade
+
+        args = ["--connections", str(min(a.connections, 32)), "--workers", str(a.workers)]
+        if a.edgecore_cmd:
+            args += ["--edgecore-cmd", a.edgecore_cmd]
+        return upgrade.main(args)
     unknown = [n for n in names if n not in runner.SCENARIOS]
     keys = [k for k in a.systems.split(",") if k]
     bad_sys = [k for k in keys if k not in SYSTEM_KEYS]

@@ -155,7 +155,7 @@ class Supervisor:
                 start_new_session=True,
                 # a benchmarked edgecore stops at once on SIGTERM (no load balancer to drain; older builds
                 # ignore the variable)
-                env={**os.environ, "EDGECORE_DRAIN_DELAY": "0"},
+                env={**os.environ, "EDGECORE_DRAIN_DELAY": "0", "EDGECORE_CACHE_FILE": "none"},
             )
         proc = Proc(name, p, log_path)
         self.procs.append(proc)

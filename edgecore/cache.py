@@ -19,27 +19,66 @@ The extension's methods, as the proxy calls them:
     stats() -> dict;  layout() -> dict;  shard_of(key: bytes) -> int;  close() -> None
 Their precise signatures are in edgecore/_slabcache.pyi, which mypy checks callers against.
 
+The arena can live in a named file (config `cache_file`, usually on /dev/shm): open_cache_file() opens it,
+takes its flock (one edgecore per file: a second one gets CacheFileInUse, naming the file) and re-attaches to
+the cache a previous edgecore left (the file: a 4 KiB header, then the same mapping an anonymous cache of
+the same arguments has) when everything its header records matches this build and this config
+(ext/slabcache/arena.pxi checks magic, layout version, struct sizes, size, arguments, class table, hash seed
+and ARENA_FORMAT, the facts about stored values that live in Python: entry.py's format), else starts cold. An
+upgrade hands the running file's descriptor over (the same open file, so the same flock): it is attached
+shared, or, when incompatible, replaced by a new file at the same path (the old process keeps its inode).
+
 Tests that need the extension's `_test_*` hooks use `debug_cache_class()`: the same Cache on
 edgecore._slabcache_debug, built from the same source plus the hooks; production never imports it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
+import os
 from typing import TYPE_CHECKING, Any, Self, cast
 
 import mmh3
 
 from edgecore._slabcache import SlabCache
+from edgecore.errors import CacheError
+
+from . import entry
 
 if TYPE_CHECKING:
     from edgecore._slabcache_debug import DebugSlabCache
 
-__all__ = ["Cache", "DEFAULT_MAX_OBJECT_SIZE", "MAX_TAGS", "debug_cache_class"]
+__all__ = [
+    "ARENA_FORMAT",
+    "Cache",
+    "CacheFileInUse",
+    "DEFAULT_MAX_OBJECT_SIZE",
+    "MAX_TAGS",
+    "debug_cache_class",
+    "open_cache_file",
+]
+
+log = logging.getLogger("edgecore")
 
 # Facts the extension also knows (ext/slabcache.pxd, SlabCache.__cinit__'s defaults);
 # tests/test_cache.py::test_python_facts_match_the_extension fails if they ever differ.
 DEFAULT_MAX_OBJECT_SIZE = 1 << 20
 MAX_TAGS = 8
+
+# What a stored value means, beyond the slab layout (which the extension checks itself): a cache file written
+# under other facts is never re-attached. Change entry.VERSION (or anything named here) and files start cold.
+ARENA_FORMAT = (
+    f"entry={entry.VERSION};meta={entry.META.format};flags={entry.FLAG_PLAIN},{entry.FLAG_VARY},"
+    f"{entry.FLAG_RESPONSE};eflags={entry.E_MUST_REVALIDATE},{entry.E_NO_CACHE};tag=mmh3x64-0"
+)
+
+
+def arena_compat(fmt: str | None = None) -> int:
+    """The 64-bit id of a format description (default ARENA_FORMAT), recorded in a cache file's header."""
+    return int(mmh3.hash64((ARENA_FORMAT if fmt is None else fmt).encode(), 0, signed=False)[0])
+
 
 if TYPE_CHECKING:
     _FaceBase = SlabCache
@@ -51,6 +90,9 @@ class _CacheFace(_FaceBase):
     """What Cache adds to the extension type (a mixin at run time, typed against SlabCache), shared by
     Cache and the debug-backed DebugCache so the two cannot drift apart."""
 
+    file_fd: int = -1  # a cache file's descriptor (open_cache_file), -1 for an anonymous mapping
+    file_path: str | None = None
+
     def __init__(
         self,
         capacity_bytes: int,
@@ -58,6 +100,10 @@ class _CacheFace(_FaceBase):
         shards: int = 0,
         avg_object_size: int = 1024,
         growth: float = 1.0625,
+        fd: int = -1,
+        compat: int = 0,
+        exclusive: bool = True,
+        fresh: bool = False,
     ) -> None:
         # all the work happens in SlabCache.__cinit__, which receives the same arguments
         super().__init__()
@@ -84,6 +130,73 @@ class Cache(_CacheFace, SlabCache):
     the index is chained through the slot headers, so it never limits how many objects fit (objects much
     smaller than the hint only make its chains longer).
     """
+
+
+class CacheFileInUse(Exception):
+    """Another running edgecore holds the cache file (its flock)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"cache_file {path} is in use by another running edgecore (take it over with "
+            "`serve --upgrade-from`, or give this one another cache_file)"
+        )
+        self.path = path
+
+
+def open_cache_file(
+    path: str,
+    capacity_bytes: int,
+    max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
+    *,
+    handed_fd: int | None = None,
+    cls: type[Cache] | None = None,
+) -> Cache:
+    """The cache in file `path`: re-attached when compatible, else cold (the reason logged). Without
+    handed_fd, the file is opened (created 0600 if missing) and flocked: CacheFileInUse when another process
+    holds it. With handed_fd (an upgrade: the running edgecore's own descriptor of the file), the arena is
+    shared with it; when incompatible, a new file replaces path (unlinked first: the old process keeps its
+    mapping) and starts cold. The descriptor stays open (the flock lives with it; forked workers share it);
+    the Cache carries it as .file_fd, the path as .file_path. MemoryError when it cannot be allocated."""
+    make = cls or Cache
+    compat = arena_compat()
+    if handed_fd is not None:
+        try:
+            c = make(capacity_bytes, max_object_size, fd=handed_fd, compat=compat, exclusive=False)
+        except CacheError as e:
+            log.warning("cache file %s: %s; starting cold in a new file", path, e)
+            os.close(handed_fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        else:
+            return _tag_file(c, handed_fd, path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheFileInUse(path)
+        c = make(capacity_bytes, max_object_size, fd=fd, compat=compat, exclusive=True)
+    except BaseException:
+        os.close(fd)
+        raise
+    info = c.arena_info or {}
+    if info.get("attached"):
+        how = "stopped cleanly" if info["left"] == "clean" else "did not stop cleanly: locks checked"
+        log.info(
+            "cache file %s: re-attached (the previous process %s; %d shard(s) wiped)",
+            path,
+            how,
+            info["wiped_shards"],
+        )
+    else:
+        log.info("cache file %s: cold start (%s)", path, info["reason"])
+    return _tag_file(c, fd, path)
+
+
+def _tag_file(c: Cache, fd: int, path: str) -> Cache:
+    c.file_fd = fd
+    c.file_path = path
+    return c
 
 
 _DEBUG_DOC = "Cache on edgecore._slabcache_debug: the same cache plus the `_test_*` hooks (tests only)."

@@ -41,6 +41,16 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
         "--drain-delay", metavar="SECONDS", help="SIGTERM: seconds of readiness 503 while still accepting"
     )
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
+    p.add_argument(
+        "--cache-file",
+        metavar="PATH",
+        help="the cache's shared-memory file, kept across restarts: auto (default), none, or a path",
+    )
+    p.add_argument(
+        "--upgrade-from",
+        metavar="PATH",
+        help="take over the listeners and cache of the edgecore with this control socket (CACHE_FILE.ctl)",
+    )
 
 
 def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
@@ -56,6 +66,8 @@ def _cli_values(a: argparse.Namespace) -> dict[str, Any]:
         "grace_period",
         "drain_delay",
         "log_level",
+        "cache_file",
+        "upgrade_from",
     ):
         v = getattr(a, k, None)
         if v is not None:

@@ -377,6 +377,11 @@ class Config:
     access_log: str = "off"  # off | stdout | stderr | a file path (accesslog.py)
     log_format: str = "text"  # process log: text | json
     routes: tuple[RouteConfig, ...] = ()  # [[routes]] tables, first match wins (routes.py)
+    # restart and upgrade (README "Upgrading without losing the cache"): the arena's file ("auto" = a file on
+    # /dev/shm named after the listen address when its port is fixed, "none" = an anonymous mapping, as
+    # before), and the control socket of a running edgecore to take the listeners and cache over from
+    cache_file: str = "auto"
+    upgrade_from: str = ""
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
@@ -428,6 +433,8 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "access_log": lambda v: _parse_access_log(v),
     "log_format": lambda v: _choice(v, ("text", "json")),
     "routes": lambda v: _parse_route_tables(v),
+    "cache_file": lambda v: _parse_cache_file(v),
+    "upgrade_from": lambda v: _parse_upgrade_from(v),
 }
 KEYS = tuple(_PARSERS)
 
@@ -445,6 +452,49 @@ def _parse_access_log(v: Any) -> str:
     if not os.path.isdir(folder):
         raise ValueError(f"folder {folder} does not exist")
     return s
+
+
+def _parse_cache_file(v: Any) -> str:
+    """auto | none | a file path in a folder that exists (a tmpfs such as /dev/shm keeps it in memory)."""
+    if v is False:
+        return "none"
+    s = str(v).strip()
+    if s.lower() in ("auto", "none", "off"):
+        return "none" if s.lower() == "off" else s.lower()
+    if not s or v is True:
+        raise ValueError(f"{v!r} is not auto, none or a file path")
+    folder = os.path.dirname(os.path.abspath(s))
+    if not os.path.isdir(folder):
+        raise ValueError(f"folder {folder} does not exist")
+    if os.path.isdir(s):
+        raise ValueError(f"{s} is a folder, not a file")
+    return s
+
+
+def _parse_upgrade_from(v: Any) -> str:
+    """A running edgecore's control socket (its cache file's path + ".ctl"), or "" (none)."""
+    s = str(v).strip()
+    if s and not os.path.exists(s):
+        raise ValueError(f"no control socket at {s} (is the edgecore to upgrade from running?)")
+    return s
+
+
+def cache_file_path(cfg: Config) -> str | None:
+    """The cache file a Config asks for: None for an anonymous mapping ("none", or "auto" with port 0 or
+    without /dev/shm); "auto" is /dev/shm/edgecore-<host>-<port>.cache."""
+    if cfg.cache_file == "none":
+        return None
+    if cfg.cache_file != "auto":
+        return cfg.cache_file
+    host, port = cfg.listen
+    if port == 0 or not os.path.isdir("/dev/shm"):
+        return None
+    return f"/dev/shm/edgecore-{host.replace(':', '_') or 'any'}-{port}.cache"
+
+
+def control_socket_path(cache_file: str) -> str:
+    """Where a running edgecore offers its listeners and cache to its successor (serve --upgrade-from)."""
+    return cache_file + ".ctl"
 
 
 def _choice(v: Any, choices: tuple[str, ...]) -> str:
@@ -566,7 +616,7 @@ def load(
 # keys a running edgecore cannot change: its sockets, its processes and its shared memory are made once,
 # before the fork (a reload reports them and keeps their running values; a restart applies them);
 # max_object_size too: the slab cache's size classes are cut for it when the arena is made
-RESTART_KEYS = ("listen", "admin", "workers", "cache_size", "max_object_size")
+RESTART_KEYS = ("listen", "admin", "workers", "cache_size", "max_object_size", "cache_file", "upgrade_from")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,16 @@
 """Process model: the supervisor, its worker processes and the admin process.
 
-Owns: sockets (one SO_REUSEPORT listener per worker on the same port), fork, signals, restarts and graceful
-shutdown. The supervisor creates the shared cache and counters *before* forking, so every child maps the
-same memory; it runs no event loop itself (so every fork starts from a clean process), sweeps the cache
-every 100 ms, reaps and replaces dead children (releasing at once the miss locks a dead worker held:
-flights.lock_tag), and on SIGTERM/SIGINT turns readiness off at once, lets the workers keep accepting for
-drain_delay seconds (a second signal cuts it short), then asks them to stop accepting and finish in-flight
-requests within the grace period, and exits 0.
+Owns: sockets (one SO_REUSEPORT listening socket per worker slot on the same port, created by the supervisor
+and inherited by the worker, so a restarted worker finds its accept queue intact and an upgrade can hand them
+on), fork, signals, restarts, graceful shutdown and the upgrade handoff (upgrade.py: the supervisor offers its
+listening sockets and cache file on a control socket beside the cache file; `serve --upgrade-from` takes
+them, starts its workers on the same sockets, and only then does the old one stop accepting and drain).
+The supervisor creates the shared cache and counters *before* forking, so every child maps the same memory;
+it runs no event loop itself (so every fork starts from a clean process), sweeps the cache every 100 ms,
+reaps and replaces dead children (releasing at once the miss locks a dead worker held: flights.lock_tag),
+and on SIGTERM/SIGINT turns readiness off at once, lets the workers keep accepting for drain_delay seconds
+(a second signal cuts it short), then asks them to stop accepting and finish in-flight requests within the
+grace period, and exits 0.
 Reload (SIGHUP, and POST /reload relayed by the admin process over the control channel, control.py): the
 supervisor is the one place a reload happens. It loads the config with the loader serve was given (file,
 environment, the original command line), refuses an invalid one whole (one log line per problem, counted),
@@ -17,6 +21,9 @@ Before binding, the listen and admin addresses are probed with a plain bind (SO_
 a port another process holds, another edgecore included, fails the probe and serve exits 2 naming the
 address (AddressInUse), instead of silently sharing it through SO_REUSEPORT. A probe rather than a lock file:
 it catches every kind of holder, not only edgecores that agree on a lock path.
+The cache lives in cache_file when there is one (cache.open_cache_file: re-attached when compatible, else
+cold; one edgecore per file, a second gets exit 2 naming it); after a re-attach the miss locks of the dead
+process's workers are dropped (flights.LOCK_PREFIX); a clean stop marks the file clean.
 Invariants: a worker never outlives a stopped supervisor by more than the grace period (it also exits when
 its parent disappears); a crash-looping worker is restarted with backoff, never in a tight loop.
 """
@@ -38,10 +45,17 @@ from typing import Any
 
 from . import control
 from .accesslog import apply_process_log, set_process_format
-from .cache import Cache
-from .config import Config, available_cpus, fastpath_disabled, reload_diff
+from .cache import Cache, CacheFileInUse, open_cache_file
+from .config import (
+    Config,
+    available_cpus,
+    cache_file_path,
+    control_socket_path,
+    fastpath_disabled,
+    reload_diff,
+)
 from .errors import ConfigErrors
-from .flights import lock_tag
+from .flights import LOCK_PREFIX, lock_tag
 from .metrics import (
     C_DRAINING,
     C_GENERATION,
@@ -54,12 +68,14 @@ from .metrics import (
     MIN_UPSTREAM_BLOCKS,
     SharedCounters,
 )
+from .upgrade import Handoff, NobodyThere, Offer, UpgradeError, take_over
 
 log = logging.getLogger("edgecore")
 
 SWEEP_INTERVAL = 0.1
 SWEEP_BUDGET = 4096
 RELOAD_ACK_TIMEOUT = 10.0  # seconds the supervisor waits for every child to apply a reload
+DRAIN_QUIET = 0.5  # draining: an idle connection is closed once it has been quiet this long (seconds)
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -98,13 +114,52 @@ def bind_socket(host: str, port: int, reuseport: bool, listen: bool) -> socket.s
     return sock
 
 
+class CacheFileError(Exception):
+    """cache_file cannot be used (exit 2, naming the key)."""
+
+
+def _same_address(want: tuple[str, int], have: Any) -> bool:
+    """The address a handed-over socket listens on serves the configured one (port 0: whichever it has)."""
+    return bool(have) and want[0] == have[0] and want[1] in (0, have[1])
+
+
 class Supervisor:
     def __init__(self, cfg: Config, loader: Callable[[], Config] | None = None) -> None:
         self.cfg = cfg
         self.loader = loader  # loads and validates the config as serve did (a reload); None: no reloads
         self.generation = 0  # of the config running: +1 per applied reload
         self.nworkers = cfg.workers or available_cpus()
-        self.cache = Cache(cfg.cache_size, cfg.max_object_size)
+        host, port = cfg.listen
+        ahost, aport = cfg.admin
+        # an upgrade: the running edgecore's very listening sockets, admin socket and cache file
+        self.handoff: Handoff | None = None
+        if cfg.upgrade_from:
+            try:
+                self.handoff = take_over(cfg.upgrade_from)
+            except NobodyThere as e:
+                # the edgecore to replace is gone (crashed, killed): this is a plain (re-attaching) start
+                log.warning("upgrade: %s; starting without a handoff", e)
+        self.upgraded = False  # set when our successor took over (we step down)
+        self.offer: Offer | None = None
+        handed: list[socket.socket] = []
+        handed_admin: socket.socket | None = None
+        if self.handoff is not None:
+            info = self.handoff.info
+            if _same_address(cfg.listen, info.get("listen")):
+                handed = self.handoff.listen_socks
+                port = handed[0].getsockname()[1] if handed else port
+            else:
+                for sk in self.handoff.listen_socks:
+                    sk.close()
+            if _same_address(cfg.admin, info.get("admin")):
+                handed_admin = self.handoff.admin_sock
+            elif self.handoff.admin_sock is not None:
+                self.handoff.admin_sock.close()
+        if not handed:
+            probe_free("listen", host, port)
+        if handed_admin is None:
+            probe_free("admin", ahost, aport)
+        self.cache = self._open_cache()
         # with one health block per upstream: the admin process's checks write it, the workers read it; a
         # fixed number of them, assigned by upstream, so that a reload may change the upstream list
         self.counters = SharedCounters(
@@ -112,15 +167,15 @@ class Supervisor:
         )
         self.counters.assign_blocks([u.authority for u in cfg.upstream])
         self.admin_slot = self.nworkers
-        host, port = cfg.listen
-        ahost, aport = cfg.admin
-        probe_free("listen", host, port)
-        probe_free("admin", ahost, aport)
-        # Resolves port 0 and reserves the port; never listens, so the kernel hands connections only to
-        # the workers' SO_REUSEPORT listeners.
+        # Resolves port 0 and reserves the port; never listens.
         self.placeholder = bind_socket(host, port, reuseport=True, listen=False)
         self.port = self.placeholder.getsockname()[1]
-        self.admin_sock = bind_socket(ahost, aport, reuseport=False, listen=True)
+        # one listening socket per worker slot (more when an upgrade handed over more: each is some worker's)
+        self.listen_socks = handed + [
+            bind_socket(host, self.port, reuseport=True, listen=True)
+            for _ in range(self.nworkers - len(handed))
+        ]
+        self.admin_sock = handed_admin or bind_socket(ahost, aport, reuseport=False, listen=True)
         self.admin_port = self.admin_sock.getsockname()[1]
         self.children: dict[int, int] = {}  # pid -> slot
         self.restarts: dict[int, list[float]] = {}  # slot -> recent start times
@@ -137,6 +192,53 @@ class Supervisor:
         self._out: dict[int, bytearray] = {}  # pid -> message bytes not yet written
         self._reload_requests: list[tuple[int, int] | None] = []  # (admin pid, request id) or None: SIGHUP
         self._acks: dict[int, tuple[bytes, int]] = {}  # pid -> its last (ack kind, generation)
+
+    def _open_cache(self) -> Cache:
+        cfg = self.cfg
+        path = cache_file_path(cfg)
+        handed_fd: int | None = None
+        if self.handoff is not None and self.handoff.cache_fd >= 0:
+            if path is not None and self.handoff.info.get("cache_file") == path:
+                handed_fd = self.handoff.cache_fd
+            else:
+                os.close(self.handoff.cache_fd)
+        if path is None:
+            return Cache(cfg.cache_size, cfg.max_object_size)
+        try:
+            cache = open_cache_file(path, cfg.cache_size, cfg.max_object_size, handed_fd=handed_fd)
+        except MemoryError as e:
+            if cfg.cache_file != "auto":
+                raise CacheFileError(f"cache_file: {path}: {e}")
+            log.warning(
+                "cache file %s: %s; using an anonymous mapping (the cache will not survive a restart)",
+                path,
+                e,
+            )
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return Cache(cfg.cache_size, cfg.max_object_size)
+        except OSError as e:
+            raise CacheFileError(f"cache_file: {path}: {e.strerror or e}")
+        if handed_fd is None and cache.arena_info is not None and cache.arena_info["attached"]:
+            # the workers of the process that left it are gone: so are the misses they led
+            cleared = cache.purge_prefix(LOCK_PREFIX)
+            if cleared:
+                log.info("cache file %s: dropped %d miss lock(s) of the previous process", path, cleared)
+        return cache
+
+    def _slot_socks(self, slot: int) -> list[socket.socket]:
+        return [sk for i, sk in enumerate(self.listen_socks) if i % self.nworkers == slot]
+
+    def _offer_info(self) -> tuple[dict[str, Any], list[int]]:
+        info = {
+            "pid": os.getpid(),
+            "listen": [self.cfg.listen[0], self.port],
+            "admin": [self.cfg.admin[0], self.admin_port],
+            "nlisten": len(self.listen_socks),
+            "cache_file": self.cache.file_path,
+        }
+        fds = [sk.fileno() for sk in self.listen_socks] + [self.admin_sock.fileno(), self.cache.file_fd]
+        return info, fds
 
     # ------------------------------------------------------------------ children
     def _fork(self, slot: int) -> None:
@@ -161,6 +263,10 @@ class Supervisor:
                 self.placeholder.close()
                 # a child forked after a reload starts with the config running now (self.cfg)
                 chan = (msg_r, self._ctl_w, self.generation)
+                if self.offer is not None:
+                    self.offer.sock.close()
+                    if self.offer.successor is not None:
+                        self.offer.successor.close()
                 if slot == self.admin_slot:
                     from .admin import run_admin
 
@@ -169,7 +275,15 @@ class Supervisor:
                     )
                 else:
                     self.admin_sock.close()
-                    code = run_worker(self.cfg, self.cache, self.counters, slot, self.port, chan)
+                    code = run_worker(
+                        self.cfg,
+                        self.cache,
+                        self.counters,
+                        slot,
+                        self.port,
+                        chan,
+                        socks=self._slot_socks(slot),
+                    )
             except BaseException:
                 log.exception("process in slot %d failed", slot)
             finally:
@@ -241,8 +355,10 @@ class Supervisor:
         announced = False
         deadline = time.monotonic() + 30.0
         while not self.stopping:
+            watch: list[Any] = [self._wake_r, *(self.offer.fds() if self.offer is not None else [])]
             with contextlib.suppress(InterruptedError):
-                select.select([self._wake_r, self._ctl_r], self._pending_fds(), [], SWEEP_INTERVAL)
+                readable, _, _ = select.select([*watch, self._ctl_r], self._pending_fds(), [], SWEEP_INTERVAL)
+                self._on_control(readable)
             with contextlib.suppress(OSError):
                 os.read(self._wake_r, 4096)
             self._reap()
@@ -257,6 +373,7 @@ class Supervisor:
                 self.counters.ready_workers() >= self.nworkers or time.monotonic() > deadline
             ):
                 announced = True
+                self._serving()
                 h, _ = self.cfg.listen
                 ah, _ = self.cfg.admin
                 # one line, parsed by tests and scripts: keep its shape
@@ -399,10 +516,48 @@ class Supervisor:
             elif kind in (control.ACK_OK, control.ACK_FAILED):
                 self._acks[pid] = (kind, value)
 
+    def _serving(self) -> None:
+        """Every worker listens: an upgrade is complete (the old process steps down), and we offer ours."""
+        if self.handoff is not None:
+            ok = self.handoff.complete()
+            log.info(
+                "upgrade: serving in place of pid %s%s",
+                self.handoff.info.get("pid"),
+                "" if ok else " (unconfirmed)",
+            )
+            self.handoff = None
+        if self.cache.file_path is not None:
+            try:
+                self.offer = Offer(control_socket_path(self.cache.file_path))
+            except OSError as e:
+                log.warning(
+                    "no control socket for upgrades at %s: %s", control_socket_path(self.cache.file_path), e
+                )
+
+    def _on_control(self, readable: list[Any]) -> None:
+        offer = self.offer
+        if offer is None:
+            return
+        if offer.sock in readable:
+            offer.on_connect(*self._offer_info())
+        if offer.successor is not None and offer.successor in readable and offer.on_successor():
+            self.upgraded = True
+            self.stopping = True
+            self.hurry = True  # no drain delay: the successor accepts on these very sockets
+
     def _shutdown(self) -> int:
-        self.counters.set_flag(C_DRAINING, 1)
+        if self.offer is not None:
+            self.offer.close()
+        if self.upgraded:
+            # our admin process first: the successor's answers on the same admin socket, with readiness 200
+            for pid, slot in list(self.children.items()):
+                if slot == self.admin_slot:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+        else:
+            self.counters.set_flag(C_DRAINING, 1)
         self.counters.set_flag(C_STOPPING, 1)
-        if self.cfg.drain_delay > 0:
+        if self.cfg.drain_delay > 0 and not self.upgraded:
             # readiness is 503 from now on; the workers still accept, so a load balancer that has not yet
             # noticed sends to a live listener, never to a refused port
             log.info("stopping: readiness off, still accepting for %.1fs (drain_delay)", self.cfg.drain_delay)
@@ -421,6 +576,10 @@ class Supervisor:
         log.info("stopping: draining %d workers (grace %.1fs)", self.nworkers, self.cfg.grace_period)
         admin_pids = [p for p, s in self.children.items() if s == self.admin_slot]
         workers = [p for p, s in self.children.items() if s != self.admin_slot]
+        # Our listening sockets close with the workers' copies: refused from then on, unless a successor
+        # holds them too (an upgrade), which goes on accepting from the same queues.
+        for sk in self.listen_socks:
+            sk.close()
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
@@ -450,36 +609,62 @@ class Supervisor:
         self._reap()
         self.placeholder.close()
         self.admin_sock.close()
+        if self.cache.mark_clean():
+            log.info("cache file %s: closed clean (a restart re-attaches to it)", self.cache.file_path)
         self.cache.close()
         log.info("stopped")
         return 0
 
 
 class Listener:
-    """A worker's SO_REUSEPORT listener that max_connections can pause: pause() closes the listening
-    socket (new connections go to the other workers' listeners, or are refused when there is none), resume()
-    binds and listens again on the same port (the supervisor's placeholder keeps it reserved)."""
+    """A worker's listener that max_connections can pause. With `socks` (the supervisor's listening sockets
+    of this worker's slot), the worker accepts on a dup of each: pause() closes the dups (the sockets stay
+    listening in the supervisor: new connections wait in the accept queue, never refused), resume() dups
+    them again. Without, it binds its own SO_REUSEPORT listener, which pause() closes (new connections go
+    to the other workers' listeners) and resume() binds again (the supervisor's placeholder keeps it)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, host: str, port: int, factory: Any) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        host: str,
+        port: int,
+        factory: Any,
+        socks: list[socket.socket] | None = None,
+    ) -> None:
         self.loop = loop
         self.host, self.port = host, port
         self.factory = factory
+        self.socks = socks
         self.server: asyncio.AbstractServer | None = None
+        self.more: list[asyncio.AbstractServer] = []  # the servers of this slot's other sockets
         self.paused = False
         self.stopped = False
         self._opening = False
 
     async def open(self) -> None:
+        if self.socks:
+            # (uvloop closes the socket it is given when its server closes: hence a dup, never ours)
+            servers: list[asyncio.AbstractServer] = [
+                await self.loop.create_server(self.factory, sock=sk.dup(), backlog=4096) for sk in self.socks
+            ]
+            self.server, self.more = servers[0], servers[1:]
+            return
         sock = bind_socket(self.host, self.port, reuseport=True, listen=True)
         self.server = await self.loop.create_server(self.factory, sock=sock, backlog=4096)
+
+    def _close_servers(self) -> None:
+        for srv in self.more:
+            srv.close()
+        self.more = []
+        if self.server is not None:
+            self.server.close()
+            self.server = None
 
     def pause(self) -> None:
         if self.paused or self.stopped:
             return
         self.paused = True
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        self._close_servers()
         log.info("max_connections reached: not accepting until a connection closes")
 
     def resume(self) -> None:
@@ -499,16 +684,13 @@ class Listener:
                     log.error("cannot listen again on %s:%d: %s", self.host, self.port, e)
                     await asyncio.sleep(0.1)
             if (self.paused or self.stopped) and self.server is not None:
-                self.server.close()
-                self.server = None
+                self._close_servers()
         finally:
             self._opening = False
 
     def close(self) -> None:
         self.stopped = True
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        self._close_servers()
 
 
 def raise_open_files_limit() -> None:
@@ -533,9 +715,11 @@ def run_worker(
     slot: int,
     port: int,
     chan: tuple[int, int, int] | None = None,
+    socks: list[socket.socket] | None = None,
 ) -> int:
-    """A worker process: its own SO_REUSEPORT listener, its own uvloop loop, the shared cache. `chan`: its
-    end of the control channel (message pipe, record pipe, generation of cfg): reloads arrive there."""
+    """A worker process: its own uvloop loop, the shared cache, and the listening sockets of its slot
+    (`socks`, inherited from the supervisor; without them its own SO_REUSEPORT listener). `chan`: its end of
+    the control channel (message pipe, record pipe, generation of cfg): reloads arrive there."""
     import uvloop
 
     from .protocol import ClientProtocol, make_context
@@ -570,7 +754,7 @@ def run_worker(
 
         channel = control.ChildChannel(loop, chan[0], chan[1], on_message)
     host, _ = cfg.listen
-    listener = Listener(loop, host, port, lambda: ClientProtocol(ctx))
+    listener = Listener(loop, host, port, lambda: ClientProtocol(ctx), socks=socks)
     loop.run_until_complete(listener.open())
     ctx.listener = listener
     ctx.start()
@@ -600,11 +784,19 @@ def run_worker(
         listener.close()
         ctx.draining = True
         deadline = loop.time() + ctx.cfg.grace_period  # (as reloaded)
-        for c in list(ctx.connections):
-            c.close_if_idle()
-        while ctx.connections and loop.time() < deadline:
+
+        def close_quiet() -> None:
+            # A connection that spoke within DRAIN_QUIET (a new one whose request is on its way, a keep-alive
+            # client in the middle of its work) may send one more request, answered with Connection: close
+            # (draining); closing it now would race that request (a failure on a fresh connection).
+            now = loop.time()
             for c in list(ctx.connections):
-                c.close_if_idle()
+                if now - getattr(c, "last_progress", 0.0) >= DRAIN_QUIET:
+                    c.close_if_idle()
+
+        close_quiet()
+        while ctx.connections and loop.time() < deadline:
+            close_quiet()
             await asyncio.sleep(0.05)
         for c in list(ctx.connections):
             c.abort()
@@ -624,9 +816,15 @@ def serve(cfg: Config, loader: Callable[[], Config] | None = None) -> int:
     raise_open_files_limit()
     try:
         sup = Supervisor(cfg, loader)
-    except AddressInUse as e:
+    except (AddressInUse, CacheFileInUse) as e:
         print(f"edgecore: {e}", file=sys.stderr)
         return 2
+    except CacheFileError as e:
+        print(f"edgecore: config error: {e}", file=sys.stderr)
+        return 2
+    except UpgradeError as e:
+        print(f"edgecore: upgrade: {e}", file=sys.stderr)
+        return 1
     except MemoryError:
         print(f"edgecore: config error: cache_size: cannot allocate {cfg.cache_size} bytes", file=sys.stderr)
         return 2

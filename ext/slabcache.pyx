@@ -1,8 +1,10 @@
 # cython: language_level=3
 # slabcache.pyx -- the sharded, shared-memory slab cache (edgecore._slabcache).
 #
-# Owns: one MAP_SHARED|MAP_ANONYMOUS mapping of exactly the configured size, holding the header, the ban
-# table, per-shard locks/counters/index/ghost/page tables, and the slab pages with every object's bytes.
+# Owns: one MAP_SHARED mapping of exactly the configured size (anonymous, or a cache file whose first 4 KiB
+# are the arena header of slabcache/arena.pxi, so a later process can re-attach to it), holding the header,
+# the ban table, per-shard locks/counters/index/ghost/page tables, and the slab pages with every object's
+# bytes.
 # Invariants:
 #   * nothing outside the mapping is needed to use it: a worker forked after construction sees the same cache;
 #   * every shard structure is touched only under that shard's robust, process-shared mutex; a mutex found

@@ -389,8 +389,9 @@ def test_trickled_head_is_closed_at_client_header_timeout(fo, edges):
 
 
 def test_max_connections_stops_accepting_until_below(fo, edges):
-    """max_connections = 2 on one worker: a third connection is not accepted (refused: the worker's
-    listener is closed) until one of the two closes; then new connections are served again."""
+    """max_connections = 2 on one worker: a third connection is not accepted (it waits in the listening
+    socket's queue: the worker closed its copy of the socket, the supervisor's keeps it) until one of the two
+    closes; then new connections are served again."""
     e = edges(fo.url, max_connections="2")
     a, b = Conn(e.port), Conn(e.port)
     try:

@@ -15,15 +15,35 @@ cdef class SlabCache:
     cdef header_t *h
     cdef size_t size
     cdef readonly int owner_pid
+    cdef char *map_base         # the mapping: base itself, or a cache file's arena header (arena.pxi)
+    cdef size_t map_size
+    cdef readonly object arena_info
 
-    def __cinit__(self, capacity_bytes, max_object_size=1 << 20, shards=0, avg_object_size=1024, growth=1.0625):
+    def __cinit__(self, capacity_bytes, max_object_size=1 << 20, shards=0, avg_object_size=1024, growth=1.0625,
+                  int fd=-1, compat=0, bint exclusive=True, bint fresh=False):
         cdef layout_plan p
         cdef void *m
         cdef int rc
         memset(&p, 0, sizeof(p))
-        sizes = layout_plan_for(&p, capacity_bytes, max_object_size, shards, avg_object_size, growth)
         self.base = NULL
         self.h = NULL
+        self.map_base = NULL
+        self.arena_info = None
+        if fd >= 0:
+            # a named arena (arena.pxi): ARENA_HDR_BYTES of its header, then the very mapping an anonymous
+            # cache of these arguments would have (the same geometry)
+            sizes = layout_plan_for(&p, capacity_bytes, max_object_size, shards, avg_object_size, growth)
+            addr, attached, why, wiped, left = arena_open(fd, &p, sizes, capacity_bytes, shards, growth,
+                                                    <uint64_t>compat, exclusive, fresh)
+            self.map_base = <char*><size_t>addr
+            self.map_size = ARENA_HDR_BYTES + p.cap
+            self.base = self.map_base + ARENA_HDR_BYTES
+            self.size = p.cap
+            self.owner_pid = getpid()
+            self.h = <header_t*>self.base
+            self.arena_info = {"attached": attached, "reason": why, "wiped_shards": wiped, "left": left}
+            return
+        sizes = layout_plan_for(&p, capacity_bytes, max_object_size, shards, avg_object_size, growth)
         m = mmap(NULL, p.cap, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
         if m == MAP_FAILED:
             raise MemoryError("mmap of %d bytes failed" % p.cap)
@@ -40,10 +60,35 @@ cdef class SlabCache:
             raise CacheError("layout exceeds the mapping")
 
     cdef void _unmap(self) noexcept:
-        if self.base != NULL:
+        if self.map_base != NULL:
+            munmap(self.map_base, self.map_size)
+        elif self.base != NULL:
             munmap(self.base, self.size)
+        self.map_base = NULL
         self.base = NULL
         self.h = NULL
+
+    def mark_clean(self):
+        """A cache file's owner (the supervisor that mapped it last) records a clean stop: every worker has
+        stopped. False when this is no cache file or another process owns it now (an upgrade took over)."""
+        cdef arena_hdr *a
+        if self.map_base == NULL:
+            return False
+        a = <arena_hdr*>self.map_base
+        if a.owner_pid != getpid():
+            return False
+        a.state = ARENA_CLEAN
+        return True
+
+    def arena_state(self):
+        """A cache file's header: {"state": "clean"|"in-use", "owner_pid", "attaches", "created_at"}; None
+        for an anonymous mapping."""
+        cdef arena_hdr *a
+        if self.map_base == NULL:
+            return None
+        a = <arena_hdr*>self.map_base
+        return {"state": "clean" if a.state == ARENA_CLEAN else "in-use", "owner_pid": a.owner_pid,
+                "attaches": a.attaches, "created_at": a.created_at}
 
     def __dealloc__(self):
         self._unmap()

@@ -3,7 +3,7 @@
 # ext/slabcache_debug.pyx (edgecore._slabcache_debug: the same parts plus testhooks.pxi).
 #
 # Reading order: slots -> shard -> lists -> index -> ghost -> lifecycle -> eviction -> alloc -> steal
-# -> chains -> recovery -> bans -> sweep -> layout -> stats -> api.
+# -> chains -> recovery -> bans -> sweep -> layout -> arena -> stats -> api.
 
 include "decls.pxi"
 include "slots.pxi"
@@ -20,5 +20,6 @@ include "recovery.pxi"
 include "bans.pxi"
 include "sweep.pxi"
 include "layout.pxi"
+include "arena.pxi"
 include "stats.pxi"
 include "api.pxi"
