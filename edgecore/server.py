@@ -4,9 +4,9 @@ Owns: sockets (one SO_REUSEPORT listener per worker on the same port), fork, sig
 shutdown. The supervisor creates the shared cache and counters *before* forking, so every child maps the
 same memory; it runs no event loop itself (so every fork starts from a clean process), sweeps the cache
 every 100 ms, reaps and replaces dead children (releasing at once the miss locks a dead worker held:
-flights.lock_tag), and on SIGTERM/SIGINT turns readiness off at once, lets the workers keep accepting for
-drain_delay seconds (a second signal cuts it short), then asks them to stop accepting and finish in-flight
-requests within the grace period, and exits 0.
+flights.lock_tag, and its cache pins: cache.release_pins), and on SIGTERM/SIGINT turns readiness off at
+once, lets the workers keep accepting for drain_delay seconds (a second signal cuts it short), then asks them
+to stop accepting and finish in-flight requests within the grace period, and exits 0.
 Before binding, the listen and admin addresses are probed with a plain bind (SO_REUSEADDR, no SO_REUSEPORT):
 a port another process holds, another edgecore included, fails the probe and serve exits 2 naming the
 address (AddressInUse), instead of silently sharing it through SO_REUSEPORT. A probe rather than a lock file:
@@ -142,6 +142,10 @@ class Supervisor:
             if slot is None:
                 continue
             self.counters.reset_slot(slot)
+            # the views of large hits its transports held (slab cache pins): their bytes are reclaimed now
+            unpinned = self.cache.release_pins(pid)
+            if unpinned:
+                log.warning("released %d cache pin(s) held by dead worker pid %d", unpinned, pid)
             if slot != self.admin_slot:
                 # the miss locks it led are released at once: their waiters in other workers go on
                 cleared = self.cache.purge_tag(lock_tag(pid))
