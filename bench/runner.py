@@ -49,6 +49,13 @@ SCENARIOS = {
             "hit-256k", "hit", "Hits, 256 KiB", "GET /b256k.json: every request a cache hit", "/b256k.json"
         ),
         Scenario(
+            "hit-1m",
+            "hit",
+            "Hits, 1 MB",
+            "GET /b1m.json (1,000,000 B): every request a hit",
+            "/b1m.json",
+        ),
+        Scenario(
             "miss",
             "miss",
             "Misses (unique keys)",
@@ -68,7 +75,7 @@ SCENARIOS = {
         ),
     ]
 }
-FULL = ["hit-1k", "hit-16k", "hit-256k", "miss", "zipf", "storm"]
+FULL = ["hit-1k", "hit-16k", "hit-256k", "hit-1m", "miss", "zipf", "storm"]
 QUICK = ["hit-1k", "zipf", "storm"]
 
 

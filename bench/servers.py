@@ -29,7 +29,7 @@ from . import procstat
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 CONF_DIR = BENCH_DIR / "conf"
-SIZES = {"1k": 1024, "16k": 16 * 1024, "256k": 256 * 1024}
+SIZES = {"1k": 1024, "16k": 16 * 1024, "256k": 256 * 1024, "1m": 1_000_000}  # 1m: fits max_object_size 1 MiB
 
 
 def log(*a: object) -> None:

@@ -4,12 +4,19 @@ Owns: the `Cache` type the proxy uses, tag/tenant ids, and the shape of the cach
 Invariants: a `Cache` is constructed once in the parent before workers fork; every process then uses the
 inherited object and sees the same entries. `lookup`/`store`/`delete` are one C call each (the methods are the
 extension's own, not Python wrappers). Entries with `now >= expires` are never returned. A lookup returns a
-copy of the stored bytes, so a transport may keep it as long as it likes.
+copy of the stored bytes, so a transport may keep it as long as it likes; lookup_pinned returns a value
+longer than min_len as a `Pinned` instead: read in place from the mapping, its object pinned (never moved,
+overwritten or freed, even when evicted, purged or replaced: it is only unlinked) until the Pinned and every
+view it gave are gone; a dead worker's pins are released by the supervisor (release_pins). The pinned bytes
+are bounded (at most half of a shard's pages, MAX_PINS objects per shard: past that lookup_pinned copies) and
+counted in bytes_used until freed.
 Must never: wrap the hot-path methods in Python code, hold Python objects in the mapping, or let an exception
 other than MemoryError, ValueError or an edgecore.errors type escape.
 
 The extension's methods, as the proxy calls them:
     lookup(key: bytes, now: float) -> tuple[bytes, float, float, int] | None  # value,stored_at,expires,flags
+    lookup_pinned(key: bytes, now: float, min_len: int) -> tuple[bytes | Pinned, float, float, int] | None
+    release_pins(pid: int) -> int                                             # a dead worker's pins
     store(key: bytes, value: bytes, stored_at: float, expires: float, flags: int = 0, tenant: int = 0,
           tags: tuple[int, ...] = (), only_if_absent: bool = False) -> bool   # False when refused
                                         # (only_if_absent: or when a live entry holds key: test-and-set)
@@ -42,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Self, cast
 
 import mmh3
 
-from edgecore._slabcache import SlabCache
+from edgecore._slabcache import Pinned, SlabCache
 from edgecore.errors import CacheError
 
 from . import entry
@@ -56,6 +63,7 @@ __all__ = [
     "CacheFileInUse",
     "DEFAULT_MAX_OBJECT_SIZE",
     "MAX_TAGS",
+    "Pinned",
     "debug_cache_class",
     "open_cache_file",
 ]

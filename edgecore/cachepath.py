@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from . import cachestatus, entry, keys, policy
-from .context import Client, Context, Request, log_text
+from .context import LARGE_BODY, Client, Context, Request, log_text
 from .errors import NotCached, UpstreamError, UpstreamIncomplete, UpstreamOverloaded, UpstreamTimeout
 from .fields import HOP_BY_HOP
 from .flights import Flight
@@ -84,7 +84,7 @@ async def cache_path(c: Client, r: Request) -> None:
         return
     if found is not None:
         value = found[0]
-        m = entry.meta(value)
+        m = entry.meta(value if isinstance(value, bytes) else value.head(entry.M))
         f = entry.freshness(m)
         use, _ = policy.decide_use(f, rc, now)
         if use is policy.Use.FRESH or use is policy.Use.STALE:
@@ -92,6 +92,8 @@ async def cache_path(c: Client, r: Request) -> None:
             outcome = Outcome.HIT if use is policy.Use.FRESH else Outcome.STALE
             serve_stored(c, r, value, m, now, outcome, cachestatus.render(hit=True, ttl=ttl))
             return
+        if not isinstance(value, bytes):  # pinned (lookup_pinned): the slower uses below take a copy
+            value = value.tobytes()
         if _connection_strips_keyed_input(r):
             await _pass_connection_listed(c, r)
             return
@@ -137,11 +139,13 @@ async def _pass_connection_listed(c: Client, r: Request) -> None:
 def lookup(ctx: Context, r: Request, now: float) -> tuple[bytes, Any, bytes]:
     """-> (the request's cache key, what the cache holds there or None, the fwd reason of a miss)."""
     key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts_for(r))
-    found = ctx.cache.lookup(key, now)
+    # a value above LARGE_BODY comes pinned in the shared mapping (serve.py writes it in place)
+    found = ctx.cache.lookup_pinned(key, now, LARGE_BODY)
     if found is not None and found[3] == entry.FLAG_VARY:
-        gen, names = entry.decode_vary(found[0])
+        marker = found[0]
+        gen, names = entry.decode_vary(marker if isinstance(marker, bytes) else marker.tobytes())
         key = keys.secondary_key(key + b"#" + gen, names, r.headers)  # RFC 9111 4.1
-        return key, ctx.cache.lookup(key, now), b"vary-miss"
+        return key, ctx.cache.lookup_pinned(key, now, LARGE_BODY), b"vary-miss"
     return key, found, b"uri-miss"
 
 
@@ -153,7 +157,7 @@ def serve_collapsed(c: Client, r: Request) -> bool:
     if found is None or found[3] & entry.FLAG_VARY:
         return False
     value = found[0]
-    m = entry.meta(value)
+    m = entry.meta(value if isinstance(value, bytes) else value.head(entry.M))
     if now >= m.fresh_until or m.eflags & entry.E_NO_CACHE:
         return False
     ttl = max(0, int(m.fresh_until - now))

@@ -5,8 +5,9 @@ the status line.
 Owns: the Python twin of the C hit path's write (ext/hitpath.pyx `_write_value`): both splice the same
 dynamic fields into the same stored bytes (entry.py's layout).
 Invariants: counted (and, when the access log is on, logged) before it is written (whoever has the response
-can already see it in the metrics); a large body is written as views of the lookup's private copy,
-never copied again.
+can already see it in the metrics); a large body is written as views, never copied again: views of the
+shared mapping when the lookup pinned it (a `Pinned`, cache.lookup_pinned: GET without conditionals or
+ranges; the pin lasts until the transport drops the views), else of the lookup's private copy.
 Never: decide whether the stored response may be used (policy did).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import time
 
 from . import conditional, entry
+from .cache import Pinned
 from .context import LARGE_BODY, Client, Request
 from .fields import first
 from .metrics import Outcome
@@ -26,7 +28,7 @@ _CACHEABLE_METHODS = frozenset((b"GET", b"HEAD"))
 def serve_stored(
     c: Client,
     r: Request,
-    value: bytes,
+    value: bytes | Pinned,
     m: entry.Meta,
     now: float,
     outcome: Outcome,
@@ -40,6 +42,13 @@ def serve_stored(
     conn = r.connection_field()
     mo = entry.M
     head_end = mo + m.head_len
+    if not isinstance(value, bytes):
+        # pinned in the shared mapping (cache.lookup_pinned): a plain GET is written from it in place;
+        # anything else (HEAD, conditionals, ranges) from a copy
+        if not r.slow and r.method == b"GET":
+            _serve_pinned(c, r, value, m, age, cache_status, conn, outcome, detail)
+            return
+        value = value.tobytes()
     status_line = value[mo : mo + m.statusline_len]
     rest_head = value[mo + m.statusline_len : head_end]
     dyn = b"age: %d\r\ncache-status: %s\r\n%s" % (age, cache_status, conn)
@@ -111,6 +120,27 @@ def _account(
     c.ctx.counters.request(outcome, time.time() - r.t0, detail, status)
     if c.ctx.access is not None:
         c.ctx.log_response(c.peer, r, status, nbytes, cache_status)
+
+
+def _serve_pinned(
+    c: Client,
+    r: Request,
+    value: Pinned,
+    m: entry.Meta,
+    age: int,
+    cache_status: bytes,
+    conn: bytes,
+    outcome: Outcome,
+    detail: bytes | None,
+) -> None:
+    """The Python twin of ext/hitpath.pyx's pinned write: status line, dynamic fields, then the rest of the
+    stored response as views of the shared mapping (no copy; the Pinned's pin lasts while they do)."""
+    mo = entry.M
+    _account(c, r, outcome, detail, m.status, len(value) - mo - m.head_len, cache_status)
+    status_line = value.head(mo + m.statusline_len)[mo:]
+    dyn = b"age: %d\r\ncache-status: %s\r\n%s" % (age, cache_status, conn)
+    c.writelines((status_line, dyn, *value.views(mo + m.statusline_len)))
+    _close_unless_keep_alive(c, r)
 
 
 def _head_304(stored: Headers, dyn: bytes) -> bytes:

@@ -7,10 +7,10 @@ listening sockets and cache file on a control socket beside the cache file; `ser
 them, starts its workers on the same sockets, and only then does the old one stop accepting and drain).
 The supervisor creates the shared cache and counters *before* forking, so every child maps the same memory;
 it runs no event loop itself (so every fork starts from a clean process), sweeps the cache every 100 ms,
-reaps and replaces dead children (releasing at once the miss locks a dead worker held: flights.lock_tag),
-and on SIGTERM/SIGINT turns readiness off at once, lets the workers keep accepting for drain_delay seconds
-(a second signal cuts it short), then asks them to stop accepting and finish in-flight requests within the
-grace period, and exits 0.
+reaps and replaces dead children (releasing at once the miss locks a dead worker held: flights.lock_tag,
+and its cache pins: cache.release_pins), and on SIGTERM/SIGINT turns readiness off at once, lets the workers
+keep accepting for drain_delay seconds (a second signal cuts it short), then asks them to stop accepting and
+finish in-flight requests within the grace period, and exits 0.
 Reload (SIGHUP, and POST /reload relayed by the admin process over the control channel, control.py): the
 supervisor is the one place a reload happens. It loads the config with the loader serve was given (file,
 environment, the original command line), refuses an invalid one whole (one log line per problem, counted),
@@ -220,10 +220,14 @@ class Supervisor:
         except OSError as e:
             raise CacheFileError(f"cache_file: {path}: {e.strerror or e}")
         if handed_fd is None and cache.arena_info is not None and cache.arena_info["attached"]:
-            # the workers of the process that left it are gone: so are the misses they led
+            # the workers of the process that left it are gone: so are the misses they led and the pins
+            # they held (a pinned object waits for its last pin before its slots are freed)
             cleared = cache.purge_prefix(LOCK_PREFIX)
             if cleared:
                 log.info("cache file %s: dropped %d miss lock(s) of the previous process", path, cleared)
+            unpinned = cache.release_pins(0)
+            if unpinned:
+                log.info("cache file %s: released %d pin(s) of the previous process", path, unpinned)
         return cache
 
     def _slot_socks(self, slot: int) -> list[socket.socket]:
@@ -310,6 +314,10 @@ class Supervisor:
             if slot is None:
                 continue
             self.counters.reset_slot(slot)
+            # the views of large hits its transports held (slab cache pins): their bytes are reclaimed now
+            unpinned = self.cache.release_pins(pid)
+            if unpinned:
+                log.warning("released %d cache pin(s) held by dead worker pid %d", unpinned, pid)
             if slot != self.admin_slot:
                 # the miss locks it led are released at once: their waiters in other workers go on
                 cleared = self.cache.purge_tag(lock_tag(pid))

@@ -16,8 +16,9 @@ it never answers a request that needs policy (Vary markers, no-cache entries, st
 range requests, Authorization, request Cache-Control/Pragma). Its plain-miss helpers decide nothing either:
 parse_response accepts a strict subset of what httptools accepts (anything else: False, httptools reads it),
 and policy (in Python) decides whether the response is stored.
-Must never: hold a reference into the cache's memory (a lookup returns a private copy), or answer out of
-order (the caller only calls it when no request is in flight and the parser is between messages).
+Must never: hold a reference into the cache's memory but through a Pinned (a value above large_body comes
+from cache.lookup_pinned as views of the shared mapping, pinned until the transport drops them; anything
+smaller is a private copy), or answer out of order (the caller only calls it when no request is in flight and the parser is between messages).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -204,7 +205,8 @@ cdef class HitPath:
         port (b"": any; suffix: ends with it) and target (a byte prefix) fit a row is left to the general
         path, which applies the route."""
         cdef long long[::1] view = words
-        self._lookup = cache.lookup
+        # values longer than large_body come pinned (views of the shared mapping, no copy): cache.lookup_pinned
+        self._lookup = cache.lookup_pinned
         self._words = words
         self._w = <int64_t *>&view[0]
         self._hit_idx, self._served_idx, self._sum_idx, self._bucket_idx, self._status_idx = counter_index
@@ -464,14 +466,25 @@ cdef class HitPath:
         cdef Py_ssize_t vlen
         cdef int k
         cdef uint16_t status
-        found = self._lookup(key, t0)
+        cdef unsigned short sl16
+        found = self._lookup(key, t0, self._large)
         if found is None:
             return -1
         value, _, _, flags = found
         if flags != self._flag_plain:
             return 0
+        pinned = None
+        if type(value) is not bytes:
+            # a large value read in place (the slab cache's Pinned): its META and status line are copied, the
+            # rest is written as views of the shared mapping, pinned until the transport drops them
+            pinned = value
+            value = pinned.head(self._meta)
+            if PyBytes_GET_SIZE(value) < self._meta:
+                return 0
+            memcpy(&sl16, PyBytes_AS_STRING(value) + self._off_sl, 2)
+            value = pinned.head(self._meta + sl16)
         v = PyBytes_AS_STRING(value)
-        vlen = PyBytes_GET_SIZE(value)
+        vlen = PyBytes_GET_SIZE(value) if pinned is None else len(pinned)
         if not self._valid(v, vlen):
             return 0
         memcpy(&fresh_until, v + self._off_fresh_until, 8)
@@ -489,9 +502,12 @@ cdef class HitPath:
         memcpy(&status, v + self._off_status, 2)
         k = status // 100 - 1
         self._w[self._status_idx + (k if 0 <= k < 5 else 4)] += 1
+        if pinned is not None and head_only:
+            value = pinned.head(vlen - pinned_body_len(v, self._off_head_len, self._meta, vlen))
+            pinned = None
         return 1 if self._write_value(value, transport, keep, head_only, t0, PyBytes_AS_STRING(self._hit_status),
                                       PyBytes_GET_SIZE(self._hit_status),
-                                      <long long>(fresh_until - t0)) else 0
+                                      <long long>(fresh_until - t0), pinned) else 0
 
     cdef inline bint _valid(self, const char *v, Py_ssize_t vlen):
         """The value is long enough for its META and its head/status-line lengths are consistent."""
@@ -504,12 +520,13 @@ cdef class HitPath:
         return self._meta + <Py_ssize_t>hl32 <= vlen and sl16 <= hl32
 
     cdef bint _write_value(self, bytes value, transport, int keep, int head_only, double now,
-                           const char *cs, Py_ssize_t cslen, long long ttl) except -1:
+                           const char *cs, Py_ssize_t cslen, long long ttl, object pinned=None) except -1:
         """Write a stored response (entry.py's layout) with Age, Cache-Status (cs, then ttl unless it is
         negative) and Connection spliced in after the status line. False (nothing written) when the value is
-        malformed."""
+        malformed. With `pinned` (a Pinned value, not HEAD), `value` is its META and status line only and
+        the rest is written as the Pinned's views."""
         cdef const char *v = PyBytes_AS_STRING(value)
-        cdef Py_ssize_t vlen = PyBytes_GET_SIZE(value)
+        cdef Py_ssize_t vlen = PyBytes_GET_SIZE(value) if pinned is None else len(pinned)
         cdef Py_ssize_t sl, head_len, rest, dlen, total
         cdef unsigned short sl16
         cdef unsigned int hl32
@@ -545,7 +562,13 @@ cdef class HitPath:
         memcpy(o + 2, conn, connlen)
         dlen = o + 2 + connlen - dyn
         rest = (head_len if head_only else vlen - self._meta) - sl
-        if rest > self._large:
+        if pinned is not None:
+            # no copy at all: the status line, the dynamic fields, then views of the shared mapping (the
+            # Pinned's pin lasts until the transport has dropped every view)
+            parts = [PyBytes_FromStringAndSize(v + self._meta, sl), PyBytes_FromStringAndSize(dyn, dlen)]
+            parts.extend(pinned.views(self._meta + sl))
+            transport.writelines(parts)
+        elif rest > self._large:
             # a large body is not copied again: the transport takes views of the lookup's private copy
             # (nothing else holds or reuses that bytes object)
             mv = memoryview(value)
@@ -819,6 +842,14 @@ cdef class HitPath:
         if clen < 0:
             return False
         return status, reason, fields, hend + 4 - p, clen, keep
+
+
+cdef inline Py_ssize_t pinned_body_len(const char *v, Py_ssize_t off_head_len, Py_ssize_t meta,
+                                      Py_ssize_t vlen) noexcept:
+    """The body length of a stored value whose META starts at v (checked by _valid)."""
+    cdef unsigned int hl32
+    memcpy(&hl32, v + off_head_len, 4)
+    return vlen - meta - <Py_ssize_t>hl32
 
 
 cdef inline bint _dot_segment(const char *t, Py_ssize_t n) noexcept nogil:

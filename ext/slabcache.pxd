@@ -36,10 +36,11 @@ cdef enum:
     SLOT_MAIN = 2       # live, in the main CLOCK/FIFO-with-reinsertion ("M")
     SLOT_CHUNK = 3      # a continuation chunk of a chained large object (prev = its head's ref, next = index)
     SLOT_DRAINED = 4    # free, in a page being emptied by a page steal (on no list)
+    SLOT_DEAD = 5       # unlinked while pinned (pins.pxi): on no list or chain, freed at its last unpin
 
 cdef enum:
     SC_MAGIC = 0x45444743       # "EDGC" + layout version below
-    SC_VERSION = 4              # 4: chained index (slot_hdr.hnext/hash32, u32 bucket heads)
+    SC_VERSION = 5              # 4: chained index (slot_hdr.hnext/hash32, u32 bucket heads); 5: pin table
     HDR_SIZE = 48               # sizeof(slot_hdr), checked at start-up
     MAX_CLASSES = 160
     MAX_TAGS = 8
@@ -54,6 +55,7 @@ cdef enum:
     NTAGS_MASK = 0x3F
     MAX_PAGE = 65536
     MIN_PAGE = 16384
+    MAX_PINS = 64               # pin table entries per shard (pins.pxi): distinct (object, process) pairs
 
 # One object slot: the header, then [tenant u64 if HAS_TENANT][tags u64 x ntags]
 # [if CHAINED: u32 nchunks, u32 chunk refs x nchunks, padded to 8][key][value (its first part if CHAINED)].
@@ -82,6 +84,13 @@ ctypedef struct class_state:
     uint32_t _pad
     uint64_t demand         # decayed slot bytes requested by stores: the page share this class deserves
 
+# One pin table entry: `count` views of the object whose head slot is `ref`, held by process `pid`.
+ctypedef struct pin_t:
+    uint32_t ref            # head slot ref; 0 = a free entry
+    int32_t pid
+    uint32_t count
+    uint32_t _pad
+
 ctypedef struct shard_t:
     pthread_mutex_t lock
     uint64_t hits, misses, stores, evictions, expirations, purged, deletes, refused, steals, recoveries
@@ -91,6 +100,11 @@ ctypedef struct shard_t:
     uint32_t nbuckets, max_items, nghost, npages, pages_used
     uint32_t _pad
     class_state classes[MAX_CLASSES]
+    # pins (pins.pxi): objects whose bytes a process's transports hold views of
+    uint64_t pinned_bytes   # slot bytes of the distinct objects pinned (live or dead), bounded by half the pages
+    uint64_t dead_bytes     # slot bytes of SLOT_DEAD objects (unlinked, kept until their last pin goes)
+    uint32_t dead_items, npins
+    pin_t pins[MAX_PINS]
 
 ctypedef struct ban_t:
     uint32_t active         # 0 free, 1 live (written last, read first)

@@ -11,7 +11,8 @@
 #     EOWNERDEAD means the shard may be half-written, so the shard is wiped before the mutex is made consistent;
 #   * a lookup compares the full key bytes; a hash collision never serves another key's bytes;
 #   * one eviction does at most EVICT_STEPS_MAX reinsertion steps; purges and sweeps hold a shard lock for at
-#     most CHUNK_SLOTS slots; bytes of purged/deleted objects are zeroed before the slot is reused.
+#     most CHUNK_SLOTS slots; bytes of purged/deleted objects are zeroed before the slot is reused;
+#   * a pinned object's slots (slabcache/pins.pxi) are never moved, overwritten or freed until its last pin goes.
 # Must never: call back into Python while holding a lock, let any exception other than MemoryError,
 # ValueError or an edgecore.errors type escape, or store a pointer in the mapping.
 #

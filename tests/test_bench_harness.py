@@ -319,7 +319,12 @@ def test_shipped_nginx_configs_have_only_known_placeholders():
 
 def test_bodies_have_exact_sizes(tmp_path):
     bodies = write_bodies(tmp_path)
-    assert {k: len(v) for k, v in bodies.items()} == {"1k": 1024, "16k": 16384, "256k": 262144}
+    assert {k: len(v) for k, v in bodies.items()} == {
+        "1k": 1024,
+        "16k": 16384,
+        "256k": 262144,
+        "1m": 1_000_000,
+    }
     assert (tmp_path / "b16k.json").stat().st_size == 16384
 
 

@@ -5,13 +5,15 @@ structural checker (_test_check: pages, classes, chunk chains, index chains, cou
 `ExactCache` sizes the cache so nothing is ever evicted and demands the cache agree with the model on every
 result (values, times, flags, purge counts, item counts). `PressureCache` uses a tiny cache so evictions and
 page steals happen all the time, and demands that whatever the cache returns is exactly what the model
-holds for that key (a miss on a modelled key is an allowed eviction).
+holds for that key (a miss on a modelled key is an allowed eviction). Both also pin and unpin (PinRules):
+a pinned value's bytes never change while it is held, whatever else happens.
 Must never: sleep, or depend on the wall clock except through times far from now.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import hypothesis.strategies as st
 from cache_model import CacheModel
@@ -39,18 +41,74 @@ values = st.one_of(small_values, small_values, big_values)
 expiries = st.sampled_from([FAR, PAST, T0 + 10.0, T0 + 10.5])
 nows = st.sampled_from([T0 - 100.0, T0, T0 + 10.0, T0 + 10.25, T0 + 2e6])
 tagsets = st.lists(st.sampled_from(TAGS), max_size=3, unique=True).map(tuple)
+MAX_HELD = 6  # pins a machine holds at once (the oldest is released past that)
 
 
-class ExactCache(RuleBasedStateMachine):
+def _whole(found: tuple | None) -> tuple | None:
+    """A lookup_pinned result with a Pinned value read back as bytes (to compare with the model)."""
+    if found is None or type(found[0]) is bytes:
+        return found
+    return (found[0].tobytes(), *found[1:])
+
+
+class PinRules:
+    """Pin and unpin steps shared by both machines (pins.pxi): lookup_pinned must return what the model
+    holds, and every value a held pin views must stay byte for byte what it was, whatever the other steps
+    (stores, deletes, purges, sweeps, evictions, page steals) did meanwhile; releasing the last pin frees a
+    dead object (the structural checker counts dead objects and the pin table)."""
+
+    cache: Any
+    model: CacheModel
+    held: list[tuple[Any, bytes, list[memoryview]]]
+
+    def _pin_check(self, key: bytes, now: float) -> None:
+        got = self.cache.lookup_pinned(key, now, 0)
+        want = self.model.lookup(key, now)
+        self._agree(key, _whole(got), want)
+        if got is not None and type(got[0]) is not bytes:
+            self.held.append((got[0], got[0].tobytes(), got[0].views()))
+            if len(self.held) > MAX_HELD:
+                self.held.pop(0)
+
+    def _agree(self, key: bytes, got: tuple | None, want: tuple | None) -> None:
+        assert got == want
+
+    @rule(i=st.integers(0, 1000), drop_views=st.booleans())
+    def unpin(self, i: int, drop_views: bool) -> None:
+        if not self.held:
+            return
+        pv, value, views = self.held.pop(i % len(self.held))
+        if not drop_views:
+            assert b"".join(views) == value  # still intact the moment before release
+        del pv, views
+
+    @invariant()
+    def pinned_bytes_intact(self) -> None:
+        for pv, value, views in self.held:
+            assert b"".join(views) == value
+            assert pv.tobytes() == value
+        s = self.cache.stats()
+        assert s["pins"] <= len(self.held) and (s["pins"] >= 1 or not self.held)
+        if not self.held:
+            assert s["pins"] == 0 and s["pinned_dead_items"] == 0 and s["pinned_dead_bytes"] == 0
+
+
+class ExactCache(PinRules, RuleBasedStateMachine):
     MAX_OBJECT = 256 * 1024
 
     def __init__(self) -> None:
         super().__init__()
         self.cache = debug_cache_class()(4 << 20, self.MAX_OBJECT)
         self.model = CacheModel(self.MAX_OBJECT)
+        self.held = []
 
     def teardown(self) -> None:
+        self.held.clear()
         self.cache.close()
+
+    @rule(key=keys, now=nows)
+    def pin(self, key: bytes, now: float) -> None:
+        self._pin_check(key, now)
 
     @rule(
         key=keys,
@@ -108,7 +166,7 @@ class ExactCache(RuleBasedStateMachine):
         assert self.cache._test_check() == []
 
 
-class PressureCache(RuleBasedStateMachine):
+class PressureCache(PinRules, RuleBasedStateMachine):
     MAX_OBJECT = 128 * 1024
     KEYS = [b"/p/%d" % i for i in range(40)]
 
@@ -116,9 +174,21 @@ class PressureCache(RuleBasedStateMachine):
         super().__init__()
         self.cache = debug_cache_class()(1 << 20, self.MAX_OBJECT)
         self.model = CacheModel(self.MAX_OBJECT)
+        self.held = []
 
     def teardown(self) -> None:
+        self.held.clear()
         self.cache.close()
+
+    def _agree(self, key: bytes, got: tuple | None, want: tuple | None) -> None:
+        if got is None:
+            self.model.forget(key)  # evicted (or expired: the model agrees then)
+        else:
+            assert got == want
+
+    @rule(i=st.integers(0, 39))
+    def pin(self, i: int) -> None:
+        self._pin_check(self.KEYS[i], T0)
 
     def _check(self, key: bytes, now: float) -> None:
         got = self.cache.lookup(key, now)
@@ -138,8 +208,12 @@ class PressureCache(RuleBasedStateMachine):
         key = self.KEYS[i]
         value = (key + b"|") * (n // (len(key) + 1) + 1)
         value = value[:n]
-        assert self.cache.store(key, value, T0, FAR, i, tenant, tags)
-        self.model.store(key, value, T0, FAR, i, tenant, tags)
+        if self.cache.store(key, value, T0, FAR, i, tenant, tags):
+            self.model.store(key, value, T0, FAR, i, tenant, tags)
+        else:
+            # refused only when pins hold the room it needs (pins.pxi): the old copy is gone either way
+            assert self.held
+            self.model.delete(key)
 
     @rule(i=st.integers(0, 39))
     def lookup(self, i: int) -> None:

@@ -65,10 +65,9 @@ cdef slot_hdr* slot_alloc(sctx *c, uint32_t cls) noexcept nogil:
             # a class holding only chunks (no object of its own to evict) takes a page from the best donor
             # even when it is not below its share
             donor = pick_donor(c, cls, cs.npages != 0 and cs.nsmall + cs.nmain != 0)
-            if donor >= 0:
-                page_steal(c, <uint32_t>donor, cls)
-            elif not evict_in_class(c, cls):
-                return NULL
+            if donor < 0 or not page_steal(c, <uint32_t>donor, cls):   # (every donor page pinned)
+                if not evict_in_class(c, cls):
+                    return NULL
     if cs.free_head == 0:
         return NULL
     s = slot_at(c.data, cs.free_head)

@@ -2,7 +2,7 @@
 #
 # Owns: construction (mmap + layout.pxi), close, argument checking, and the call sequence of each method:
 # lookup/store/delete (the hot path, kept whole here so each is one C function), purges (bans.pxi), sweep
-# (sweep.pxi), stats/layout (stats.pxi), shard_of, hash64.
+# (sweep.pxi), stats/layout (stats.pxi), shard_of, hash64; lookup_pinned and release_pins (pins.pxi).
 # Invariants: a method holds at most one shard lock at a time and never runs Python code or raises while
 # holding it (lookup copies the value into a new bytes object under the lock; a failed allocation is
 # raised after unlocking); a closed cache raises ValueError("cache is closed"); only MemoryError,
@@ -18,6 +18,7 @@ cdef class SlabCache:
     cdef char *map_base         # the mapping: base itself, or a cache file's arena header (arena.pxi)
     cdef size_t map_size
     cdef readonly object arena_info
+    cdef Py_ssize_t live_pins       # Pinned objects of this process alive (pins.pxi): close() waits for them
 
     def __cinit__(self, capacity_bytes, max_object_size=1 << 20, shards=0, avg_object_size=1024, growth=1.0625,
                   int fd=-1, compat=0, bint exclusive=True, bint fresh=False):
@@ -94,7 +95,11 @@ cdef class SlabCache:
         self._unmap()
 
     def close(self):
-        """Unmap the cache in this process (other processes keep their mapping)."""
+        """Unmap the cache in this process (other processes keep their mapping). While Pinned values of
+        this process are alive the cache is closed but stays mapped; the last one to go unmaps it."""
+        if self.live_pins:
+            self.h = NULL
+            return
         self._unmap()
 
     cdef inline header_t* _hdr(self) except NULL:
@@ -157,6 +162,110 @@ cdef class SlabCache:
         value = <object>val
         Py_XDECREF(val)
         return (value, stored_at, expires, flags)
+
+    def lookup_pinned(self, key, double now, Py_ssize_t min_len):
+        """As lookup, except that a value longer than min_len comes as a Pinned (pins.pxi): read in place from
+        the shared mapping, no copy, its object pinned until the Pinned and its views are gone. Falls back to
+        a bytes copy when the shard's pin table or pinned-byte bound is full."""
+        cdef header_t *h = self._hdr()
+        cdef sctx c
+        cdef const char *kp
+        cdef size_t kl
+        cdef uint64_t hv
+        cdef uint32_t pos, ref = 0
+        cdef slot_hdr *s
+        cdef PyObject *val = NULL
+        cdef double stored_at, expires
+        cdef int flags
+        cdef int32_t pid = 0
+        cdef Pinned pv
+        if not PyBytes_Check(key):
+            raise ValueError("key must be bytes")
+        kp = PyBytes_AS_STRING(key)
+        kl = <size_t>PyBytes_GET_SIZE(key)
+        hv = sc_hash64(kp, kl)
+        ctx_init(&c, h, shard_of_hash(h, hv))
+        if shard_lock(&c):
+            raise CacheError("shard lock unrecoverable")
+        s = idx_find(&c, hv, kp, kl, &pos)
+        if s == NULL:
+            c.sh.misses += 1
+            shard_unlock(&c)
+            return None
+        if now >= s.expires:
+            slot_kill(&c, s, KILL_EXPIRE, pos)
+            c.sh.misses += 1
+            shard_unlock(&c)
+            return None
+        if bans_kill(h, s):
+            slot_kill(&c, s, KILL_PURGE, pos)
+            c.sh.misses += 1
+            shard_unlock(&c)
+            return None
+        if s.freq < FREQ_MAX:
+            s.freq += 1
+        c.sh.hits += 1
+        if <Py_ssize_t>s.value_len > min_len:
+            pid = getpid()
+            if pin_take(&c, s, pid) == 0:
+                ref = slot_ref(c.data, s)
+        if ref == 0:
+            if s.nx & CHAINED:
+                val = _bytes_from(NULL, s.value_len)
+                if val != NULL:
+                    chain_read(&c, s, PyBytes_AS_STRING(<object>val))
+            else:
+                val = _bytes_from(slot_key(s) + kl, s.value_len)
+        stored_at = s.stored_at
+        expires = s.expires
+        flags = s.flags
+        shard_unlock(&c)
+        if ref == 0:
+            if val == NULL:
+                raise MemoryError()
+            value = <object>val
+            Py_XDECREF(val)
+            return (value, stored_at, expires, flags)
+        # the pin is ours from here: nothing but the Pinned (or the failure path) may drop it
+        try:
+            pv = Pinned.__new__(Pinned)
+        except BaseException:
+            if shard_lock(&c) == 0:
+                pin_put(&c, ref, pid)
+                shard_unlock(&c)
+            raise
+        pv.cache = self
+        pv.h = h
+        pv.data = c.data
+        pv.shard = <uint32_t>shard_of_hash(h, hv)
+        pv.ref = ref
+        pv.pid = pid
+        pv.vlen = s.value_len
+        pv.first = slot_key(s) + kl
+        if s.nx & CHAINED:
+            pv.chain = slot_chain(s)
+            pv.nfirst = (<char*>s) + h.class_size[s.cls] - pv.first
+        else:
+            pv.chain = NULL
+            pv.nfirst = s.value_len
+        self.live_pins += 1
+        return (pv, stored_at, expires, flags)
+
+    def release_pins(self, int pid):
+        """Release every pin process `pid` holds (it died: server.py _reap); returns how many. Dead objects
+        no other process pins are freed. pid 0 releases every pin (a cache file re-attached after its
+        processes are gone)."""
+        cdef header_t *h = self._hdr()
+        cdef sctx c
+        cdef uint32_t i
+        cdef uint64_t n = 0
+        for i in range(h.nshards):
+            ctx_init(&c, h, i)
+            if shard_lock(&c):
+                raise CacheError("shard lock unrecoverable")
+            n += pins_release_pid(&c, pid)
+            shard_unlock(&c)
+        return n
 
     def store(self, key, value, double stored_at, double expires, flags=0, tenant=0, tags=(),
               bint only_if_absent=False):
@@ -384,3 +493,11 @@ cdef class SlabCache:
         if not PyBytes_Check(key):
             raise ValueError("key must be bytes")
         return sc_hash64(PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+
+
+cdef void cache_unpinned(object cache) noexcept:
+    """A Pinned of this process went (pins.pxi): the last one unmaps a cache closed meanwhile."""
+    cdef SlabCache sc = <SlabCache>cache
+    sc.live_pins -= 1
+    if sc.live_pins == 0 and sc.h == NULL:
+        sc._unmap()

@@ -4,7 +4,8 @@
 # Invariants: after slot_kill the object is in no index bucket and no queue, the shard's items/data_bytes/
 # extra_bytes/slot_bytes no longer count it, the reason's counter (evictions, expirations, purged, deletes)
 # went up by one (KILL_REPLACE counts in none), its chunks (if CHAINED) are free too, and for
-# KILL_PURGE/KILL_DELETE its bytes are zero.
+# KILL_PURGE/KILL_DELETE its bytes are zero -- unless it is pinned (pins.pxi): then its slots stay
+# untouched as SLOT_DEAD until its last unpin frees them, zeroed.
 
 cdef inline void free_push(sctx *c, class_state *cs, slot_hdr *s) noexcept nogil:
     s.state = SLOT_FREE
@@ -17,6 +18,7 @@ cdef void slot_kill(sctx *c, slot_hdr *s, int why, long long pos) noexcept nogil
     account it, zero its bytes if purged or deleted, and put it on its class's free list."""
     cdef class_state *cs = &c.sh.classes[s.cls]
     cdef size_t extra = slot_extra(s)
+    cdef bint pinned = pin_held(c, slot_ref(c.data, s))   # pins.pxi: its bytes stay until the last unpin
     if pos >= 0:
         idx_unlink(c, <uint32_t>pos, s)
     elif pos == -1:
@@ -31,7 +33,7 @@ cdef void slot_kill(sctx *c, slot_hdr *s, int why, long long pos) noexcept nogil
     c.sh.data_bytes -= s.key_len + s.value_len
     c.sh.extra_bytes -= extra
     c.sh.slot_bytes -= c.h.class_size[s.cls]
-    if s.nx & CHAINED:
+    if s.nx & CHAINED and not pinned:
         chain_free(c, s, why == KILL_PURGE or why == KILL_DELETE)
     if why == KILL_EVICT:
         c.sh.evictions += 1
@@ -41,6 +43,9 @@ cdef void slot_kill(sctx *c, slot_hdr *s, int why, long long pos) noexcept nogil
         c.sh.purged += 1
     elif why == KILL_DELETE:
         c.sh.deletes += 1
+    if pinned:
+        dead_bury(c, s)     # unlinked and unaccounted now; zeroed and freed at its last unpin (dead_free)
+        return
     if why == KILL_PURGE or why == KILL_DELETE:
         memset((<char*>s) + HDR_SIZE, 0, min(extra + s.key_len + s.value_len,
                                              <size_t>c.h.class_size[s.cls] - HDR_SIZE))

@@ -3,7 +3,7 @@
 # ext/slabcache_debug.pyx (edgecore._slabcache_debug: the same parts plus testhooks.pxi).
 #
 # Reading order: slots -> shard -> lists -> index -> ghost -> lifecycle -> eviction -> alloc -> steal
-# -> chains -> recovery -> bans -> sweep -> layout -> arena -> stats -> api.
+# -> chains -> pins -> recovery -> bans -> sweep -> layout -> arena -> stats -> api.
 
 include "decls.pxi"
 include "slots.pxi"
@@ -16,6 +16,7 @@ include "eviction.pxi"
 include "alloc.pxi"
 include "steal.pxi"
 include "chains.pxi"
+include "pins.pxi"
 include "recovery.pxi"
 include "bans.pxi"
 include "sweep.pxi"

@@ -19,6 +19,11 @@ cdef void shard_wipe(sctx *c) noexcept nogil:
     sh.slot_bytes = 0
     sh.demand_total = 0
     sh.pages_used = 0
+    memset(sh.pins, 0, sizeof(sh.pins))     # pins.pxi: the pinned objects' pages are forgotten too
+    sh.npins = 0
+    sh.pinned_bytes = 0
+    sh.dead_bytes = 0
+    sh.dead_items = 0
     sh.recoveries += 1
 
 cdef inline int shard_lock(sctx *c) noexcept nogil:

@@ -3,14 +3,14 @@
 # Owns: stats_dict (what SlabCache.stats() returns) and layout_dict (SlabCache.layout()).
 # Invariants: counters are read under each shard's lock in turn, so each shard's numbers are consistent
 # with each other but shards are read at slightly different moments; bytes_used = fixed metadata + the
-# slots of live objects; metadata_bytes = fixed + per-object
+# slots of live objects + those of dead pinned ones (pins.pxi); metadata_bytes = fixed + per-object
 # (headers, tenant, tags, chain tables and chunk headers); slack = slot bytes neither data nor metadata.
 
 cdef dict stats_dict(header_t *h):
     """Counters summed over all shards (all processes), plus fill per size class."""
     cdef sctx c
     cdef uint32_t i, k
-    cdef uint64_t tot[14]
+    cdef uint64_t tot[18]
     cdef uint64_t cls_pages[MAX_CLASSES]
     cdef uint64_t cls_used[MAX_CLASSES]
     cdef class_state *cs
@@ -35,6 +35,10 @@ cdef dict stats_dict(header_t *h):
         tot[11] += c.sh.refused
         tot[12] += c.sh.steals
         tot[13] += c.sh.recoveries
+        tot[14] += c.sh.npins
+        tot[15] += c.sh.pinned_bytes
+        tot[16] += c.sh.dead_items
+        tot[17] += c.sh.dead_bytes
         for k in range(h.nclasses):
             cs = &c.sh.classes[k]
             cls_pages[k] += cs.npages
@@ -48,7 +52,7 @@ cdef dict stats_dict(header_t *h):
     return {
         "items": tot[0],
         "capacity_bytes": h.capacity,
-        "bytes_used": h.fixed_meta + tot[3],
+        "bytes_used": h.fixed_meta + tot[3] + tot[17],
         "data_bytes": tot[1],
         "metadata_bytes": h.fixed_meta + live_meta,
         "fixed_metadata_bytes": h.fixed_meta,
@@ -64,6 +68,10 @@ cdef dict stats_dict(header_t *h):
         "refused": tot[11],
         "page_steals": tot[12],
         "lock_recoveries": tot[13],
+        "pins": tot[14],
+        "pinned_bytes": tot[15],
+        "pinned_dead_items": tot[16],
+        "pinned_dead_bytes": tot[17],
         "shards": h.nshards,
         "page_size": h.page_size,
         "pages": shard_at(h, 0).npages * h.nshards,

@@ -4,7 +4,8 @@
 # Invariants: of the pages holding the donor's oldest objects, the one with fewest hot objects is taken;
 # its hot objects (and hot chains' chunks) are moved into free slots elsewhere in the donor, with every
 # reference fixed (index entry, queue neighbours, chain table, chunk back-refs); the rest are evicted; free
-# slots met inside the page meanwhile are parked as SLOT_DRAINED (on no list) and recarved with the page.
+# slots met inside the page meanwhile are parked as SLOT_DRAINED (on no list) and recarved with the page;
+# a page holding a pinned slot (pins.pxi) is never taken.
 
 cdef inline uint32_t page_of(sctx *c, uint32_t ref) noexcept nogil:
     return <uint32_t>((<size_t>(ref - 1) << 3) / c.h.page_size)
@@ -80,10 +81,11 @@ cdef slot_hdr* free_slot_outside(sctx *c, uint32_t cls, uint32_t page, slot_hdr 
         return t
     return NULL
 
-cdef void page_steal(sctx *c, uint32_t donor, uint32_t cls) noexcept nogil:
+cdef bint page_steal(sctx *c, uint32_t donor, uint32_t cls) noexcept nogil:
     """Give one page of `donor` to `cls`: of the pages holding the donor's oldest objects, the one with the
     fewest hot objects; its hot objects are moved into the donor's other pages (evicting its coldest objects
-    there, by S3-FIFO), its cold ones are evicted."""
+    there, by S3-FIFO), its cold ones are evicted. A page holding a pinned slot (pins.pxi) is never taken:
+    False when every page of the donor holds one."""
     cdef class_state *ds = &c.sh.classes[donor]
     cdef uint32_t page, j, n = c.h.class_per_page[donor], size = c.h.class_size[donor]
     cdef uint32_t cand[3]
@@ -101,6 +103,20 @@ cdef void page_steal(sctx *c, uint32_t donor, uint32_t cls) noexcept nogil:
     if ds.free_head:
         cand[ncand] = page_of(c, ds.free_head)
         ncand += 1
+    k = 0
+    for j in range(ncand):      # pins.pxi: pages holding pinned slots are not candidates
+        if not page_pinned(c, cand[j]):
+            cand[k] = cand[j]
+            k += 1
+    ncand = k
+    if ncand == 0 and c.sh.npins:
+        for page in range(c.sh.pages_used):
+            if c.pagedesc[page] == donor and not page_pinned(c, page):
+                cand[0] = page
+                ncand = 1
+                break
+        if ncand == 0:
+            return False
     if ncand == 0:
         # a class holding only chunks (of chains whose heads are elsewhere) is on none of its lists: its
         # first page will do
@@ -137,3 +153,4 @@ cdef void page_steal(sctx *c, uint32_t donor, uint32_t cls) noexcept nogil:
     ds.npages -= 1
     c.sh.steals += 1
     page_carve(c, page, cls)
+    return True

@@ -28,7 +28,7 @@ cdef uint32_t shard_walk(sctx *c, uint32_t *page, uint32_t *slot, uint32_t budge
             s = <slot_hdr*>(p + <size_t>slot[0] * size)
             slot[0] += 1
             visited += 1
-            if s.state == SLOT_FREE or s.state == SLOT_CHUNK:
+            if s.state == SLOT_FREE or s.state == SLOT_CHUNK or s.state == SLOT_DEAD:
                 continue
             if ban != NULL:
                 if ban_matches(ban, s):

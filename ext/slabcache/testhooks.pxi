@@ -44,13 +44,30 @@ cdef class DebugSlabCache(SlabCache):
             shard_wipe(&c)
         shard_unlock(&c)
 
+    def _test_pins(self):
+        """TEST ONLY: the pin table entries in use, as (shard, head ref, pid, count) tuples."""
+        cdef header_t *h = self._hdr()
+        cdef sctx c
+        cdef uint32_t i
+        cdef int k
+        out = []
+        for i in range(h.nshards):
+            ctx_init(&c, h, i)
+            if shard_lock(&c):
+                raise CacheError("shard lock unrecoverable")
+            for k in range(<int>MAX_PINS):
+                if c.sh.pins[k].ref:
+                    out.append((i, c.sh.pins[k].ref, c.sh.pins[k].pid, c.sh.pins[k].count))
+            shard_unlock(&c)
+        return out
+
     @staticmethod
     def _test_constants():
         """TEST ONLY: the layout constants of slabcache.pxd that Python code mirrors or relies on."""
         return {
             "MAX_TAGS": MAX_TAGS, "MAX_BANS": MAX_BANS, "BAN_PREFIX_MAX": BAN_PREFIX_MAX,
             "HDR_SIZE": HDR_SIZE, "MAX_CLASSES": MAX_CLASSES, "MIN_PAGE": MIN_PAGE, "MAX_PAGE": MAX_PAGE,
-            "SC_MAGIC": SC_MAGIC, "SC_VERSION": SC_VERSION, "FLAGS_MAX": 0xFFFF,
+            "SC_MAGIC": SC_MAGIC, "SC_VERSION": SC_VERSION, "FLAGS_MAX": 0xFFFF, "MAX_PINS": MAX_PINS,
         }
 
     def _test_check(self):
@@ -63,7 +80,8 @@ cdef class DebugSlabCache(SlabCache):
         cdef header_t *h = self._hdr()
         cdef sctx c
         cdef uint32_t i, page, j, n, size, cls, b, r, k
-        cdef uint64_t items, slot_bytes, walked
+        cdef uint64_t items, slot_bytes, walked, dead_bytes, dead_items, pinned_bytes
+        cdef int pi
         cdef uint64_t nfree[MAX_CLASSES]
         cdef uint64_t nlive[MAX_CLASSES]
         cdef slot_hdr *s
@@ -78,6 +96,8 @@ cdef class DebugSlabCache(SlabCache):
             try:
                 items = 0
                 slot_bytes = 0
+                dead_bytes = 0
+                dead_items = 0
                 memset(nfree, 0, sizeof(nfree))
                 memset(nlive, 0, sizeof(nlive))
                 for page in range(c.sh.pages_used):
@@ -108,10 +128,19 @@ cdef class DebugSlabCache(SlabCache):
                                 bad.append("shard %d: a live object is not on its bucket's chain" % i)
                             if <uint32_t>sc_hash64(slot_key(s), s.key_len) != s.hash32:
                                 bad.append("shard %d: hash32 does not match the key" % i)
+                        elif s.state == SLOT_DEAD:
+                            dead_items += 1
+                            dead_bytes += size
+                            if not pin_held(&c, slot_ref(c.data, s)):
+                                bad.append("shard %d: a dead object no pin holds" % i)
                         elif s.state == SLOT_CHUNK:
-                            slot_bytes += size
                             hd = slot_at(c.data, s.prev)
-                            if s.prev == 0 or not (hd.state == SLOT_SMALL or hd.state == SLOT_MAIN) \
+                            if s.prev != 0 and hd.state == SLOT_DEAD:
+                                dead_bytes += size
+                            else:
+                                slot_bytes += size
+                            if s.prev == 0 or not (hd.state == SLOT_SMALL or hd.state == SLOT_MAIN
+                                                   or hd.state == SLOT_DEAD) \
                                     or not (hd.nx & CHAINED):
                                 bad.append("shard %d: a chunk whose head is not a live chained object" % i)
                                 continue
@@ -138,6 +167,34 @@ cdef class DebugSlabCache(SlabCache):
                     bad.append("shard %d: items %d, in pages %d, on chains %d" % (i, c.sh.items, items, walked))
                 if slot_bytes != c.sh.slot_bytes:
                     bad.append("shard %d: slot_bytes %d, in pages %d" % (i, c.sh.slot_bytes, slot_bytes))
+                if dead_bytes != c.sh.dead_bytes or dead_items != c.sh.dead_items:
+                    bad.append("shard %d: dead %d objects %d bytes, in pages %d objects %d bytes" % (
+                        i, c.sh.dead_items, c.sh.dead_bytes, dead_items, dead_bytes))
+                pinned_bytes = 0
+                k = 0
+                for pi in range(<int>MAX_PINS):
+                    r = c.sh.pins[pi].ref
+                    if r == 0:
+                        continue
+                    k += 1
+                    s = slot_at(c.data, r)
+                    if c.sh.pins[pi].count == 0 or not (s.state == SLOT_SMALL or s.state == SLOT_MAIN
+                                                        or s.state == SLOT_DEAD):
+                        bad.append("shard %d: a pin of a slot in state %d (count %d)" % (
+                            i, s.state, c.sh.pins[pi].count))
+                        continue
+                    if pin_find(&c, r, c.sh.pins[pi].pid) != pi:
+                        bad.append("shard %d: two pin entries for one object and process" % i)
+                    j = 0
+                    while j < <uint32_t>pi:
+                        if c.sh.pins[j].ref == r:
+                            break
+                        j += 1
+                    if j == <uint32_t>pi:
+                        pinned_bytes += obj_slot_bytes(&c, s)
+                if k != c.sh.npins or pinned_bytes != c.sh.pinned_bytes:
+                    bad.append("shard %d: npins %d pinned_bytes %d, in the table %d and %d" % (
+                        i, c.sh.npins, c.sh.pinned_bytes, k, pinned_bytes))
                 for cls in range(h.nclasses):
                     if nfree[cls] != c.sh.classes[cls].nfree:
                         bad.append("shard %d class %d: nfree %d, in pages %d" % (i, cls, c.sh.classes[cls].nfree, nfree[cls]))
