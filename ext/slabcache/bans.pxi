@@ -24,7 +24,7 @@ cdef bint ban_matches(ban_t *b, slot_hdr *s) noexcept nogil:
         return slot_tenant(s) == b.ident
     if b.kind == BAN_PREFIX:
         return s.key_len >= b.prefix_len and memcmp(slot_key(s), b.prefix, b.prefix_len) == 0
-    return False
+    return ten_ban_matches(b, s)      # the kinds of tenants.pxi (every tenant's copy of a URL or prefix)
 
 cdef bint bans_kill(header_t *h, slot_hdr *s) noexcept nogil:
     """True if an active ban registered after this object was stored covers it."""

@@ -17,6 +17,7 @@ cdef void slot_kill(sctx *c, slot_hdr *s, int why, long long pos) noexcept nogil
     account it, zero its bytes if purged or deleted, and put it on its class's free list."""
     cdef class_state *cs = &c.sh.classes[s.cls]
     cdef size_t extra = slot_extra(s)
+    ten_note(c.h, s, False)     # the tenant table's accounting (tenants.pxi)
     if pos >= 0:
         idx_unlink(c, <uint32_t>pos, s)
     elif pos == -1:

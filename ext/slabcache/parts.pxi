@@ -3,7 +3,7 @@
 # ext/slabcache_debug.pyx (edgecore._slabcache_debug: the same parts plus testhooks.pxi).
 #
 # Reading order: slots -> shard -> lists -> index -> ghost -> lifecycle -> eviction -> alloc -> steal
-# -> chains -> recovery -> bans -> sweep -> layout -> stats -> api.
+# -> chains -> recovery -> bans -> sweep -> tenants -> layout -> stats -> api.
 
 include "decls.pxi"
 include "slots.pxi"
@@ -19,6 +19,7 @@ include "chains.pxi"
 include "recovery.pxi"
 include "bans.pxi"
 include "sweep.pxi"
+include "tenants.pxi"
 include "layout.pxi"
 include "stats.pxi"
 include "api.pxi"
