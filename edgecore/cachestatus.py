@@ -26,6 +26,8 @@ __all__ = [
     "COLLAPSED_UNCACHEABLE",
     "ONLY_IF_CACHED",
     "REQUEST_NO_STORE",
+    "RESIDENCY",
+    "REVOKED",
     "PROXY_DETAILS",
     "ERROR_DETAILS",
     "ALL_DETAILS",
@@ -59,6 +61,8 @@ COLLAPSED_UNCACHEABLE = b"collapsed-uncacheable"  # waited on a flight whose res
 ONLY_IF_CACHED = detail(Reason.ONLY_IF_CACHED)  # b"only-if-cached": nothing stored fits (RFC 9111 5.2.1.7)
 REQUEST_NO_STORE = detail(Reason.REQUEST_NO_STORE)  # b"request-no-store": passed through (RFC 9111 5.2.1.5)
 CONNECTION_LISTED = b"connection-listed"  # Connection removes a field the request has: passed, not stored
+RESIDENCY = detail(Reason.RESIDENCY)  # b"residency": the tenant may not be stored in this node's region
+REVOKED = detail(Reason.REVOKED)  # b"revoked": the tenant is revoked: passed through, never stored
 PROXY_DETAILS = (
     CONNECTION_LISTED,
     STALE_WHILE_REVALIDATE,

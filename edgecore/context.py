@@ -8,7 +8,8 @@ plainmiss) may ask of a client connection.
 Invariants: the C fast path gets every fact it shares with Python (entry layout, field lists, thresholds,
 histogram bounds) from the Python source at construction, never retyped; EDGECORE_NO_FASTPATH=1 turns it
 off (and with it the plain-miss path, which only starts from its miss result), and so does an access log
-that is on (the C path answers hits without Python, so it could not log them); `log_response` is the one
+that is on (the C path answers hits without Python, so it could not log them), and so does tenancy (the C
+path does not tell tenants apart: `tenancy`, tenants.Tenancy, built from cfg); `log_response` is the one
 call that records a response, made where it is counted (serve, sinks, protocol.error).
 Never: touch a transport itself, or decide anything about caching.
 """
@@ -21,7 +22,7 @@ import functools
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol
 
-from . import cachestatus, entry, keys, policy
+from . import cachestatus, entry, keys, policy, tenants
 from ._hitpath import HitPath
 from .accesslog import AccessLog
 from .cache import Cache
@@ -99,6 +100,9 @@ class Request:
         "buffered",
         "upstream",
         "up_t0",
+        "tenant",
+        "tenant_key",
+        "tenant_id",
     )
 
     def __init__(self) -> None:
@@ -123,6 +127,11 @@ class Request:
         self.buffered = 0  # body bytes received and not yet sent upstream
         self.upstream: str | None = None  # host:port of the last upstream asked (the access log)
         self.up_t0 = 0.0  # when that exchange started
+        # its tenant (tenants.Tenancy; set by cachepath.handle when tenancy is on): the name (None: tenancy
+        # off, or not known yet), the name as keyed (keys.primary_key), its id in the slab cache
+        self.tenant: str | None = None
+        self.tenant_key = b""
+        self.tenant_id: int | None = None  # None: tenancy off (lookups check no tenant)
 
     def has_body(self) -> bool:
         return self.chunked or bool(self.clen)
@@ -202,9 +211,10 @@ class Context:
         )
         self.key_opts = keys.options_for(cfg)
         self.policy_opts = policy.options_for(cfg)
+        self.tenancy = tenants.tenancy_for(cfg)
         self.connections: set[Connection] = set()
         self._draining = False
-        self.hitpath = make_hitpath(cfg, cache, counters, self.key_opts)
+        self.hitpath = make_hitpath(cfg, cache, counters, self.key_opts, self.tenancy.enabled)
         self.refreshing: set[bytes] = set()  # keys with a background refresh in flight
         self.tasks: set[asyncio.Task[None]] = set()  # background tasks, kept until done
         self._sweeper: asyncio.TimerHandle | None = None
@@ -242,7 +252,17 @@ class Context:
         a = self.access
         if a is not None:
             a.record(
-                peer, r.method, r.host, r.target, status, nbytes, r.t0, cache_status, r.upstream, r.up_t0
+                peer,
+                r.method,
+                r.host,
+                r.target,
+                status,
+                nbytes,
+                r.t0,
+                cache_status,
+                r.upstream,
+                r.up_t0,
+                r.tenant,
             )
 
     def stop(self) -> None:
@@ -253,7 +273,9 @@ class Context:
         self.pool.close()
 
 
-def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: keys.KeyOptions) -> HitPath:
+def make_hitpath(
+    cfg: Config, cache: Cache, counters: SlotCounters, key_opts: keys.KeyOptions, tenancy: bool = False
+) -> HitPath:
     """The C fast path for fresh plain hits, set up to build keys exactly as keys.primary_key does and told
     every fact it shares with Python by that fact's one source."""
     probe = keys.primary_key(b"GET", b"h", b"/", key_opts)
@@ -281,7 +303,10 @@ def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: ke
         enabled=default_opts
         and probe.endswith(b"1:h/")
         and not fastpath_disabled()
-        and cfg.access_log == "off",
+        and cfg.access_log == "off"
+        # with tenants the key and the lookup carry the tenant, which the C path does not extract: every
+        # request takes the general path (tenants.py)
+        and not tenancy,
     )
 
 

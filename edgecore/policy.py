@@ -100,6 +100,8 @@ class Reason(enum.Enum):
     REQUEST_NO_STORE = enum.auto()  # request no-store (5.2.1.5)
     SET_COOKIE = enum.auto()  # the response sets a cookie: meant for one client (cache_set_cookie = "pass")
     CLIENT_ERROR = enum.auto()  # 400/413/414/431 without explicit freshness, or cache_client_errors = "never"
+    RESIDENCY = enum.auto()  # the tenant's regions do not include this node's region (tenant_refusal)
+    REVOKED = enum.auto()  # the tenant is revoked: passed through, never stored (tenant_refusal)
     # reusing (RFC 9111 4, 5.2.1; RFC 9110 13)
     REQUEST_NO_CACHE = enum.auto()  # request no-cache, or Pragma: no-cache alone (5.2.1.4, 5.4)
     REQUEST_MAX_AGE = enum.auto()  # older than the request max-age (5.2.1.1)
@@ -108,6 +110,18 @@ class Reason(enum.Enum):
     NO_CACHE = enum.auto()  # response no-cache: always revalidate (5.2.2.4)
     MUST_REVALIDATE = enum.auto()  # stale and must-revalidate, proxy-revalidate, s-maxage (5.2.2.2, 5.2.2.8)
     ONLY_IF_CACHED = enum.auto()  # request only-if-cached and nothing fits: 504 (5.2.1.7)
+
+
+def tenant_refusal(regions: tuple[str, ...] | None, region: str, revoked: bool) -> Reason | None:
+    """Whether this node may store (or serve from its cache) a tenant's responses: not while the tenant is
+    revoked (REVOKED), nor on a node whose region its `regions` leave out (RESIDENCY; None = anywhere). A
+    refusal means pass-through: neither looked up nor stored (RFC 9111 3 makes storing the cache's choice;
+    Cache-Status fwd=bypass, RFC 9211 2.2). Revocation is checked first: it is the stronger statement."""
+    if revoked:
+        return Reason.REVOKED
+    if regions is not None and region not in regions:
+        return Reason.RESIDENCY
+    return None
 
 
 class Use(enum.Enum):

@@ -29,6 +29,7 @@ import sys
 import time
 from typing import Any
 
+from . import tenants
 from .accesslog import open_access_log, set_process_format
 from .cache import Cache
 from .config import Config, available_cpus, fastpath_disabled
@@ -82,6 +83,8 @@ class Supervisor:
         self.cfg = cfg
         self.nworkers = cfg.workers or available_cpus()
         self.cache = Cache(cfg.cache_size, cfg.max_object_size)
+        # the tenant tables' quotas and revocations (config and state file) before any worker forks
+        tenants.start(self.cache, cfg, tenants.State(cfg.tenant_state_file))
         # with one health block per upstream: the admin process's checks write it, the workers read it
         self.counters = SharedCounters(slots=self.nworkers + 1, upstreams=len(cfg.upstream))
         self.admin_slot = self.nworkers
