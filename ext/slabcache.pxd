@@ -52,6 +52,7 @@ cdef enum:
     FREQ_MAX = 3
     EVICT_STEPS_MAX = 64        # bound on the reinsertion steps one eviction may take
     CHUNK_SLOTS = 512           # bound on slots a purge/sweep visits per shard-lock hold
+    PURGE_CHUNK_SLOTS = 64      # what a purge's walk visits per hold (bench/tenant_purge.py: ~8 us a hold)
     HAS_TENANT = 0x80           # slot_hdr.nx bit: an 8-byte tenant id precedes the tags
     CHAINED = 0x40              # slot_hdr.nx bit: a chain table follows the tags (value spills into chunks)
     NTAGS_MASK = 0x3F

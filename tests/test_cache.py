@@ -415,6 +415,7 @@ def test_production_module_has_no_test_hooks() -> None:
         "_test_hold_shard_lock",
         "_test_constants",
         "_test_check",
+        "_test_timed_purge_tenant",
     }
 
 

@@ -15,8 +15,11 @@ import sys
 import threading
 import time
 
+import hypothesis.strategies as st
 import pytest
 from client import ROOT, Edge, get, wait_for
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from edgecore import cachestatus, entry, policy, tenants
 from edgecore.cache import debug_cache_class
@@ -557,3 +560,115 @@ def test_access_log_has_the_tenant(origin, tmp_path, uniq):
         assert line["tenant"] == "logged"
     finally:
         e.stop()
+
+
+# ------------------------------------------------------------------ the tenant table against a model
+
+TENANT_IDS = [tenants.tenant_id(n) for n in ("qa", "qb", "qc")]
+QKEYS = [b"/q/%d" % i for i in range(24)]
+
+
+class TenantQuotaMachine(RuleBasedStateMachine):
+    """Random stores, deletes, quota changes, revocations and restores of three tenants on the debug cache
+    (large enough that nothing is evicted for room), against a model of what each tenant holds: a tenant with
+    a quota may lose its own entries (evicted to make room for its own), never another tenant's; the table's
+    bytes and items equal the model's sums after every step, and never exceed a quota right after a store it
+    accepted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache = debug_cache_class()(8 << 20)
+        self.model: dict[bytes, tuple[int, bytes]] = {}  # key -> (tenant, value)
+        self.quota: dict[int, int] = {}
+        self.revoked: set[int] = set()
+
+    def teardown(self) -> None:
+        self.cache.close()
+
+    @rule(key=st.sampled_from(QKEYS), tenant=st.sampled_from(TENANT_IDS), n=st.integers(0, 1500))
+    def store(self, key: bytes, tenant: int, n: int) -> None:
+        value = bytes([n % 251]) * n
+        ok = self.cache.store(key, value, 0.0, FAR, tenant=tenant)
+        if tenant in self.revoked:
+            assert not ok  # a revoked tenant is never stored (and nothing else changes)
+            return
+        if not ok:
+            assert tenant in self.quota  # only a quota refuses a store in this roomy cache
+            self.model.pop(key, None)  # (the old entry under that key was replaced before the refusal)
+            return
+        self.model[key] = (tenant, value)
+        row = self._row(tenant)
+        if tenant in self.quota:
+            assert row["bytes"] <= self.quota[tenant]
+
+    @rule(key=st.sampled_from(QKEYS))
+    def delete(self, key: bytes) -> None:
+        present = key in self._reconciled()
+        assert self.cache.delete(key) == present
+        self.model.pop(key, None)
+
+    @rule(tenant=st.sampled_from(TENANT_IDS), quota=st.sampled_from([0, 1500, 4000, 9000]))
+    def set_quota(self, tenant: int, quota: int) -> None:
+        self.cache.tenant_set(tenant, quota=quota)
+        if quota:
+            self.quota[tenant] = quota
+        else:
+            self.quota.pop(tenant, None)
+
+    @rule(tenant=st.sampled_from(TENANT_IDS))
+    def revoke(self, tenant: int) -> None:
+        self.cache.tenant_set(tenant, revoked=True)
+        held = [k for k, (t, _) in self._reconciled().items() if t == tenant]
+        assert self.cache.purge_tenant(tenant) == len(held)
+        for k in held:
+            del self.model[k]
+        self.revoked.add(tenant)
+
+    @rule(tenant=st.sampled_from(TENANT_IDS))
+    def restore(self, tenant: int) -> None:
+        self.cache.tenant_set(tenant, revoked=False)
+        self.revoked.discard(tenant)
+
+    @rule(key=st.sampled_from(QKEYS), tenant=st.sampled_from(TENANT_IDS))
+    def lookup(self, key: bytes, tenant: int) -> None:
+        got = self.cache.lookup(key, 1.0, tenant)
+        held = self._reconciled().get(key)
+        if held is None or held[0] != tenant:
+            assert got is None  # never another tenant's entry
+        else:
+            assert got is not None and got[0] == held[1]
+
+    def _row(self, tenant: int) -> dict:  # type: ignore[type-arg]
+        return {r["id"]: r for r in self.cache.tenant_rows()}.get(tenant, {"bytes": 0, "items": 0})
+
+    def _reconciled(self) -> dict[bytes, tuple[int, bytes]]:
+        """The model after dropping what quota evictions took (observed after every step, so while the quota
+        that caused them is still set): only entries of a tenant with a quota may be gone; every other
+        tenant's entry must still be there, byte for byte."""
+        for k, (t, v) in list(self.model.items()):
+            got = self.cache.lookup(k, 1.0, t)
+            if got is None:
+                assert t in self.quota, f"{k!r} of a tenant without a quota was lost"
+                del self.model[k]
+            else:
+                assert got[0] == v
+        return self.model
+
+    @invariant()
+    def table_matches_model(self) -> None:
+        held = self._reconciled()
+        for t in TENANT_IDS:
+            mine = [(k, v) for k, (tt, v) in held.items() if tt == t]
+            row = self._row(t)
+            assert row["items"] == len(mine)
+            assert row["bytes"] == sum(len(k) + len(v) for k, v in mine)
+
+    @invariant()
+    def structure_is_sound(self) -> None:
+        assert self.cache._test_check() == []
+
+
+TenantQuotaMachine.TestCase.settings = settings(
+    max_examples=60, stateful_step_count=40, deadline=None, suppress_health_check=list(HealthCheck)
+)
+test_tenant_table_state_machine = TenantQuotaMachine.TestCase

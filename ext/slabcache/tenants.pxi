@@ -18,7 +18,7 @@
 #   * a revoked tenant's entries are refused by store (the flag is read before any lock is taken);
 #   * rows seen only on a store (not set by tenant_set) use at most half the table, so the tenants that the
 #     config names or revokes always find a row;
-#   * walks hold a shard lock for at most CHUNK_SLOTS slots, like ban_walk.
+#   * walks hold a shard lock for at most PURGE_CHUNK_SLOTS slots, like ban_walk.
 # Must never: take a second lock while holding a shard lock, or call into Python while holding one.
 
 cdef extern from *:
@@ -254,7 +254,7 @@ cdef uint64_t soft_walk(header_t *h, ban_t *b, size_t *off, uint32_t fmask, doub
     """For every live entry b covers (b is not registered: its seq matches every entry) whose flags meet
     fmask, make it stale at now: of the four doubles at value offsets off[0..3] (fresh-until, lifetime,
     initial age, response time), fresh-until becomes at most now and lifetime at most the age at now
-    (initial age + now - response time). CHUNK_SLOTS slots per shard-lock hold. Returns how many entries
+    (initial age + now - response time). PURGE_CHUNK_SLOTS slots per shard-lock hold. Returns how many entries
     were marked."""
     cdef uint64_t marked = 0
     cdef uint32_t i, page, sl, visited, cls, n, size
@@ -275,7 +275,7 @@ cdef uint64_t soft_walk(header_t *h, ban_t *b, size_t *off, uint32_t fmask, doub
                 shard_unlock(&c)
                 break
             visited = 0
-            while visited < CHUNK_SLOTS and page < c.sh.pages_used:
+            while visited < PURGE_CHUNK_SLOTS and page < c.sh.pages_used:
                 cls = c.pagedesc[page]
                 if cls == PAGE_UNASSIGNED:
                     page += 1
@@ -284,7 +284,7 @@ cdef uint64_t soft_walk(header_t *h, ban_t *b, size_t *off, uint32_t fmask, doub
                 n = c.h.class_per_page[cls]
                 size = c.h.class_size[cls]
                 p = c.data + <size_t>page * c.h.page_size
-                while sl < n and visited < CHUNK_SLOTS:
+                while sl < n and visited < PURGE_CHUNK_SLOTS:
                     s = <slot_hdr*>(p + <size_t>sl * size)
                     sl += 1
                     visited += 1
