@@ -2,7 +2,9 @@
 refresh, stale-while-revalidate in the background, stale-if-error, coalesced misses, store, pass-through of
 everything else, and invalidation after unsafe methods.
 
-Owns: the order of the decisions for one request and the upstream exchanges they need (one server chosen per
+Owns: the order of the decisions for one request (first, with tenancy on, its tenant: part of its key and
+checked on lookup; a tenant revoked or outside its regions is passed through before anything is looked up,
+coalesced or stored) and the upstream exchanges they need (one server chosen per
 request; one retry on a fresh connection when a reused one closes before answering a bodiless request; a
 connect failure or a reset before any response byte of a bodiless idempotent request retried on another
 server, up to `retries`, within the pool's retry budget; 503 + Retry-After past max_upstream_requests).

@@ -98,6 +98,17 @@ def cmd_check_config(a: argparse.Namespace) -> int:
     return 0
 
 
+def _tenant_table(p: config.TenantPolicy) -> str:
+    parts = []
+    if p.regions is not None:
+        parts.append("regions = [" + ", ".join(json.dumps(r) for r in p.regions) + "]")
+    if p.quota is not None:
+        parts.append(f"quota = {p.quota}")
+    if p.revoked:
+        parts.append("revoked = true")
+    return "{" + ", ".join(parts) + "}"
+
+
 def _show(key: str, value: Any) -> str:
     if key == "admin_token":
         return '"****"' if value else '""'
@@ -108,6 +119,9 @@ def _show(key: str, value: Any) -> str:
         and key in ("listen", "admin")
     ):
         return json.dumps(f"{value[0]}:{value[1]}")
+    if key == "tenants":
+        # [tenants.NAME] tables, shown as one inline TOML table
+        return "{" + ", ".join(f"{json.dumps(n)} = {_tenant_table(p)}" for n, p in value) + "}"
     if isinstance(value, tuple):
         return "[" + ", ".join(_show(key, v) for v in value) + "]"
     if isinstance(value, config.Upstream):

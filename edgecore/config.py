@@ -392,7 +392,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "default_tenant": _parse_str,
     "region": _parse_region,
     "tenants": _parse_tenants,
-    "tenant_state_file": _parse_str,
+    "tenant_state_file": lambda v: _parse_state_file(v),
 }
 KEYS = tuple(_PARSERS)
 FILE_ONLY = frozenset(("tenants",))  # keys with no EDGECORE_<KEY> environment form
@@ -410,6 +410,14 @@ def _parse_access_log(v: Any) -> str:
     folder = os.path.dirname(os.path.abspath(s))
     if not os.path.isdir(folder):
         raise ValueError(f"folder {folder} does not exist")
+    return s
+
+
+def _parse_state_file(v: Any) -> str:
+    """A file path in a folder that exists ("" = none)."""
+    s = str(v)
+    if s and not os.path.isdir(os.path.dirname(os.path.abspath(s))):
+        raise ValueError(f"folder {os.path.dirname(os.path.abspath(s))} does not exist")
     return s
 
 

@@ -8,7 +8,8 @@ Owns: every store / reuse / stale / retention decision: the store decision (incl
 and Vary: *) and the Freshness record kept beside a stored response; the reuse decision; serving stale on
 error (which statuses, which windows); how long past its freshness an entry is kept; whether the stored head
 differs from the one this client gets; validators for revalidation; field updates from a 304 or a HEAD;
-invalidation after unsafe methods; Age. Field syntax (Cache-Control, targeted fields, dates, entity tags)
+invalidation after unsafe methods; Age; whether a tenant may be stored on this node at all (tenant_refusal:
+residency, revocation). Field syntax (Cache-Control, targeted fields, dates, entity tags)
 is fields.py's; client conditionals and ranges are conditional.py's; Cache-Status is cachestatus.py's.
 Per-client responses are not shared: a Set-Cookie response is not stored (SET_COOKIE) unless the options
 say "strip" (stored without the field, Options.strip_on_store); a 400/413/414/431 (a response about the

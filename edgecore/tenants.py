@@ -133,7 +133,14 @@ class State:
             self.revoked.add(name)
         else:
             self.revoked.discard(name)
-        write_state(self.path, self.revoked)
+        self.save()
+
+    def save(self) -> None:
+        """Write the file; a failure is logged (the change holds in shared memory until the next restart)."""
+        try:
+            write_state(self.path, self.revoked)
+        except OSError as e:
+            log.error("cannot record tenant revocations in %s: %s", self.path, e.strerror or e)
 
 
 # ------------------------------------------------------------------ one node's side of changes
@@ -171,7 +178,7 @@ def start(cache: Cache, cfg: Config, state: State | None) -> int:
         purged += revoke(cache, None, name)
     if state is not None and revoked != state.revoked:
         state.revoked = revoked
-        write_state(state.path, revoked)
+        state.save()
     return purged
 
 

@@ -359,6 +359,29 @@ def test_revocation_survives_a_restart(origin, tmp_path, uniq):
         e.stop()
 
 
+def test_revocation_is_seen_by_every_worker_at_once(origin, tmp_path, uniq):
+    """Two workers share the tenant table: right after the revoke answer, no worker serves or stores the
+    tenant (each request on a new connection, spread over both workers' SO_REUSEPORT listeners)."""
+    cfg = write_config(str(tmp_path), str(tmp_path / "state.json"))
+    e = Edge(origin.url, workers=2, args=["--config", cfg])
+    try:
+        t = f"{uniq}?cc=max-age=60"
+        tget(e, t, "shared")
+        assert wait_for(lambda: tget(e, t, "shared").cache_status.startswith("edgecore; hit"))
+        assert json.loads(post(e, "/tenants/shared/revoke").body)["revoked"] is True
+        seen = {tget(e, t, "shared").cache_status for _ in range(20)}
+        assert seen == {"edgecore; fwd=bypass; fwd-status=200; detail=revoked"}
+        assert tenants_doc(e)["shared"]["items"] == 0
+    finally:
+        e.stop()
+
+
+def test_state_file_folder_must_exist(tmp_path):
+    with pytest.raises(ConfigErrors) as ei:
+        build({"tenant_state_file": str(tmp_path / "no" / "such" / "s.json")}, require_upstream=False)
+    assert ei.value.problems[0].key == "tenant_state_file" and "does not exist" in ei.value.problems[0].why
+
+
 def test_revoke_overwrites_the_bytes_in_the_arena(tmp_path):
     c = debug_cache_class()(8 << 20)
     try:
