@@ -177,10 +177,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_purge(a: argparse.Namespace) -> int:
-    body = {k: getattr(a, k) for k in ("url", "prefix", "tag", "tenant") if getattr(a, k)}
-    if len(body) != 1:
+    body: dict[str, Any] = {k: getattr(a, k) for k in ("url", "prefix", "tag") if getattr(a, k)}
+    if len(body) > 1 or (not body and not a.tenant):
         print("edgecore purge: give exactly one of --url, --prefix, --tag, --tenant", file=sys.stderr)
         return 2
+    if a.tenant:
+        body["tenant"] = a.tenant  # alone: that tenant's entries; beside --url/--prefix/--tag: narrows them
+    if a.soft:
+        body["soft"] = True
     token = a.token or os.environ.get("EDGECORE_ADMIN_TOKEN", "")
     req = urllib.request.Request(
         f"http://{a.admin}/purge",
@@ -245,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--token", help="admin token (or EDGECORE_ADMIN_TOKEN)")
     for k in ("url", "prefix", "tag", "tenant"):
         g.add_argument(f"--{k}")
+    g.add_argument("--soft", action="store_true", help="mark stale (served stale while revalidated)")
     g.set_defaults(func=cmd_purge)
     sub.add_parser("bench", help="load benchmarks beside nginx and the Python ceiling (= python -m bench)")
     return p
