@@ -376,6 +376,18 @@ def test_revocation_is_seen_by_every_worker_at_once(origin, tmp_path, uniq):
         e.stop()
 
 
+def test_revoke_and_restore_need_the_admin_token(origin, tmp_path):
+    e = Edge(origin.url, args=["--config", write_config(str(tmp_path), ""), "--admin-token", "s3cret"])
+    try:
+        for op in ("revoke", "restore"):
+            assert post(e, f"/tenants/tok/{op}").status == 401
+            r = e.admin(f"/tenants/tok/{op}", "POST", b"", headers={"Authorization": "Bearer s3cret"})
+            assert r.status == 200 and json.loads(r.body)["revoked"] is (op == "revoke")
+        assert e.admin("/tenants").status == 200  # reading needs no token, like /stats
+    finally:
+        e.stop()
+
+
 def test_state_file_folder_must_exist(tmp_path):
     with pytest.raises(ConfigErrors) as ei:
         build({"tenant_state_file": str(tmp_path / "no" / "such" / "s.json")}, require_upstream=False)
