@@ -63,7 +63,8 @@ async def handle(c: Client, r: Request) -> None:
     if t.enabled:
         # the request's tenant (tenants.py): part of its key, checked on every lookup, stored with entries
         name = t.name_of(r.headers)
-        r.tenant, r.tenant_key, r.tenant_id = name, name.encode("latin-1"), tenants.tenant_id(name)
+        r.tenant, r.tenant_key = name, name.encode("latin-1")  # (the field's bytes as received)
+        r.tenant_id = tenants.tenant_id(r.tenant_key)
         if r.tenant_id not in t.named:
             t.note(c.ctx.cache, name, r.tenant_id)
         why = t.refusal(c.ctx.cache, name, r.tenant_id)

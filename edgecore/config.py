@@ -257,6 +257,14 @@ def _parse_tenants(v: Any) -> tuple[tuple[str, TenantPolicy], ...]:
     return tuple(out)
 
 
+def _parse_tenant_name(v: Any) -> str:
+    """A tenant name: visible ASCII, at most 200 bytes ("" = the default tenant of a single-tenant node)."""
+    s = str(v)
+    if len(s) > 200 or any(ord(ch) < 0x21 or ord(ch) > 0x7E for ch in s):
+        raise ValueError(f"{v!r} is not a tenant name (visible ASCII, at most 200 characters)")
+    return s
+
+
 def _parse_field_name(v: Any) -> str:
     """A request field name (RFC 9110 5.1: a token), lower-cased; "" = none."""
     s = str(v).strip().lower()
@@ -389,7 +397,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "access_log": lambda v: _parse_access_log(v),
     "log_format": lambda v: _choice(v, ("text", "json")),
     "tenant_header": _parse_field_name,
-    "default_tenant": _parse_str,
+    "default_tenant": lambda v: _parse_tenant_name(v),
     "region": _parse_region,
     "tenants": _parse_tenants,
     "tenant_state_file": lambda v: _parse_state_file(v),

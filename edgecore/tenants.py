@@ -39,7 +39,8 @@ _NO_POLICY = TenantPolicy()
 
 
 def tenant_id(name: str | bytes) -> int:
-    """A tenant name as the slab cache's tenant id: never 0 (0 is "no tenant"), the default tenant "" too."""
+    """A tenant name as the slab cache's tenant id: never 0 (0 is "no tenant"), the default tenant "" too.
+    A str is taken as UTF-8 (the admin API's names), bytes as they are (a request field's value)."""
     return Cache.tag_id(b"tenant:" + (name.encode() if isinstance(name, str) else bytes(name))) or 1
 
 
@@ -151,7 +152,7 @@ def revoke(cache: Cache, state: State | None, name: str) -> int:
     it any more), recorded in the state file, then every entry of it purged with its bytes overwritten.
     Returns how many entries were purged. (The invalidation bus calls this for a "revoke" message.)"""
     tid = tenant_id(name)
-    cache.tenant_set(tid, revoked=True, name=name.encode("latin-1"))
+    cache.tenant_set(tid, revoked=True, name=name.encode())
     if state is not None:
         state.set(name, True)
     return cache.purge_tenant(tid)
@@ -211,7 +212,8 @@ def describe(cache: Cache, tenancy: Tenancy, known: Iterable[str] = ()) -> dict[
     """GET /tenants: every configured tenant and every tenant with entries (those the tenant table holds;
     tenants seen only on stores are named by their id, as "#<id>", when the config does not name them)."""
     rows = {r["id"]: r for r in cache.tenant_rows()}
-    names = {r["id"]: r["name"].decode("latin-1") for r in rows.values() if r.get("name") is not None}
+    # (a row's name is the bytes the name was first seen as: a request field's, or an admin call's UTF-8)
+    names = {r["id"]: r["name"].decode(errors="replace") for r in rows.values() if r.get("name") is not None}
     names.update({tenant_id(n): n for n in [*tenancy.tables, *known]})
     if tenancy.enabled:
         names.setdefault(tenant_id(tenancy.default), tenancy.default)

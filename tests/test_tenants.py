@@ -17,7 +17,7 @@ import time
 
 import hypothesis.strategies as st
 import pytest
-from client import ROOT, Edge, get, wait_for
+from client import ROOT, Conn, Edge, get, wait_for
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -562,6 +562,22 @@ def test_cache_status_details(why, value):  # type: ignore[no-untyped-def]
 def test_tenant_id_is_never_zero_and_the_name_is_case_sensitive():
     assert tenants.tenant_id("") != 0
     assert tenants.tenant_id("Acme") != tenants.tenant_id("acme")
+    # a request field's bytes and the admin API's (UTF-8) name of the same tenant are the same tenant
+    assert tenants.tenant_id("café".encode()) == tenants.tenant_id("café")
+
+
+def test_non_ascii_tenant_revoked_through_the_admin_api(tedge, origin, uniq):
+    t = f"{uniq}?cc=max-age=60"
+    raw = "café".encode()
+    c = Conn(tedge.port)
+    try:
+        c.send(b"GET " + t.encode() + b" HTTP/1.1\r\nHost: test.local\r\nX-Tenant: " + raw + b"\r\n\r\n")
+        assert c.read_response().status == 200
+    finally:
+        c.close()
+    r = post(tedge, "/tenants/caf%C3%A9/revoke")
+    assert r.status == 200 and json.loads(r.body)["purged"] == 1  # the entry stored for the field's bytes
+    assert tenants_doc(tedge)["café"]["revoked"] is True
 
 
 def test_entry_fresh_offset_is_what_soft_purge_rewrites():
