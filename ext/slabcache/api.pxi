@@ -190,6 +190,8 @@ cdef class SlabCache:
             trow = ten_find(h, ten, 1)      # the tenant table (tenants.pxi): revoked, quota, accounting
             if trow != NULL and ten_flags(&trow.flags) & TEN_REVOKED:
                 return False
+            if trow != NULL:
+                ten_make_room(h, trow, ten, kl + vl, cls, shard_of_hash(h, hv))
         if shard_lock(&c):
             raise CacheError("shard lock unrecoverable")
         s = idx_find(&c, hv, kp, kl, &pos)

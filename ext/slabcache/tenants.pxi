@@ -3,18 +3,20 @@
 #
 # Owns: ten_find (a tenant's row, by open addressing on its id), ten_set / ten_rows (the Python face's
 # tenant_set / tenant_rows), ten_note (accounting: called where an entry of a tenant becomes live, and from
-# slot_kill where it dies), ten_room (reserve a store's bytes under its tenant's quota, evicting the tenant's
-# own entries of the locked shard to make room), ten_strip / ten_ban_matches (the BAN_ANYT_* and BAN_KEY_URL
-# kinds), soft_walk (set a stored double, the entry's fresh-until, to at most `now` for what a kind covers).
+# slot_kill where it dies), ten_make_room and ten_room (evict the tenant's own entries, of the other shards
+# and then of the locked one, and reserve a store's bytes under its quota), ten_strip / ten_ban_matches (the
+# BAN_ANYT_*, BAN_KEY_URL and BAN_TAG_TENANT kinds), soft_walk (mark stale in place what a kind covers).
 # Invariants:
 #   * rows live in the header; a row's id is written once by compare-and-swap (0 -> id) and never freed, so
 #     a probe that meets a free row knows the id has none; bytes/items/quota/flags are read and written with
 #     atomics (stores in different shards update one row concurrently, without a shared lock);
 #   * a row's bytes count key + value bytes of the tenant's live entries exactly (ten_note on every birth and
 #     death of an entry carrying HAS_TENANT; a shard wiped by recovery loses its share, see recovery.pxi);
-#   * with a quota, a store first reserves its bytes (compare-and-swap, never above the quota), evicting only
-#     the same tenant's entries of the shard it holds (at most TEN_WALK_MAX slots visited), and is refused if
-#     that does not make room: a tenant past its quota never evicts another tenant's entry to make room;
+#   * with a quota, a store that would pass it first evicts the same tenant's entries of the other shards (one
+#     lock at a time, before it takes its own shard's lock), then reserves its bytes under its shard's lock
+#     (compare-and-swap, never above the quota), evicting the tenant's entries of that shard if still needed
+#     (at most TEN_WALK_MAX slots visited a shard), and is refused if that does not make room: a tenant past
+#     its quota never evicts another tenant's entry to make room;
 #   * a revoked tenant's entries are refused by store (the flag is read before any lock is taken);
 #   * rows seen only on a store (not set by tenant_set) use at most half the table, so the tenants that the
 #     config names or revokes always find a row;
@@ -114,18 +116,19 @@ cdef bint ten_reserve(tenant_row *row, uint64_t need) noexcept nogil:
             return True
     return False
 
-cdef bint ten_room(sctx *c, tenant_row *row, uint64_t tid, uint64_t need, uint32_t cls) noexcept nogil:
-    """Reserve need bytes for a store of tenant tid (whose row is row) in the locked shard: under its quota,
-    evicting the tenant's own entries of this shard (its size class first, oldest first) while it would
-    pass it. False when no room could be made that way (the store is refused)."""
+cdef inline bint ten_fits(tenant_row *row, uint64_t need) noexcept nogil:
+    cdef uint64_t q = ten_load64(&row.quota)
+    return q == 0 or ten_load64(&row.bytes) + need <= q
+
+cdef bint ten_evict_own(sctx *c, tenant_row *row, uint64_t tid, uint64_t need, uint32_t cls,
+                        bint reserve) noexcept nogil:
+    """In the locked shard, evict tenant tid's own entries (class cls first, oldest first, at most
+    TEN_WALK_MAX slots visited) until need bytes fit under its quota (reserve: and reserve them). True once
+    they fit."""
     cdef uint32_t visited = 0, k, cl, ref, prv
     cdef int q
     cdef class_state *cs
     cdef slot_hdr *s
-    if ten_reserve(row, need):
-        return True
-    if need > ten_load64(&row.quota):
-        return False
     for k in range(c.h.nclasses):
         cl = cls if k == 0 else (k - 1 if k - 1 < cls else k)
         cs = &c.sh.classes[cl]
@@ -137,12 +140,42 @@ cdef bint ten_room(sctx *c, tenant_row *row, uint64_t tid, uint64_t need, uint32
                 visited += 1
                 if (s.nx & HAS_TENANT) and slot_tenant(s) == tid:
                     slot_evict(c, s, False)
-                    if ten_reserve(row, need):
+                    if ten_reserve(row, need) if reserve else ten_fits(row, need):
                         return True
                 ref = prv
         if visited >= TEN_WALK_MAX:
             break
     return False
+
+cdef void ten_make_room(header_t *h, tenant_row *row, uint64_t tid, uint64_t need, uint32_t cls,
+                        uint32_t own) noexcept nogil:
+    """Before a store of tenant tid takes its shard's lock (`own`): while need bytes would pass its quota,
+    evict its own entries in the other shards, one shard lock at a time (at most TEN_WALK_MAX slots each),
+    so that a tenant at its quota makes room from its own entries wherever they are."""
+    cdef uint32_t i, j
+    cdef sctx c
+    if ten_fits(row, need) or need > ten_load64(&row.quota):
+        return
+    for i in range(1, h.nshards):
+        j = (own + i) % h.nshards
+        ctx_init(&c, h, j)
+        if shard_lock(&c):
+            continue
+        ten_evict_own(&c, row, tid, need, cls, False)
+        shard_unlock(&c)
+        if ten_fits(row, need):
+            return
+
+cdef bint ten_room(sctx *c, tenant_row *row, uint64_t tid, uint64_t need, uint32_t cls) noexcept nogil:
+    """Reserve need bytes for a store of tenant tid (whose row is row) in the locked shard: under its quota,
+    evicting the tenant's own entries of this shard (its size class first, oldest first) while it would
+    pass it (ten_make_room already took what it could from the other shards). False when no room could be
+    made that way (the store is refused)."""
+    if ten_reserve(row, need):
+        return True
+    if need > ten_load64(&row.quota):
+        return False
+    return ten_evict_own(c, row, tid, need, cls, True)
 
 cdef long ten_strip(const unsigned char *k, size_t n) noexcept nogil:
     """Where a key's tenant part ("N:" and N bytes of name) ends, or -1 if it has none."""
