@@ -17,6 +17,7 @@ import contextlib
 import hmac
 import ipaddress
 import json
+import platform
 import signal
 import socket
 import time
@@ -27,9 +28,9 @@ import httptools
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import entry, keys, tenants
+from . import __version__, entry, keys, tenants
 from .cache import Cache
-from .config import Config
+from .config import Config, fastpath_disabled
 from .health import Health, readiness
 from .metrics import (
     C_DRAINING,
@@ -57,7 +58,16 @@ class Admin:
         self.tenancy = tenants.tenancy_for(cfg)
         self.tenant_state = tenants.State(cfg.tenant_state_file)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(EdgeCollector(counters, cache.stats, tuple(u.authority for u in cfg.upstream)))
+        build = (__version__, platform.python_version(), "off" if fastpath_disabled() else "on")
+        self.registry.register(
+            EdgeCollector(
+                counters,
+                cache.stats,
+                tuple(u.authority for u in cfg.upstream),
+                workers=workers,
+                build=build,
+            )
+        )
 
     def stats(self) -> dict[str, Any]:
         s = self.cache.stats()

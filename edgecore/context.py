@@ -34,6 +34,7 @@ from .metrics import (
     F_DUR_BUCKETS,
     F_DUR_SUM_NS,
     F_SERVED,
+    F_STATUS,
     F_UPSTREAM,
     Outcome,
     SlotCounters,
@@ -285,7 +286,7 @@ def make_hitpath(
     return HitPath(
         cache,
         words=counters.words,
-        counter_index=(b + Outcome.HIT, b + F_SERVED, b + F_DUR_SUM_NS, b + F_DUR_BUCKETS),
+        counter_index=(b + Outcome.HIT, b + F_SERVED, b + F_DUR_SUM_NS, b + F_DUR_BUCKETS, b + F_STATUS),
         bounds=DURATION_BUCKETS,
         max_head=cfg.max_header_size,
         layout=ENTRY_LAYOUT,
@@ -310,8 +311,16 @@ def make_hitpath(
     )
 
 
-# what the C path reads of a stored entry: META's size and the offsets of the fields a fresh hit needs
-ENTRY_LAYOUT = (entry.M, entry.OFF_STATUSLINE_LEN, entry.OFF_HEAD_LEN, entry.OFF_FRESH_UNTIL, entry.OFF_BIRTH)
+# what the C path reads of a stored entry: META's size and the offsets of the fields a fresh hit needs (the
+# status only to count it by class)
+ENTRY_LAYOUT = (
+    entry.M,
+    entry.OFF_STATUSLINE_LEN,
+    entry.OFF_HEAD_LEN,
+    entry.OFF_FRESH_UNTIL,
+    entry.OFF_BIRTH,
+    entry.OFF_STATUS,
+)
 
 
 def make_context(

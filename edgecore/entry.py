@@ -64,11 +64,13 @@ def _offset(field: str) -> int:
     return struct.calcsize("<" + _META_CODES[: Meta._fields.index(field)])
 
 
-# What the C fresh-hit path reads: statusline_len (u16), head_len (u32), fresh_until, birth (doubles).
+# What the C fresh-hit path reads: statusline_len (u16), head_len (u32), fresh_until, birth (doubles), status
+# (u16).
 OFF_STATUSLINE_LEN = _offset("statusline_len")
 OFF_HEAD_LEN = _offset("head_len")
 OFF_FRESH_UNTIL = _offset("fresh_until")
 OFF_BIRTH = _offset("birth")
+OFF_STATUS = _offset("status")  # (u16) the C path counts hits by status class
 # What a soft purge rewrites in place (SlabCache.soft_purge): fresh_until, lifetime, initial_age,
 # response_time
 SOFT_PURGE_LAYOUT = (OFF_FRESH_UNTIL, _offset("lifetime"), _offset("initial_age"), _offset("response_time"))

@@ -78,11 +78,16 @@ DECISIONS = (*(d.decode("ascii") for d in ALL_DETAILS), "other")
 F_DECISIONS = F_SERVED + 1  # .. + len(DECISIONS)
 _DECISION_INDEX = {d: F_DECISIONS + i for i, d in enumerate(ALL_DETAILS)}
 _DECISION_OTHER = F_DECISIONS + len(ALL_DETAILS)
-SLOT_WORDS = (F_DECISIONS + len(DECISIONS) + 7) // 8 * 8
+# responses by status class: 1xx .. 5xx (a status outside 100..599 counts as 5xx)
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+F_STATUS = F_DECISIONS + len(DECISIONS)  # .. + len(STATUS_CLASSES)
+F_OPEN = F_STATUS + len(STATUS_CLASSES)  # gauge: client connections open in this process right now
+SLOT_WORDS = (F_OPEN + 1 + 7) // 8 * 8
 
 # control block (first slot)
 C_DRAINING = 0
 C_STOPPING = 1
+C_RESTARTS = 2  # child processes restarted by the supervisor after dying (written by the supervisor only)
 
 # per-upstream health block (after the slots; written by the admin process's health checks only)
 U_DOWN = 0  # 1 while the active checks say the server is down (0 = up or not probed yet)
@@ -138,6 +143,7 @@ class SharedCounters:
         self.words[b + F_READY] = 0
         self.words[b + F_PID] = 0
         self.words[b + F_WAITING] = 0
+        self.words[b + F_OPEN] = 0
         for u in range(self.upstreams):  # what it had in flight died with it
             self.words[self.per_upstream_base(slot, u) + P_INFLIGHT] = 0
 
@@ -171,12 +177,14 @@ class SlotCounters:
         self.b = base
         self._bucket_base = base + F_DUR_BUCKETS
 
-    def request(self, outcome: int, seconds: float, detail: bytes | None = None) -> None:
-        """One response answered: its outcome, duration, and the detail of its Cache-Status if it has one."""
+    def request(self, outcome: int, seconds: float, detail: bytes | None, status: int) -> None:
+        """One response answered: its outcome, duration, the detail of its Cache-Status if it has one, and
+        its status code (counted by class)."""
         w = self.words
         b = self.b
         w[b + outcome] += 1
         w[b + F_SERVED] += 1
+        w[b + F_STATUS + status_class(status)] += 1
         w[b + F_DUR_SUM_NS] += int(seconds * 1e9)
         w[self._bucket_base + bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
         if detail is not None:
@@ -187,6 +195,12 @@ class SlotCounters:
 
     def set(self, field: int, value: int) -> None:
         self.words[self.b + field] = value
+
+
+def status_class(status: int) -> int:
+    """Index in STATUS_CLASSES of a status code's class (RFC 9110 15); anything outside 1xx-5xx is 5xx."""
+    c = status // 100 - 1
+    return c if 0 <= c < 5 else 4
 
 
 HIT_OUTCOMES = (Outcome.HIT, Outcome.STALE, Outcome.COLLAPSED)  # answered from cache, no fetch of their own
@@ -209,9 +223,14 @@ class EdgeCollector(Collector):
         counters: SharedCounters,
         cache_stats: Callable[[], dict[str, Any]],
         upstreams: tuple[str, ...] = (),
+        workers: int = 1,
+        build: tuple[str, str, str] = ("", "", ""),
     ) -> None:
+        """build: (version, Python version, "on"/"off" for the C fast paths), for edgecore_build_info."""
         self.counters = counters
         self.cache_stats = cache_stats
+        self.workers = workers
+        self.build = build
         self.upstreams = upstreams[: counters.upstreams]  # authorities, in config order
 
     def collect(self) -> Iterator[Any]:
@@ -222,6 +241,12 @@ class EdgeCollector(Collector):
         for o in Outcome:
             req.add_metric([o.name.lower()], c.total(F_REQUESTS + o))
         yield req
+        classes = CounterMetricFamily(
+            "edgecore_responses", "Client responses by status class", labels=["status_class"]
+        )
+        for i, name in enumerate(STATUS_CLASSES):
+            classes.add_metric([name], c.total(F_STATUS + i))
+        yield classes
         buckets = []
         acc = 0
         for i, le in enumerate(DURATION_BUCKETS):
@@ -281,6 +306,27 @@ class EdgeCollector(Collector):
         yield GaugeMetricFamily(
             "edgecore_workers_ready", "Worker processes listening", value=c.ready_workers()
         )
+        yield GaugeMetricFamily("edgecore_workers", "Worker processes configured", value=self.workers)
+        yield GaugeMetricFamily(
+            "edgecore_connections_open", "Client connections open now, all workers", value=c.total(F_OPEN)
+        )
+        yield GaugeMetricFamily(
+            "edgecore_draining",
+            "1 while readiness is off for draining (POST /drain or stopping)",
+            value=1 if c.get_flag(C_DRAINING) else 0,
+        )
+        yield CounterMetricFamily(
+            "edgecore_worker_restarts",
+            "Worker and admin processes restarted after dying",
+            value=c.get_flag(C_RESTARTS),
+        )
+        info = GaugeMetricFamily(
+            "edgecore_build_info",
+            "Always 1: the running build (version, Python, whether the C fast paths are on)",
+            labels=["version", "python", "fastpath"],
+        )
+        info.add_metric(list(self.build), 1)
+        yield info
         yield from self._upstream_metrics()
 
     def _upstream_metrics(self) -> Iterator[Any]:

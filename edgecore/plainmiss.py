@@ -175,7 +175,7 @@ class PlainMiss:
         stored = ctx.cache.store(self.key, value, birth, expires, flags, tags=tags(fields))
         ctx.flights.finish(self.key, self.flight, True if stored else None)
         r = self.r
-        ctx.counters.request(Outcome.MISS, time.time() - r.t0)  # before the write
+        ctx.counters.request(Outcome.MISS, time.time() - r.t0, None, status)  # before the write
         if not p.closing:
             ttl = max(0, int(fresh.lifetime - fresh.initial_age))
             cs = cachestatus.render(fwd=b"uri-miss", fwd_status=status, stored=True, ttl=ttl)

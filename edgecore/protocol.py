@@ -52,7 +52,7 @@ from .errors import (
     URITooLong,
 )
 from .fields import connection_tokens
-from .metrics import F_BAD_REQUESTS, F_CONNECTIONS, F_UPSTREAM_ERRORS, Outcome
+from .metrics import F_BAD_REQUESTS, F_CONNECTIONS, F_OPEN, F_UPSTREAM_ERRORS, Outcome
 from .upstream import UpstreamConnection, set_nodelay
 
 __all__ = ["ClientProtocol", "Context", "make_context"]
@@ -90,6 +90,7 @@ class ClientProtocol(asyncio.Protocol):
         ctx = self.ctx
         ctx.connections.add(self)
         ctx.counters.inc(F_CONNECTIONS)
+        ctx.counters.set(F_OPEN, len(ctx.connections))
         limit = ctx.cfg.max_connections
         if limit and len(ctx.connections) >= limit and ctx.listener is not None:
             ctx.listener.pause()  # stop accepting until a connection closes
@@ -102,6 +103,7 @@ class ClientProtocol(asyncio.Protocol):
         self.closing = True
         ctx = self.ctx
         ctx.connections.discard(self)
+        ctx.counters.set(F_OPEN, len(ctx.connections))
         limit = ctx.cfg.max_connections
         if limit and len(ctx.connections) < limit and ctx.listener is not None:
             ctx.listener.resume()
@@ -454,7 +456,7 @@ class ClientProtocol(asyncio.Protocol):
     def error(self, r: Request, e: EdgeError) -> None:
         """The one place an EdgeError becomes a response: its own status, reason and Cache-Status detail."""
         detail = cachestatus.error_detail(e)
-        self.ctx.counters.request(Outcome.ERROR, time.time() - r.t0 if r.t0 else 0.0, detail)
+        self.ctx.counters.request(Outcome.ERROR, time.time() - r.t0 if r.t0 else 0.0, detail, e.status)
         if isinstance(e, UpstreamError):
             self.ctx.counters.inc(F_UPSTREAM_ERRORS)
         if self.closing:

@@ -36,7 +36,6 @@ def serve_stored(
     """A stored response to the client, with conditional (RFC 9110 13) and range (RFC 9110 14)
     handling when the request asks for them. Counted before it is written: whoever has the response
     can already see it in the metrics (with `detail`, the Cache-Status detail, when it has one)."""
-    c.ctx.counters.request(outcome, time.time() - r.t0, detail)
     age = max(0, int(now - m.birth))
     conn = r.connection_field()
     mo = entry.M
@@ -47,8 +46,7 @@ def serve_stored(
     if r.slow and m.status == 200 and r.method in _CACHEABLE_METHODS:
         stored = entry.headers(value, m)
         if conditional.client_not_modified(r.headers, stored):
-            if c.ctx.access is not None:
-                c.ctx.log_response(c.peer, r, 304, 0, cache_status)
+            _account(c, r, outcome, detail, 304, 0, cache_status)
             c.write(_head_304(stored, dyn))
             _close_unless_keep_alive(c, r)
             return
@@ -63,8 +61,7 @@ def serve_stored(
             span = conditional.parse_range(rng, total)
             if span is None:
                 if conditional.range_not_satisfiable(rng, total):  # else: the full 200 (RFC 9110 14.2)
-                    if c.ctx.access is not None:
-                        c.ctx.log_response(c.peer, r, 416, 0, cache_status)
+                    _account(c, r, outcome, detail, 416, 0, cache_status)
                     c.write(
                         b"HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */%d\r\n"
                         b"content-length: 0\r\n%s\r\n" % (total, dyn)
@@ -73,8 +70,7 @@ def serve_stored(
                     return
             else:
                 lo, hi = span
-                if c.ctx.access is not None:
-                    c.ctx.log_response(c.peer, r, 206, hi - lo + 1, cache_status)
+                _account(c, r, outcome, detail, 206, hi - lo + 1, cache_status)
                 fields = b"".join(n + b": " + v + b"\r\n" for n, v in stored)
                 c.write(
                     b"".join(
@@ -91,9 +87,8 @@ def serve_stored(
                 )
                 _close_unless_keep_alive(c, r)
                 return
-    if c.ctx.access is not None:
-        nbytes = 0 if r.method == b"HEAD" else len(value) - head_end
-        c.ctx.log_response(c.peer, r, m.status, nbytes, cache_status)
+    nbytes = 0 if r.method == b"HEAD" else len(value) - head_end
+    _account(c, r, outcome, detail, m.status, nbytes, cache_status)
     if r.method == b"HEAD":
         c.write(b"".join((status_line, dyn, rest_head)))
     elif len(value) > LARGE_BODY:  # no second copy of a large body: views of the private lookup copy
@@ -101,6 +96,21 @@ def serve_stored(
     else:
         c.write(b"".join((status_line, dyn, value[mo + m.statusline_len :])))
     _close_unless_keep_alive(c, r)
+
+
+def _account(
+    c: Client,
+    r: Request,
+    outcome: Outcome,
+    detail: bytes | None,
+    status: int,
+    nbytes: int,
+    cache_status: bytes,
+) -> None:
+    """The response about to be written, to the metrics and (when it is on) the access log."""
+    c.ctx.counters.request(outcome, time.time() - r.t0, detail, status)
+    if c.ctx.access is not None:
+        c.ctx.log_response(c.peer, r, status, nbytes, cache_status)
 
 
 def _head_304(stored: Headers, dyn: bytes) -> bytes:

@@ -34,7 +34,7 @@ from .accesslog import open_access_log, set_process_format
 from .cache import Cache
 from .config import Config, available_cpus, fastpath_disabled
 from .flights import lock_tag
-from .metrics import C_DRAINING, C_STOPPING, F_PID, F_READY, SharedCounters
+from .metrics import C_DRAINING, C_RESTARTS, C_STOPPING, F_PID, F_READY, SharedCounters
 
 log = logging.getLogger("edgecore")
 
@@ -160,6 +160,7 @@ class Supervisor:
             self.restarts[slot] = recent
             if len(recent) >= 5:  # crash loop: back off
                 time.sleep(min(2.0, 0.2 * len(recent)))
+            self.counters.set_flag(C_RESTARTS, self.counters.get_flag(C_RESTARTS) + 1)
             self._fork(slot)
 
     # ------------------------------------------------------------------ main loop

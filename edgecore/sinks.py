@@ -262,7 +262,7 @@ class StreamSink:
         if p is not None:
             p.couple(None)
             p.ctx.counters.request(
-                self.outcome, time.time() - self.r.t0, self.detail
+                self.outcome, time.time() - self.r.t0, self.detail, self.status or 0
             )  # before the last write
             if p.ctx.access is not None:
                 p.ctx.log_response(p.peer, self.r, self.status or 0, self.sent, self.cache_status())

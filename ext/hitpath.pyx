@@ -22,7 +22,7 @@ order (the caller only calls it when no request is in flight and the parser is b
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint16_t
 from libc.stdio cimport snprintf
 from libc.string cimport memchr, memcmp, memcpy
 
@@ -167,12 +167,12 @@ cdef class HitPath:
     cdef object _lookup
     cdef object _words          # the shared counters memoryview (kept alive for _w)
     cdef int64_t *_w
-    cdef Py_ssize_t _hit_idx, _served_idx, _sum_idx, _bucket_idx
+    cdef Py_ssize_t _hit_idx, _served_idx, _sum_idx, _bucket_idx, _status_idx
     cdef double _bounds[MAX_BUCKETS]
     cdef int _nbuckets
     cdef Py_ssize_t _max_head
     cdef Py_ssize_t _meta
-    cdef Py_ssize_t _off_sl, _off_head_len, _off_fresh_until, _off_birth
+    cdef Py_ssize_t _off_sl, _off_head_len, _off_fresh_until, _off_birth, _off_status
     cdef Py_ssize_t _large
     cdef Py_ssize_t _write_high  # client write buffer bytes above which serve() stops answering (0: never)
     cdef int _flag_plain
@@ -191,26 +191,29 @@ cdef class HitPath:
     def __init__(self, cache, *, words, counter_index, bounds, Py_ssize_t max_head, layout, int flag_plain,
                  bytes key_prefix, bail_fields, fetch_drop, Py_ssize_t large_body, bytes hit_status,
                  Py_ssize_t max_line, bint underscores, Py_ssize_t write_high, bint enabled=True):
-        """counter_index: the words' indexes of (hits, served, duration sum in ns, first histogram bucket);
+        """counter_index: the words' indexes of (hits, served, duration sum in ns, first histogram bucket,
+        the 1xx status-class counter: 2xx..5xx follow it);
         bounds: the histogram's upper bounds in seconds (one bucket more counts the rest); layout: the stored
         entry's (META size, statusline_len offset (u16), head_len offset (u32), fresh_until offset (f64),
-        birth offset (f64)), as edgecore.entry defines them; hit_status: a fresh hit's Cache-Status up to its
+        birth offset (f64), status offset (u16)), as edgecore.entry defines them; hit_status: a fresh hit's Cache-Status up to its
         ttl value, as edgecore.cachestatus spells it; write_high: the client transports' write buffer
         high-water mark (serve() answers no further pipelined hit once the buffer is above it)."""
         cdef long long[::1] view = words
         self._lookup = cache.lookup
         self._words = words
         self._w = <int64_t *>&view[0]
-        self._hit_idx, self._served_idx, self._sum_idx, self._bucket_idx = counter_index
+        self._hit_idx, self._served_idx, self._sum_idx, self._bucket_idx, self._status_idx = counter_index
         if len(bounds) > MAX_BUCKETS:
             raise ValueError(f"at most {MAX_BUCKETS} histogram bounds")
         self._nbuckets = len(bounds)
         for i, b in enumerate(bounds):
             self._bounds[i] = b
         self._max_head = max_head
-        self._meta, self._off_sl, self._off_head_len, self._off_fresh_until, self._off_birth = layout
+        (self._meta, self._off_sl, self._off_head_len, self._off_fresh_until, self._off_birth,
+         self._off_status) = layout
         if not (self._off_sl + 2 <= self._meta and self._off_head_len + 4 <= self._meta
-                and self._off_fresh_until + 8 <= self._meta and self._off_birth + 8 <= self._meta):
+                and self._off_fresh_until + 8 <= self._meta and self._off_birth + 8 <= self._meta
+                and self._off_status + 2 <= self._meta):
             raise ValueError("entry layout offsets outside META")
         self._large = large_body
         if len(hit_status) > 100:
@@ -237,7 +240,8 @@ cdef class HitPath:
     def facts(self):
         """What it was told at construction (for the test that holds it to the Python sources)."""
         return {
-            "layout": (self._meta, self._off_sl, self._off_head_len, self._off_fresh_until, self._off_birth),
+            "layout": (self._meta, self._off_sl, self._off_head_len, self._off_fresh_until, self._off_birth,
+                       self._off_status),
             "bounds": tuple(self._bounds[i] for i in range(self._nbuckets)),
             "bail_fields": self._bail_fields,
             "fetch_drop": self._fetch_drop,
@@ -425,6 +429,7 @@ cdef class HitPath:
         cdef const char *v
         cdef Py_ssize_t vlen
         cdef int k
+        cdef uint16_t status
         found = self._lookup(key, t0)
         if found is None:
             return -1
@@ -447,6 +452,9 @@ cdef class HitPath:
         while k < self._nbuckets and dur > self._bounds[k]:
             k += 1
         self._w[self._bucket_idx + k] += 1
+        memcpy(&status, v + self._off_status, 2)
+        k = status // 100 - 1
+        self._w[self._status_idx + (k if 0 <= k < 5 else 4)] += 1
         return 1 if self._write_value(value, transport, keep, head_only, t0, PyBytes_AS_STRING(self._hit_status),
                                       PyBytes_GET_SIZE(self._hit_status),
                                       <long long>(fresh_until - t0)) else 0

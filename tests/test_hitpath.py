@@ -73,12 +73,13 @@ def test_c_path_is_told_every_shared_fact_by_its_python_source(setup):
     assert facts["underscores"] is setup[0].underscores_in_headers  # protocol.on_header drops the same
     value = _store(setup[1], b"facts.example", b"/f", b"x" * 7)
     m = entry.meta(value)
-    size, off_sl, off_hl, off_fu, off_birth = facts["layout"]
+    size, off_sl, off_hl, off_fu, off_birth, off_status = facts["layout"]
     assert size == entry.META.size
     assert struct.unpack_from("<H", value, off_sl)[0] == m.statusline_len
     assert struct.unpack_from("<I", value, off_hl)[0] == m.head_len
     assert struct.unpack_from("<d", value, off_fu)[0] == m.fresh_until
     assert struct.unpack_from("<d", value, off_birth)[0] == m.birth
+    assert struct.unpack_from("<H", value, off_status)[0] == m.status == 200
 
 
 def test_c_path_refuses_a_layout_outside_meta(setup):
@@ -87,10 +88,10 @@ def test_c_path_refuses_a_layout_outside_meta(setup):
         HitPath(
             cache,
             words=slot.words,
-            counter_index=(0, 1, 2, 3),
+            counter_index=(0, 1, 2, 3, 4),
             bounds=metrics.DURATION_BUCKETS,
             max_head=cfg.max_header_size,
-            layout=(8, 4, 6, 10, 18),
+            layout=(8, 4, 6, 10, 18, 2),
             flag_plain=entry.FLAG_PLAIN,
             key_prefix=b"",
             bail_fields=(),
