@@ -78,6 +78,7 @@ class AccessLog:
         cache_status: bytes,
         upstream: str | None,
         upstream_t0: float,
+        tenant: str | None = None,
     ) -> None:
         now = time.time()
         line: dict[str, Any] = {
@@ -94,7 +95,7 @@ class AccessLog:
             "upstream_ms": round((now - upstream_t0) * 1000, 3)
             if upstream is not None and upstream_t0
             else None,
-            "tenant": None,
+            "tenant": tenant,
             "worker": self.worker,
         }
         self.pending.append(json.dumps(line, separators=(",", ":")))

@@ -1,5 +1,6 @@
 """The admin listener: /healthz, /readyz, /metrics, /stats, POST /purge, POST and DELETE /drain, POST /reload,
-and the active upstream health checks (health.Health), run here once for all workers.
+GET /tenants, POST /tenants/NAME/revoke and /restore, and the active upstream health checks (health.Health),
+run here once for all workers.
 
 Owns: the admin process (forked by the supervisor, its own uvloop loop) and its small HTTP/1.1 server.
 It reads the shared counters and the shared cache; it never serves proxy traffic and is bound to its own
@@ -22,14 +23,15 @@ import logging
 import platform
 import signal
 import socket
+import time
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import __version__, control, keys, routes
+from . import __version__, control, entry, keys, routes, tenants
 from .accesslog import apply_process_log
 from .cache import Cache
 from .config import Config, fastpath_disabled
@@ -69,6 +71,8 @@ class Admin:
         self.health = Health(cfg, counters)
         self.key_opts = keys.options_for(cfg)
         self.routes = routes.compile_routes(cfg)  # a URL's key is built with its route's key options
+        self.tenancy = tenants.tenancy_for(cfg)
+        self.tenant_state = tenants.State(cfg.tenant_state_file)
         self.registry = CollectorRegistry(auto_describe=False)
         build = (__version__, platform.python_version(), "off" if fastpath_disabled() else "on")
         self.collector = EdgeCollector(
@@ -105,6 +109,9 @@ class Admin:
         self.cfg = cfg
         self.key_opts = keys.options_for(cfg)
         self.routes = routes.compile_routes(cfg)
+        self.tenancy = tenants.tenancy_for(cfg)
+        if cfg.tenant_state_file != self.tenant_state.path:
+            self.tenant_state = tenants.State(cfg.tenant_state_file)
         health = Health(cfg, self.counters)
         c = self.counters
         for i, h in enumerate(health.upstreams):
@@ -225,9 +232,15 @@ class Admin:
             return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
         if path == b"/stats":
             return 200, b"application/json", json.dumps(self.stats(), indent=1).encode() + b"\n"
-        if path in (b"/purge", b"/drain"):
+        if path == b"/tenants":
+            if method not in (b"GET", b"HEAD"):
+                return 405, b"text/plain", b"use GET\n"
+            doc = tenants.describe(self.cache, self.tenancy, self.tenant_state.revoked)
+            return 200, b"application/json", json.dumps(doc, indent=1).encode() + b"\n"
+        tenant_op = _tenant_op(path)
+        if path in (b"/purge", b"/drain") or tenant_op is not None:
             if method != b"POST" and not (path == b"/drain" and method == b"DELETE"):
-                return 405, b"text/plain", b"use POST\n" if path == b"/purge" else b"use POST or DELETE\n"
+                return 405, b"text/plain", b"use POST or DELETE\n" if path == b"/drain" else b"use POST\n"
             refused = self.authorize(headers)
             if refused is not None:
                 return refused
@@ -239,8 +252,19 @@ class Admin:
             if path == b"/drain":
                 self.counters.set_flag(C_DRAINING, 1)
                 return 200, b"application/json", b'{"draining": true}\n'
+            if tenant_op is not None:
+                return self.tenant_change(*tenant_op)
             return self.purge(body)
         return 404, b"text/plain", b"not found\n"
+
+    def tenant_change(self, name: str, op: str) -> tuple[int, bytes, bytes]:
+        """POST /tenants/NAME/revoke (every entry of it purged, bytes overwritten; nothing stored until
+        restored) or /restore, on this node (tenants.revoke / tenants.restore)."""
+        if op == "revoke":
+            n = tenants.revoke(self.cache, self.tenant_state, name)
+            return 200, b"application/json", json.dumps({"revoked": True, "purged": n}).encode() + b"\n"
+        tenants.restore(self.cache, self.tenant_state, name)
+        return 200, b"application/json", json.dumps({"revoked": False, "purged": 0}).encode() + b"\n"
 
     def purge(self, body: bytes) -> tuple[int, bytes, bytes]:
         try:
@@ -249,34 +273,79 @@ class Admin:
                 raise ValueError("the body must be a JSON object")
         except ValueError as e:
             return 400, b"text/plain", f"invalid JSON: {e}\n".encode()
-        given = [k for k in ("url", "prefix", "tag", "tenant") if k in req]
-        if len(given) != 1:
+        given = [k for k in ("url", "prefix", "tag") if k in req]
+        if len(given) > 1 or (not given and "tenant" not in req):
             return 400, b"text/plain", b"give exactly one of url, prefix, tag, tenant\n"
-        kind = given[0]
+        kind = given[0] if given else "tenant"
         val = req[kind]
         if not isinstance(val, str) or not val:
             return 400, b"text/plain", f"{kind} must be a non-empty string\n".encode()
+        # a tenant beside url, prefix or tag narrows them to that tenant; alone, it purges the tenant
+        narrow = req.get("tenant") if given else None
+        if given and "tenant" in req and (not isinstance(narrow, str) or not narrow):
+            return 400, b"text/plain", b"tenant must be a non-empty string\n"
+        soft = req.get("soft", False)
+        if not isinstance(soft, bool):
+            return 400, b"text/plain", b"soft must be true or false\n"
         if kind in ("url", "prefix"):
             u = urlsplit(val)
             if u.scheme not in ("http", "https") or not u.netloc:
                 return 400, b"text/plain", f"{kind} must be an absolute http:// URL\n".encode()
+        n = self.apply_purge(kind, val, narrow, soft)
+        return 200, b"application/json", json.dumps({"purged": n}).encode() + b"\n"
+
+    def apply_purge(self, kind: str, val: str, tenant: str | None, soft: bool) -> int:
+        """One purge on this node (validated by purge()): how many entries it removed (soft: marked stale).
+        Without a tenant, url and prefix cover every tenant's copy once tenancy is on."""
+        tid = tenants.tenant_id(tenant) if tenant is not None else 0
+        soft_args = (entry.SOFT_PURGE_LAYOUT, entry.SOFT_PURGE_FLAGS, time.time())
+        if kind in ("url", "prefix"):
+            u = urlsplit(val)
             host = u.netloc.encode()
             target = (u.path or "/").encode() + (b"?" + u.query.encode() if u.query else b"")
+            every = self.tenancy.enabled and tenant is None
+            tkey = tenant.encode("latin-1") if tenant is not None else b""
+            if tenant is None and self.tenancy.enabled:
+                tkey = self.tenancy.default.encode("latin-1")
             route = self.routes.match(host, target)
-            primary = keys.primary_key(
-                b"GET", host, target, self.key_opts if route is None else route.key_opts
-            )
+            route_opts = self.key_opts if route is None else route.key_opts
+            primary = keys.primary_key(b"GET", host, target, route_opts, tenant=tkey)
+            if every:
+                # the key past its tenant part ("N:name"), the same for every tenant
+                rest = primary[len(b"%d:" % len(tkey)) + len(tkey) :]
+                if soft:
+                    return self.cache.soft_purge(
+                        "any-url" if kind == "url" else "any-prefix", 0, rest, *soft_args
+                    )
+                return self.cache.purge_any_tenant(rest, kind == "url")
+            if soft:
+                return self.cache.soft_purge(kind, 0, primary, *soft_args)
             if kind == "url":
                 # the URL's entry (or Vary marker: its variants become unreachable with it)
-                n = int(self.cache.delete(primary))
-            else:
-                # primary keys end with the target, so a target prefix is a key prefix
-                n = self.cache.purge_prefix(primary)
-        elif kind == "tag":
-            n = self.cache.purge_tag(Cache.tag_id(val))
-        else:
-            n = self.cache.purge_tenant(Cache.tag_id(val))
-        return 200, b"application/json", json.dumps({"purged": n}).encode() + b"\n"
+                return int(self.cache.delete(primary))
+            # primary keys end with the target, so a target prefix is a key prefix
+            return self.cache.purge_prefix(primary)
+        if kind == "tag":
+            tag = Cache.tag_id(val)
+            if tenant is not None:
+                if soft:
+                    return self.cache.soft_purge("tag-tenant", tag, tid.to_bytes(8, "little"), *soft_args)
+                return self.cache.purge_tag_tenant(tag, tid)
+            if soft:
+                return self.cache.soft_purge("tag", tag, b"", *soft_args)
+            return self.cache.purge_tag(tag)
+        t = tenants.tenant_id(val)
+        if soft:
+            return self.cache.soft_purge("tenant", t, b"", *soft_args)
+        return self.cache.purge_tenant(t)
+
+
+def _tenant_op(path: bytes) -> tuple[str, str] | None:
+    """(NAME, "revoke" | "restore") of /tenants/NAME/revoke or /restore (NAME percent-decoded), else None."""
+    parts = path.split(b"/")
+    if len(parts) != 4 or parts[1] != b"tenants" or parts[3] not in (b"revoke", b"restore") or not parts[2]:
+        return None
+    return unquote(parts[2].decode("latin-1")), parts[3].decode()
 
 
 def _is_loopback(host: str) -> bool:

@@ -14,8 +14,10 @@ Must never: wrap the hot-path methods in Python code, hold Python objects in the
 other than MemoryError, ValueError or an edgecore.errors type escape.
 
 The extension's methods, as the proxy calls them:
-    lookup(key: bytes, now: float) -> tuple[bytes, float, float, int] | None  # value,stored_at,expires,flags
-    lookup_pinned(key: bytes, now: float, min_len: int) -> tuple[bytes | Pinned, float, float, int] | None
+    lookup(key: bytes, now: float, tenant: int | None = None) -> tuple[bytes, float, float, int] | None
+                                        # value,stored_at,expires,flags; with tenant, another's is a miss
+    lookup_pinned(key: bytes, now: float, min_len: int, tenant: int | None = None)
+        -> tuple[bytes | Pinned, float, float, int] | None   # a value above min_len pinned in place
     release_pins(pid: int) -> int                                             # a dead worker's pins
     store(key: bytes, value: bytes, stored_at: float, expires: float, flags: int = 0, tenant: int = 0,
           tags: tuple[int, ...] = (), only_if_absent: bool = False) -> bool   # False when refused
@@ -23,6 +25,10 @@ The extension's methods, as the proxy calls them:
     delete(key: bytes) -> bool
     purge_tag(tag: int) -> int;  purge_tenant(tenant: int) -> int;  purge_prefix(prefix: bytes) -> int
     sweep(budget: int = 1024) -> int
+    tenant_set(tenant, quota=None, revoked=None, name=None, explicit=True) -> dict | None  # the tenant table
+    tenant_rows() -> list[dict];  tenant_revoked(tenant: int) -> bool   # (ext/slabcache/tenants.pxi)
+    purge_any_tenant(rest: bytes, url: bool) -> int;  purge_tag_tenant(tag: int, tenant: int) -> int
+    soft_purge(kind, ident, match, layout, flags_mask, now) -> int      # mark stale in place
     stats() -> dict;  layout() -> dict;  shard_of(key: bytes) -> int;  close() -> None
 Their precise signatures are in edgecore/_slabcache.pyi, which mypy checks callers against.
 

@@ -2,7 +2,9 @@
 refresh, stale-while-revalidate in the background, stale-if-error, coalesced misses, store, pass-through of
 everything else, and invalidation after unsafe methods.
 
-Owns: the order of the decisions for one request and the upstream exchanges they need (one server chosen per
+Owns: the order of the decisions for one request (first, with tenancy on, its tenant: part of its key and
+checked on lookup; a tenant revoked or outside its regions is passed through before anything is looked up,
+coalesced or stored) and the upstream exchanges they need (one server chosen per
 request; one retry on a fresh connection when a reused one closes before answering a bodiless request; a
 connect failure or a reset before any response byte of a bodiless idempotent request retried on another
 server, up to `retries`, within the pool's retry budget; 503 + Retry-After past max_upstream_requests).
@@ -25,7 +27,7 @@ import logging
 import time
 from typing import Any
 
-from . import cachestatus, entry, keys, policy
+from . import cachestatus, entry, keys, policy, tenants
 from .context import LARGE_BODY, Client, Context, Request, log_text
 from .errors import NotCached, UpstreamError, UpstreamIncomplete, UpstreamOverloaded, UpstreamTimeout
 from .fields import HOP_BY_HOP
@@ -59,6 +61,20 @@ async def handle(c: Client, r: Request) -> None:
         raise r.error
     if r.expect_continue and r.version == b"1.1" and not r.body_done:
         c.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # RFC 9110 10.1.1
+    t = c.ctx.tenancy
+    if t.enabled:
+        # the request's tenant (tenants.py): part of its key, checked on every lookup, stored with entries
+        name = t.name_of(r.headers)
+        r.tenant, r.tenant_key = name, name.encode("latin-1")  # (the field's bytes as received)
+        r.tenant_id = tenants.tenant_id(r.tenant_key)
+        if r.tenant_id not in t.named:
+            t.note(c.ctx.cache, name, r.tenant_id)
+        why = t.refusal(c.ctx.cache, name, r.tenant_id)
+        if why is not None:
+            # revoked, or not to be stored in this node's region: neither looked up, coalesced nor stored
+            fwd = b"bypass" if r.method in _CACHEABLE_METHODS else b"method"
+            await pass_through(c, r, Outcome.BYPASS, fwd=fwd, detail=cachestatus.detail(why), store=False)
+            return
     routes = c.ctx.routes
     if routes:
         route = r.route = routes.match(r.host, r.target)
@@ -138,14 +154,14 @@ async def _pass_connection_listed(c: Client, r: Request) -> None:
 
 def lookup(ctx: Context, r: Request, now: float) -> tuple[bytes, Any, bytes]:
     """-> (the request's cache key, what the cache holds there or None, the fwd reason of a miss)."""
-    key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts_for(r))
+    key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts_for(r), tenant=r.tenant_key)
     # a value above LARGE_BODY comes pinned in the shared mapping (serve.py writes it in place)
-    found = ctx.cache.lookup_pinned(key, now, LARGE_BODY)
+    found = ctx.cache.lookup_pinned(key, now, LARGE_BODY, r.tenant_id)
     if found is not None and found[3] == entry.FLAG_VARY:
         marker = found[0]
         gen, names = entry.decode_vary(marker if isinstance(marker, bytes) else marker.tobytes())
         key = keys.secondary_key(key + b"#" + gen, names, r.headers)  # RFC 9111 4.1
-        return key, ctx.cache.lookup_pinned(key, now, LARGE_BODY), b"vary-miss"
+        return key, ctx.cache.lookup_pinned(key, now, LARGE_BODY, r.tenant_id), b"vary-miss"
     return key, found, b"uri-miss"
 
 
@@ -229,7 +245,7 @@ async def exchange(
     head = upstream_head(c, r, method, drop, extra)
     m = method or r.method
     if key is None and cfg.lb == "consistent_hash":
-        key = keys.primary_key(b"GET", r.host, r.target, ctx.key_opts_for(r))
+        key = keys.primary_key(b"GET", r.host, r.target, ctx.key_opts_for(r), tenant=r.tenant_key)
     hkey = key or b""
     server = pool.choose(hkey)
     assert server is not None
@@ -293,15 +309,15 @@ async def exchange(
 
 
 async def pass_through(
-    c: Client, r: Request, outcome: Outcome, fwd: bytes, detail: bytes | None = None
+    c: Client, r: Request, outcome: Outcome, fwd: bytes, detail: bytes | None = None, store: bool = True
 ) -> None:
-    """Forward upstream and stream the response back; nothing is stored. Unsafe methods invalidate
-    (RFC 9111 4.4)."""
+    """Forward upstream and stream the response back; nothing is stored (not even a POST response that names
+    itself, with store=False). Unsafe methods invalidate (RFC 9111 4.4)."""
     sink: StreamSink
-    if r.method == b"POST" and (r.route is None or not r.route.policy_opts.bypass):
+    if r.method == b"POST" and store and (r.route is None or not r.route.policy_opts.bypass):
         # RFC 9110 9.3.3: a POST response naming its own target in Content-Location, with explicit
         # freshness, may answer later GETs; StoreSink invalidates first, then stores it
-        key = keys.primary_key(b"GET", r.host, r.target, c.ctx.key_opts_for(r))
+        key = keys.primary_key(b"GET", r.host, r.target, c.ctx.key_opts_for(r), tenant=r.tenant_key)
         sink = StoreSink(c.ctx, c, r, key, fwd=fwd, flight=None)
         sink.outcome = outcome
     else:
@@ -463,7 +479,17 @@ def background_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry
         return
     ctx.refreshing.add(key)
     bg = Request()
-    for s in ("method", "target", "host", "version", "conn_tokens", "route"):
+    for s in (
+        "method",
+        "target",
+        "host",
+        "version",
+        "conn_tokens",
+        "route",
+        "tenant",
+        "tenant_key",
+        "tenant_id",
+    ):
         setattr(bg, s, getattr(r, s))
     bg.method = b"GET"
     bg.headers = list(r.headers)

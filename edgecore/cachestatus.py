@@ -27,6 +27,8 @@ __all__ = [
     "ONLY_IF_CACHED",
     "REQUEST_NO_STORE",
     "ROUTE_BYPASS",
+    "RESIDENCY",
+    "REVOKED",
     "PROXY_DETAILS",
     "ERROR_DETAILS",
     "ALL_DETAILS",
@@ -61,6 +63,8 @@ ONLY_IF_CACHED = detail(Reason.ONLY_IF_CACHED)  # b"only-if-cached": nothing sto
 REQUEST_NO_STORE = detail(Reason.REQUEST_NO_STORE)  # b"request-no-store": passed through (RFC 9111 5.2.1.5)
 CONNECTION_LISTED = b"connection-listed"  # Connection removes a field the request has: passed, not stored
 ROUTE_BYPASS = detail(Reason.ROUTE_BYPASS)  # b"route-bypass": its route says bypass (fwd=bypass)
+RESIDENCY = detail(Reason.RESIDENCY)  # b"residency": the tenant may not be stored in this node's region
+REVOKED = detail(Reason.REVOKED)  # b"revoked": the tenant is revoked: passed through, never stored
 PROXY_DETAILS = (
     CONNECTION_LISTED,
     STALE_WHILE_REVALIDATE,

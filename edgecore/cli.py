@@ -113,6 +113,17 @@ def cmd_check_config(a: argparse.Namespace) -> int:
     return 0
 
 
+def _tenant_table(p: config.TenantPolicy) -> str:
+    parts = []
+    if p.regions is not None:
+        parts.append("regions = [" + ", ".join(json.dumps(r) for r in p.regions) + "]")
+    if p.quota is not None:
+        parts.append(f"quota = {p.quota}")
+    if p.revoked:
+        parts.append("revoked = true")
+    return "{" + ", ".join(parts) + "}"
+
+
 def _show(key: str, value: Any) -> str:
     if key == "admin_token":
         return '"****"' if value else '""'
@@ -123,6 +134,9 @@ def _show(key: str, value: Any) -> str:
         and key in ("listen", "admin")
     ):
         return json.dumps(f"{value[0]}:{value[1]}")
+    if key == "tenants":
+        # [tenants.NAME] tables, shown as one inline TOML table
+        return "{" + ", ".join(f"{json.dumps(n)} = {_tenant_table(p)}" for n, p in value) + "}"
     if isinstance(value, tuple):
         return "[" + ", ".join(_show(key, v) for v in value) + "]"
     if isinstance(value, config.Upstream):
@@ -185,10 +199,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_purge(a: argparse.Namespace) -> int:
-    body = {k: getattr(a, k) for k in ("url", "prefix", "tag", "tenant") if getattr(a, k)}
-    if len(body) != 1:
+    body: dict[str, Any] = {k: getattr(a, k) for k in ("url", "prefix", "tag") if getattr(a, k)}
+    if len(body) > 1 or (not body and not a.tenant):
         print("edgecore purge: give exactly one of --url, --prefix, --tag, --tenant", file=sys.stderr)
         return 2
+    if a.tenant:
+        body["tenant"] = a.tenant  # alone: that tenant's entries; beside --url/--prefix/--tag: narrows them
+    if a.soft:
+        body["soft"] = True
     token = a.token or os.environ.get("EDGECORE_ADMIN_TOKEN", "")
     req = urllib.request.Request(
         f"http://{a.admin}/purge",
@@ -253,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--token", help="admin token (or EDGECORE_ADMIN_TOKEN)")
     for k in ("url", "prefix", "tag", "tenant"):
         g.add_argument(f"--{k}")
+    g.add_argument("--soft", action="store_true", help="mark stale (served stale while revalidated)")
     g.set_defaults(func=cmd_purge)
     sub.add_parser("bench", help="load benchmarks beside nginx and the Python ceiling (= python -m bench)")
     return p

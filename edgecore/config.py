@@ -316,6 +316,93 @@ def _parse_upstreams(v: Any) -> tuple[Upstream, ...]:
     return tuple(parse_upstream(x) for x in items)
 
 
+class KeyedValueError(ValueError):
+    """A parser's error about a key inside a table (`tenants.NAME.quota`): the ConfigError names that key."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(reason)
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class TenantPolicy:
+    """One [tenants.NAME] table (tenants.py applies it): where the tenant's responses may be stored
+    (None = anywhere), its byte quota (None = none), revoked."""
+
+    regions: tuple[str, ...] | None = None
+    quota: int | None = None
+    revoked: bool = False
+
+
+_TENANT_FIELDS = ("regions", "quota", "revoked")
+MAX_TENANT_TABLES = 128  # half the slab cache's tenant table: the other half is for tenants seen on stores
+
+
+def _parse_tenants(v: Any) -> tuple[tuple[str, TenantPolicy], ...]:
+    """[tenants.NAME] tables with regions (list of region names), quota (a size), revoked (bool); names are
+    case-sensitive. File only (no environment form). Errors name tenants.NAME.key."""
+    if not isinstance(v, dict):
+        raise ValueError("expected [tenants.NAME] tables")
+    if len(v) > MAX_TENANT_TABLES:
+        raise ValueError(f"{len(v)} tenant tables: at most {MAX_TENANT_TABLES}")
+    out = []
+    for name, t in v.items():
+        where = f"tenants.{name}"
+        if not isinstance(t, dict):
+            raise KeyedValueError(where, "expected a table with regions, quota, revoked")
+        if not name or len(name.encode()) > 200 or any(ord(ch) < 0x21 or ord(ch) > 0x7E for ch in name):
+            raise KeyedValueError(where, "a tenant name is 1-200 visible ASCII characters")
+        for k in t:
+            if k not in _TENANT_FIELDS:
+                near = difflib.get_close_matches(k, _TENANT_FIELDS, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                raise KeyedValueError(f"{where}.{k}", "unknown key" + hint)
+        regions = None
+        if "regions" in t:
+            r = t["regions"]
+            if not isinstance(r, list) or not all(isinstance(x, str) and x.strip() for x in r):
+                raise KeyedValueError(f"{where}.regions", "expected a list of region names")
+            regions = tuple(x.strip() for x in r)
+        quota = None
+        if "quota" in t:
+            try:
+                quota = parse_size(t["quota"])
+            except ValueError as e:
+                raise KeyedValueError(f"{where}.quota", str(e))
+            if quota < 1024:
+                raise KeyedValueError(f"{where}.quota", f"{quota} bytes is below the minimum of 1KiB")
+        revoked = False
+        if "revoked" in t:
+            if not isinstance(t["revoked"], bool):
+                raise KeyedValueError(f"{where}.revoked", f"{t['revoked']!r} is not true or false")
+            revoked = t["revoked"]
+        out.append((name, TenantPolicy(regions, quota, revoked)))
+    return tuple(out)
+
+
+def _parse_tenant_name(v: Any) -> str:
+    """A tenant name: visible ASCII, at most 200 bytes ("" = the default tenant of a single-tenant node)."""
+    s = str(v)
+    if len(s) > 200 or any(ord(ch) < 0x21 or ord(ch) > 0x7E for ch in s):
+        raise ValueError(f"{v!r} is not a tenant name (visible ASCII, at most 200 characters)")
+    return s
+
+
+def _parse_field_name(v: Any) -> str:
+    """A request field name (RFC 9110 5.1: a token), lower-cased; "" = none."""
+    s = str(v).strip().lower()
+    if s and not re.fullmatch(r"[!#$%&'*+.^_`|~0-9a-z-]+", s):
+        raise ValueError(f"{v!r} is not a field name")
+    return s
+
+
+def _parse_region(v: Any) -> str:
+    s = str(v).strip()
+    if len(s) > 64 or any(ord(ch) < 0x21 or ord(ch) > 0x7E for ch in s):
+        raise ValueError(f"{v!r} is not a region name (visible ASCII, at most 64 characters)")
+    return s
+
+
 def _parse_names(v: Any) -> tuple[str, ...]:
     items = v if isinstance(v, list | tuple) else str(v).split(",")
     return tuple(str(x).strip().lower() for x in items if str(x).strip())
@@ -382,6 +469,12 @@ class Config:
     # before), and the control socket of a running edgecore to take the listeners and cache over from
     cache_file: str = "auto"
     upgrade_from: str = ""
+    # tenants and residency (tenants.py; README "Tenants")
+    tenant_header: str = ""  # request field naming the tenant ("" = one tenant, default_tenant)
+    default_tenant: str = ""  # the tenant of a request without tenant_header
+    region: str = ""  # this node's region (a tenant's `regions` say where it may be stored)
+    tenants: tuple[tuple[str, TenantPolicy], ...] = ()  # [tenants.NAME] tables (file only)
+    tenant_state_file: str = ""  # where revocations are recorded across restarts ("" = not recorded)
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
@@ -435,8 +528,14 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "routes": lambda v: _parse_route_tables(v),
     "cache_file": lambda v: _parse_cache_file(v),
     "upgrade_from": lambda v: _parse_upgrade_from(v),
+    "tenant_header": _parse_field_name,
+    "default_tenant": lambda v: _parse_tenant_name(v),
+    "region": _parse_region,
+    "tenants": _parse_tenants,
+    "tenant_state_file": lambda v: _parse_state_file(v),
 }
 KEYS = tuple(_PARSERS)
+FILE_ONLY = frozenset(("tenants",))  # keys with no EDGECORE_<KEY> environment form
 
 
 def _parse_access_log(v: Any) -> str:
@@ -497,6 +596,14 @@ def control_socket_path(cache_file: str) -> str:
     return cache_file + ".ctl"
 
 
+def _parse_state_file(v: Any) -> str:
+    """A file path in a folder that exists ("" = none)."""
+    s = str(v)
+    if s and not os.path.isdir(os.path.dirname(os.path.abspath(s))):
+        raise ValueError(f"folder {os.path.dirname(os.path.abspath(s))} does not exist")
+    return s
+
+
 def _choice(v: Any, choices: tuple[str, ...]) -> str:
     s = str(v).lower()
     if s not in choices:
@@ -519,6 +626,8 @@ def read_file(path: str) -> dict[str, Any]:
 def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in KEYS:
+        if key in FILE_ONLY:
+            continue
         v = environ.get("EDGECORE_" + key.upper())
         if v is not None:
             out[key] = v
@@ -550,6 +659,8 @@ def build(
     for k, v in merged.items():
         try:
             values[k] = _PARSERS[k](v)
+        except KeyedValueError as e:
+            problems.append(ConfigError(e.key, str(e)))
         except ValueError as e:
             problems.append(ConfigError(k, str(e)))
         except ConfigErrors as e:  # a list of tables ([[routes]]): each problem names its own key

@@ -10,7 +10,8 @@ plainmiss) may ask of a client connection.
 Invariants: the C fast path gets every fact it shares with Python (entry layout, field lists, thresholds,
 histogram bounds) from the Python source at construction, never retyped; EDGECORE_NO_FASTPATH=1 turns it
 off (and with it the plain-miss path, which only starts from its miss result), and so does an access log
-that is on (the C path answers hits without Python, so it could not log them); `log_response` is the one
+that is on (the C path answers hits without Python, so it could not log them), and so does tenancy (the C
+path does not tell tenants apart: `tenancy`, tenants.Tenancy, built from cfg); `log_response` is the one
 call that records a response, made where it is counted (serve, sinks, protocol.error).
 Never: touch a transport itself, or decide anything about caching.
 """
@@ -23,7 +24,7 @@ import functools
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol
 
-from . import cachestatus, entry, keys, policy, routes
+from . import cachestatus, entry, keys, policy, routes, tenants
 from ._hitpath import HitPath
 from .accesslog import AccessLog, open_access_log
 from .cache import Cache
@@ -103,6 +104,9 @@ class Request:
         "upstream",
         "up_t0",
         "route",
+        "tenant",
+        "tenant_key",
+        "tenant_id",
     )
 
     def __init__(self) -> None:
@@ -128,6 +132,11 @@ class Request:
         self.upstream: str | None = None  # host:port of the last upstream asked (the access log)
         self.up_t0 = 0.0  # when that exchange started
         self.route: routes.Route | None = None  # the [[routes]] table it matched (cachepath.handle)
+        # its tenant (tenants.Tenancy; set by cachepath.handle when tenancy is on): the name (None: tenancy
+        # off, or not known yet), the name as keyed (keys.primary_key), its id in the slab cache
+        self.tenant: str | None = None
+        self.tenant_key = b""
+        self.tenant_id: int | None = None  # None: tenancy off (lookups check no tenant)
 
     def has_body(self) -> bool:
         return self.chunked or bool(self.clen)
@@ -248,7 +257,10 @@ class Context:
         self.key_opts = keys.options_for(cfg)
         self.policy_opts = policy.options_for(cfg)
         self.routes = routes.compile_routes(cfg)  # [[routes]]: the one place a worker keeps them
-        self.hitpath = make_hitpath(cfg, self.cache, counters, self.key_opts, self.routes)
+        self.tenancy = tenants.tenancy_for(cfg)  # tenants, residency, revocation (tenants.py)
+        self.hitpath = make_hitpath(
+            cfg, self.cache, counters, self.key_opts, self.routes, self.tenancy.enabled
+        )
         self.hitpath.draining = self._draining
         if self.worker is not None and (old is None or old.access_log != cfg.access_log):
             if self.access is not None:
@@ -308,7 +320,17 @@ class Context:
         a = self.access
         if a is not None:
             a.record(
-                peer, r.method, r.host, r.target, status, nbytes, r.t0, cache_status, r.upstream, r.up_t0
+                peer,
+                r.method,
+                r.host,
+                r.target,
+                status,
+                nbytes,
+                r.t0,
+                cache_status,
+                r.upstream,
+                r.up_t0,
+                r.tenant,
             )
 
     def stop(self) -> None:
@@ -325,6 +347,7 @@ def make_hitpath(
     counters: SlotCounters,
     key_opts: keys.KeyOptions,
     route_table: routes.Routes = routes.NO_ROUTES,
+    tenancy: bool = False,
 ) -> HitPath:
     """The C fast path for fresh plain hits, set up to build keys exactly as keys.primary_key does and told
     every fact it shares with Python by that fact's one source; a request any route may match is left to
@@ -355,7 +378,10 @@ def make_hitpath(
         enabled=default_opts
         and probe.endswith(b"1:h/")
         and not fastpath_disabled()
-        and cfg.access_log == "off",
+        and cfg.access_log == "off"
+        # with tenants the key and the lookup carry the tenant, which the C path does not extract: every
+        # request takes the general path (tenants.py)
+        and not tenancy,
     )
 
 

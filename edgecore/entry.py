@@ -71,6 +71,10 @@ OFF_HEAD_LEN = _offset("head_len")
 OFF_FRESH_UNTIL = _offset("fresh_until")
 OFF_BIRTH = _offset("birth")
 OFF_STATUS = _offset("status")  # (u16) the C path counts hits by status class
+# What a soft purge rewrites in place (SlabCache.soft_purge): fresh_until, lifetime, initial_age,
+# response_time
+SOFT_PURGE_LAYOUT = (OFF_FRESH_UNTIL, _offset("lifetime"), _offset("initial_age"), _offset("response_time"))
+SOFT_PURGE_FLAGS = FLAG_PLAIN | FLAG_RESPONSE  # stored responses (never Vary markers or lock entries)
 
 
 def render_head(status: int, reason: bytes, headers: Headers, body_len: int) -> tuple[bytes, int]:

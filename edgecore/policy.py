@@ -8,7 +8,8 @@ Owns: every store / reuse / stale / retention decision: the store decision (incl
 and Vary: *) and the Freshness record kept beside a stored response; the reuse decision; serving stale on
 error (which statuses, which windows); how long past its freshness an entry is kept; whether the stored head
 differs from the one this client gets; validators for revalidation; field updates from a 304 or a HEAD;
-invalidation after unsafe methods; Age. Field syntax (Cache-Control, targeted fields, dates, entity tags)
+invalidation after unsafe methods; Age; whether a tenant may be stored on this node at all (tenant_refusal:
+residency, revocation). Field syntax (Cache-Control, targeted fields, dates, entity tags)
 is fields.py's; client conditionals and ranges are conditional.py's; Cache-Status is cachestatus.py's.
 Per-client responses are not shared: a Set-Cookie response is not stored (SET_COOKIE) unless the options
 say "strip" (stored without the field, Options.strip_on_store); a 400/413/414/431 (a response about the
@@ -104,6 +105,8 @@ class Reason(enum.Enum):
     REQUEST_NO_STORE = enum.auto()  # request no-store (5.2.1.5)
     SET_COOKIE = enum.auto()  # the response sets a cookie: meant for one client (cache_set_cookie = "pass")
     CLIENT_ERROR = enum.auto()  # 400/413/414/431 without explicit freshness, or cache_client_errors = "never"
+    RESIDENCY = enum.auto()  # the tenant's regions do not include this node's region (tenant_refusal)
+    REVOKED = enum.auto()  # the tenant is revoked: passed through, never stored (tenant_refusal)
     # reusing (RFC 9111 4, 5.2.1; RFC 9110 13)
     REQUEST_NO_CACHE = enum.auto()  # request no-cache, or Pragma: no-cache alone (5.2.1.4, 5.4)
     REQUEST_MAX_AGE = enum.auto()  # older than the request max-age (5.2.1.1)
@@ -114,6 +117,18 @@ class Reason(enum.Enum):
     ONLY_IF_CACHED = enum.auto()  # request only-if-cached and nothing fits: 504 (5.2.1.7)
     # routes ([[routes]] tables: the options of the route a request is on)
     ROUTE_BYPASS = enum.auto()  # the route says bypass: neither looked up nor stored, not coalesced
+
+
+def tenant_refusal(regions: tuple[str, ...] | None, region: str, revoked: bool) -> Reason | None:
+    """Whether this node may store (or serve from its cache) a tenant's responses: not while the tenant is
+    revoked (REVOKED), nor on a node whose region its `regions` leave out (RESIDENCY; None = anywhere). A
+    refusal means pass-through: neither looked up nor stored (RFC 9111 3 makes storing the cache's choice;
+    Cache-Status fwd=bypass, RFC 9211 2.2). Revocation is checked first: it is the stronger statement."""
+    if revoked:
+        return Reason.REVOKED
+    if regions is not None and region not in regions:
+        return Reason.RESIDENCY
+    return None
 
 
 class Use(enum.Enum):

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import control
+from . import control, tenants
 from .accesslog import apply_process_log, set_process_format
 from .cache import Cache, CacheFileInUse, open_cache_file
 from .config import (
@@ -160,6 +160,8 @@ class Supervisor:
         if handed_admin is None:
             probe_free("admin", ahost, aport)
         self.cache = self._open_cache()
+        # the tenant tables' quotas and revocations (config and state file) before any worker forks
+        tenants.start(self.cache, cfg, tenants.State(cfg.tenant_state_file))
         # with one health block per upstream: the admin process's checks write it, the workers read it; a
         # fixed number of them, assigned by upstream, so that a reload may change the upstream list
         self.counters = SharedCounters(
@@ -422,7 +424,13 @@ class Supervisor:
             return {"reloaded": False, "errors": problems}
         self.generation += 1
         gen = self.generation
-        self.cfg = diff.applied
+        previous, self.cfg = self.cfg, diff.applied
+        try:  # tenant tables apply at once: what the new policy forbids is purged, its bytes overwritten
+            purged = tenants.apply_change(self.cache, previous, self.cfg)
+            if purged:
+                log.info("config reload: %d entries purged that the new tenant tables forbid", purged)
+        except Exception:  # a reload never stops a running edgecore
+            log.exception("config reload: the tenant tables could not be applied to the cache")
         apply_process_log(self.cfg.log_format, self.cfg.log_level)
         waiting = set(self.children)
         for pid in waiting:

@@ -42,7 +42,9 @@ def invalidate(ctx: Context, r: Request, status: int, headers: Headers) -> None:
     if status >= 400:
         return
     for target in policy.invalidation_targets(r.method, status, r.host, r.target, headers):
-        ctx.cache.delete(keys.primary_key(b"GET", r.host, target, ctx.target_key_opts(r.host, target)))
+        ctx.cache.delete(
+            keys.primary_key(b"GET", r.host, target, ctx.target_key_opts(r.host, target), tenant=r.tenant_key)
+        )
 
 
 def stored_form(
@@ -108,14 +110,15 @@ def store(
     vary = keys.variant_names(vary, ctx.key_opts_for(r))  # a route's key_headers key like Vary names
     if vary:
         key = _variant_key(ctx, r, vary, birth, expires)
-    return value if ctx.cache.store(key, value, birth, expires, flags, tags=tags(headers)) else None
+    stored = ctx.cache.store(key, value, birth, expires, flags, tenant=r.tenant_id or 0, tags=tags(headers))
+    return value if stored else None
 
 
 def _variant_key(ctx: Context, r: Request, vary: tuple[bytes, ...], birth: float, expires: float) -> bytes:
     """The secondary key of a response (RFC 9111 4.1), under the URL's Vary marker: the current marker's
     generation when it names the same fields, else a new marker (which orphans old variants)."""
-    primary = keys.primary_key(b"GET", r.host, r.target, ctx.key_opts_for(r))
-    found = ctx.cache.lookup(primary, time.time())
+    primary = keys.primary_key(b"GET", r.host, r.target, ctx.key_opts_for(r), tenant=r.tenant_key)
+    found = ctx.cache.lookup(primary, time.time(), r.tenant_id)
     marker = None
     if found is not None and found[3] == entry.FLAG_VARY:
         gen, names = entry.decode_vary(found[0])
@@ -123,7 +126,7 @@ def _variant_key(ctx: Context, r: Request, vary: tuple[bytes, ...], birth: float
             marker = found
     if marker is None or marker[2] < expires:
         value = entry.encode_vary(vary) if marker is None else marker[0]
-        ctx.cache.store(primary, value, birth, expires, entry.FLAG_VARY)
+        ctx.cache.store(primary, value, birth, expires, entry.FLAG_VARY, tenant=r.tenant_id or 0)
         gen, _ = entry.decode_vary(value)
     return keys.secondary_key(primary + b"#" + gen, vary, r.headers)
 

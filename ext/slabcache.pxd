@@ -40,7 +40,11 @@ cdef enum:
 
 cdef enum:
     SC_MAGIC = 0x45444743       # "EDGC" + layout version below
-    SC_VERSION = 5              # 4: chained index (slot_hdr.hnext/hash32, u32 bucket heads); 5: pin table
+    SC_VERSION = 6              # 4: chained index (slot_hdr.hnext/hash32, u32 bucket heads); 5: pin table;
+                                # 6: tenant table
+    MAX_TENANTS = 256           # rows of the tenant table (a power of two: open addressing by tenant id)
+    TEN_REVOKED = 1             # tenant_row.flags: revoked (nothing of the tenant is stored)
+    TEN_NAME_MAX = 64           # bytes of a tenant's name kept in its row (longer names are not kept)
     HDR_SIZE = 48               # sizeof(slot_hdr), checked at start-up
     MAX_CLASSES = 160
     MAX_TAGS = 8
@@ -50,6 +54,7 @@ cdef enum:
     FREQ_MAX = 3
     EVICT_STEPS_MAX = 64        # bound on the reinsertion steps one eviction may take
     CHUNK_SLOTS = 512           # bound on slots a purge/sweep visits per shard-lock hold
+    PURGE_CHUNK_SLOTS = 64      # what a purge's walk visits per hold (bench/tenant_purge.py: ~8 us a hold)
     HAS_TENANT = 0x80           # slot_hdr.nx bit: an 8-byte tenant id precedes the tags
     CHAINED = 0x40              # slot_hdr.nx bit: a chain table follows the tags (value spills into chunks)
     NTAGS_MASK = 0x3F
@@ -121,6 +126,19 @@ cdef enum:
     BAN_TAG = 1
     BAN_TENANT = 2
     BAN_PREFIX = 3
+    BAN_ANYT_PREFIX = 4     # the key past its tenant part ("N:name") starts with prefix: every tenant
+    BAN_ANYT_URL = 5        # the key past its tenant part is prefix, or prefix + "#..." (its variants)
+
+ctypedef struct tenant_row:
+    uint64_t id             # tenant id (0 = free row); written once by compare-and-swap, never freed
+    uint64_t bytes          # key + value bytes of the tenant's live entries (atomic)
+    uint64_t items          # the tenant's live entries (atomic)
+    uint64_t quota          # key + value bytes the tenant may hold (0 = no quota)
+    uint32_t flags          # TEN_REVOKED
+    uint32_t explicit       # 1: set by tenant_set (config or revocation), not only seen on a store
+    uint32_t name_len       # bytes of name (0 = not named yet; written after the name, with release order)
+    uint32_t _pad
+    unsigned char name[TEN_NAME_MAX]   # the tenant's name as the workers saw it (for GET /tenants)
 
 ctypedef struct header_t:
     uint64_t magic
@@ -142,3 +160,5 @@ ctypedef struct header_t:
     uint64_t sweep_pass
     uint32_t sweep_shard, sweep_page, sweep_slot
     uint32_t _pad2
+    # the tenant table (slabcache/tenants.pxi): per-tenant live bytes, quota and flags, shared by all workers
+    tenant_row tenants[MAX_TENANTS]

@@ -9,7 +9,10 @@
 #   * nothing outside the mapping is needed to use it: a worker forked after construction sees the same cache;
 #   * every shard structure is touched only under that shard's robust, process-shared mutex; a mutex found
 #     EOWNERDEAD means the shard may be half-written, so the shard is wiped before the mutex is made consistent;
-#   * a lookup compares the full key bytes; a hash collision never serves another key's bytes;
+#   * a lookup compares the full key bytes; a hash collision never serves another key's bytes; a lookup that
+#     names a tenant never serves an entry stored for another tenant, even under equal key bytes;
+#   * the tenant table (slabcache/tenants.pxi) counts every live entry of a tenant exactly, and a store past
+#     its tenant's quota evicts only that tenant's entries, or is refused;
 #   * one eviction does at most EVICT_STEPS_MAX reinsertion steps; purges and sweeps hold a shard lock for at
 #     most CHUNK_SLOTS slots; bytes of purged/deleted objects are zeroed before the slot is reused;
 #   * a pinned object's slots (slabcache/pins.pxi) are never moved, overwritten or freed until its last pin goes.

@@ -416,6 +416,7 @@ def test_production_module_has_no_test_hooks() -> None:
         "_test_constants",
         "_test_check",
         "_test_pins",
+        "_test_timed_purge_tenant",
     }
 
 

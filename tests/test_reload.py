@@ -239,6 +239,28 @@ def test_routes_added_by_reload_apply_at_once_on_both_paths(make, origin, path, 
     assert origin.count(f"{uniq}/r") == 2
 
 
+def test_tenant_tables_changed_by_reload_apply_at_once(make, origin, path, uniq):
+    """A reload that takes this node's region out of a tenant's regions: its stored entries are purged at once
+    (tenants.apply_change) and its traffic passes through uncached (Cache-Status detail residency) in every
+    worker; another tenant's entries stay."""
+    rl = make(path, upstream=_up(origin), tenant_header="X-Tenant", region="eu")
+    tables = '[tenants.acme]\nregions = ["eu"]\n'
+    rl.write_text(_toml(rl.values) + tables)
+    assert rl.post_reload().status == 200
+    t = f"{uniq}/t?cc=max-age=300"
+    for who in ("acme", "other"):
+        get(rl.edge.port, t, {"X-Tenant": who})
+        assert get(rl.edge.port, t, {"X-Tenant": who}).cache_status.startswith("edgecore; hit"), who
+    items = rl.edge.stats()["cache"]["items"]
+    rl.write_text(_toml(rl.values) + tables.replace('["eu"]', '["us"]'))
+    r = rl.post_reload()
+    assert r.status == 200 and "tenants" in json.loads(r.body)["changed"], r.body
+    assert rl.edge.stats()["cache"]["items"] == items - 1  # acme's entry purged by the reload itself
+    after = get(rl.edge.port, t, {"X-Tenant": "acme"})
+    assert "detail=residency" in after.cache_status, after.cache_status
+    assert get(rl.edge.port, t, {"X-Tenant": "other"}).cache_status.startswith("edgecore; hit")
+
+
 def test_upstream_timeout_reloaded(make, origin, path, uniq):
     rl = make(path, upstream=_up(origin), response_timeout=30, retries=0)
     port = rl.edge.port

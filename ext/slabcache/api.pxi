@@ -109,8 +109,9 @@ cdef class SlabCache:
 
     # ------------------------------------------------------------ the hot path
 
-    def lookup(self, key, double now):
-        """(value, stored_at, expires, flags) or None. Expired or banned entries are removed."""
+    def lookup(self, key, double now, tenant=None):
+        """(value, stored_at, expires, flags) or None. Expired or banned entries are removed. With tenant (an
+        int, 0 = no tenant), an entry stored for another tenant is a miss even when the key bytes match."""
         cdef header_t *h = self._hdr()
         cdef sctx c
         cdef const char *kp
@@ -121,8 +122,13 @@ cdef class SlabCache:
         cdef PyObject *val
         cdef double stored_at, expires
         cdef int flags
+        cdef uint64_t want = 0
         if not PyBytes_Check(key):
             raise ValueError("key must be bytes")
+        if tenant is not None:
+            if type(tenant) is not int or not (0 <= tenant <= 0xFFFFFFFFFFFFFFFF):
+                raise ValueError("tenant must be an int in 0..2**64-1")
+            want = tenant
         kp = PyBytes_AS_STRING(key)
         kl = <size_t>PyBytes_GET_SIZE(key)
         hv = sc_hash64(kp, kl)
@@ -142,6 +148,10 @@ cdef class SlabCache:
         if bans_kill(h, s):
             slot_kill(&c, s, KILL_PURGE, pos)
             c.sh.misses += 1
+            shard_unlock(&c)
+            return None
+        if tenant is not None and slot_tenant(s) != want:
+            c.sh.misses += 1        # the stored tenant is not the request's (tenants.pxi): never served
             shard_unlock(&c)
             return None
         if s.freq < FREQ_MAX:
@@ -163,10 +173,10 @@ cdef class SlabCache:
         Py_XDECREF(val)
         return (value, stored_at, expires, flags)
 
-    def lookup_pinned(self, key, double now, Py_ssize_t min_len):
-        """As lookup, except that a value longer than min_len comes as a Pinned (pins.pxi): read in place from
-        the shared mapping, no copy, its object pinned until the Pinned and its views are gone. Falls back to
-        a bytes copy when the shard's pin table or pinned-byte bound is full."""
+    def lookup_pinned(self, key, double now, Py_ssize_t min_len, tenant=None):
+        """As lookup (tenant included), except that a value longer than min_len comes as a Pinned (pins.pxi):
+        read in place from the shared mapping, no copy, its object pinned until the Pinned and its views are
+        gone. Falls back to a bytes copy when the shard's pin table or pinned-byte bound is full."""
         cdef header_t *h = self._hdr()
         cdef sctx c
         cdef const char *kp
@@ -179,8 +189,13 @@ cdef class SlabCache:
         cdef int flags
         cdef int32_t pid = 0
         cdef Pinned pv
+        cdef uint64_t want = 0
         if not PyBytes_Check(key):
             raise ValueError("key must be bytes")
+        if tenant is not None:
+            if type(tenant) is not int or not (0 <= tenant <= 0xFFFFFFFFFFFFFFFF):
+                raise ValueError("tenant must be an int in 0..2**64-1")
+            want = tenant
         kp = PyBytes_AS_STRING(key)
         kl = <size_t>PyBytes_GET_SIZE(key)
         hv = sc_hash64(kp, kl)
@@ -200,6 +215,10 @@ cdef class SlabCache:
         if bans_kill(h, s):
             slot_kill(&c, s, KILL_PURGE, pos)
             c.sh.misses += 1
+            shard_unlock(&c)
+            return None
+        if tenant is not None and slot_tenant(s) != want:
+            c.sh.misses += 1        # the stored tenant is not the request's (tenants.pxi): never served
             shard_unlock(&c)
             return None
         if s.freq < FREQ_MAX:
@@ -286,6 +305,7 @@ cdef class SlabCache:
         cdef class_state *cs
         cdef char *dst
         cdef int fl
+        cdef tenant_row *trow = NULL
         if not PyBytes_Check(key):
             raise ValueError("key must be bytes")
         if not PyBytes_Check(value):
@@ -329,6 +349,12 @@ cdef class SlabCache:
                 shard_unlock(&c)
             return False
         cls = class_for(h, need, HDR_SIZE + extra + kl, &nchunks, &tail_cls)
+        if ten:
+            trow = ten_find(h, ten, 1)      # the tenant table (tenants.pxi): revoked, quota, accounting
+            if trow != NULL and ten_flags(&trow.flags) & TEN_REVOKED:
+                return False
+            if trow != NULL:
+                ten_make_room(h, trow, ten, kl + vl, cls, shard_of_hash(h, hv))
         if shard_lock(&c):
             raise CacheError("shard lock unrecoverable")
         s = idx_find(&c, hv, kp, kl, &pos)
@@ -337,6 +363,10 @@ cdef class SlabCache:
                 shard_unlock(&c)
                 return False
             slot_kill(&c, s, KILL_REPLACE, pos)
+        if trow != NULL and not ten_room(&c, trow, ten, kl + vl, cls):
+            c.sh.refused += 1       # past its quota, and none of its own entries here to make room
+            shard_unlock(&c)
+            return False
         if c.sh.items >= c.sh.max_items:
             if not evict_in_class(&c, cls):
                 for i in range(h.nclasses):
@@ -375,6 +405,8 @@ cdef class SlabCache:
         c.no_donor = -1
         if s == NULL:
             c.sh.refused += 1
+            if trow != NULL:
+                ten_subfloor64(&trow.bytes, kl + vl)    # the reservation ten_room made
             shard_unlock(&c)
             return False
         s.stored_at = stored_at
@@ -417,6 +449,8 @@ cdef class SlabCache:
         if nchunks:
             c.sh.slot_bytes += chain_slot_bytes(&c, s)
         c.sh.stores += 1
+        if trow != NULL:
+            ten_add64(&trow.items, 1)
         shard_unlock(&c)
         return True
 
@@ -469,6 +503,75 @@ cdef class SlabCache:
         """Visit up to `budget` slots from a shared cursor: remove expired entries and those covered by an
         active ban (zeroing their bytes). Returns how many entries were removed."""
         return sweep_run(self._hdr(), budget)
+
+    # ------------------------------------------------------------ tenants (slabcache/tenants.pxi)
+
+    def tenant_set(self, tenant, quota=None, revoked=None, name=None, bint explicit=True):
+        """Set a tenant's byte quota (0 = none), revoked flag and/or name (bytes, kept once), for every
+        process; returns its row (None when explicit=False and the half of the table for tenants seen on
+        stores is full)."""
+        return ten_set(self._hdr(), tenant, quota, revoked, name, explicit)
+
+    def tenant_rows(self):
+        """Every row of the tenant table: id, items, bytes, quota, revoked, explicit, name (or None)."""
+        return ten_rows(self._hdr())
+
+    def tenant_revoked(self, tenant):
+        """Whether tenant (an id) is revoked."""
+        if type(tenant) is not int or not (0 <= tenant <= 0xFFFFFFFFFFFFFFFF):
+            raise ValueError("tenant must be an int in 0..2**64-1")
+        return ten_revoked(self._hdr(), <uint64_t>tenant)
+
+    def purge_any_tenant(self, rest, bint url):
+        """Invalidate every tenant's entries whose key past its tenant part is rest (url: or one of its
+        variants, rest + "#...") or (not url) starts with rest; returns how many."""
+        if not PyBytes_Check(rest):
+            raise ValueError("rest must be bytes")
+        if PyBytes_GET_SIZE(rest) > BAN_PREFIX_MAX:
+            raise ValueError("longer than %d bytes" % BAN_PREFIX_MAX)
+        cdef header_t *h = self._hdr()
+        return ban_walk(h, ban_register(h, BAN_ANYT_URL if url else BAN_ANYT_PREFIX, 0,
+                                        PyBytes_AS_STRING(rest), PyBytes_GET_SIZE(rest)))
+
+    def purge_tag_tenant(self, tag, tenant):
+        """Invalidate the entries carrying tag that belong to tenant (an id); returns how many."""
+        if type(tag) is not int or not (0 <= tag <= 0xFFFFFFFFFFFFFFFF):
+            raise ValueError("tag must be an int in 0..2**64-1")
+        if type(tenant) is not int or not (0 <= tenant <= 0xFFFFFFFFFFFFFFFF):
+            raise ValueError("tenant must be an int in 0..2**64-1")
+        cdef uint64_t tv = tenant
+        cdef header_t *h = self._hdr()
+        return ban_walk(h, ban_register(h, BAN_TAG_TENANT, tag, <const char*>&tv, 8))
+
+    def soft_purge(self, kind, ident, match, layout, int flags_mask, double now):
+        """Mark stale at now every live entry whose flags meet flags_mask and that a purge of `kind` would
+        remove; layout: the value offsets of four doubles (fresh-until, lifetime, initial age, response time):
+        fresh-until becomes at most now, lifetime at most the age at now. Kinds: "tag"/"tenant" (ident), "prefix" (match, a key
+        prefix), "url" (match, a key: it and its variants), "any-prefix"/"any-url" (as purge_any_tenant),
+        "tag-tenant" (ident a tag, match the tenant id as 8 little-endian bytes).
+        The bytes stay; returns how many entries were marked."""
+        cdef ban_t b
+        cdef header_t *h = self._hdr()
+        kinds = {"tag": BAN_TAG, "tenant": BAN_TENANT, "prefix": BAN_PREFIX, "url": BAN_KEY_URL,
+                 "any-prefix": BAN_ANYT_PREFIX, "any-url": BAN_ANYT_URL, "tag-tenant": BAN_TAG_TENANT}
+        if kind not in kinds:
+            raise ValueError("unknown soft purge kind")
+        if type(ident) is not int or not (0 <= ident <= 0xFFFFFFFFFFFFFFFF):
+            raise ValueError("ident must be an int in 0..2**64-1")
+        if not PyBytes_Check(match) or PyBytes_GET_SIZE(match) > BAN_PREFIX_MAX:
+            raise ValueError("match must be bytes of at most %d" % BAN_PREFIX_MAX)
+        cdef size_t off[4]
+        if len(layout) != 4 or any(type(o) is not int or not (0 <= o < 4096) for o in layout):
+            raise ValueError("layout must be four offsets in 0..4095")
+        for i in range(4):
+            off[i] = layout[i]
+        memset(&b, 0, sizeof(b))
+        b.kind = kinds[kind]
+        b.seq = 0xFFFFFFFF        # matches every entry, however recently stored
+        b.ident = ident
+        b.prefix_len = <uint32_t>PyBytes_GET_SIZE(match)
+        memcpy(b.prefix, PyBytes_AS_STRING(match), b.prefix_len)
+        return soft_walk(h, &b, off, <uint32_t>flags_mask, now)
 
     # ------------------------------------------------------------ introspection
 

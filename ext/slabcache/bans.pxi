@@ -24,7 +24,7 @@ cdef bint ban_matches(ban_t *b, slot_hdr *s) noexcept nogil:
         return slot_tenant(s) == b.ident
     if b.kind == BAN_PREFIX:
         return s.key_len >= b.prefix_len and memcmp(slot_key(s), b.prefix, b.prefix_len) == 0
-    return False
+    return ten_ban_matches(b, s)      # the kinds of tenants.pxi (every tenant's copy of a URL or prefix)
 
 cdef bint bans_kill(header_t *h, slot_hdr *s) noexcept nogil:
     """True if an active ban registered after this object was stored covers it."""
@@ -80,7 +80,8 @@ cdef int ban_register(header_t *h, uint32_t kind, uint64_t ident, const char *pr
     return <int>slot
 
 cdef uint64_t ban_walk(header_t *h, int slot) except? 0xFFFFFFFFFFFFFFFF:
-    """Kill every object the ban in `slot` covers, CHUNK_SLOTS slots per shard-lock hold; retire the ban.
+    """Kill every object the ban in `slot` covers, PURGE_CHUNK_SLOTS slots per shard-lock hold (a tenant purge
+    of a million entries holds no lock for long: bench/tenant_purge.py); retire the ban.
     Returns how many objects were killed."""
     cdef ban_t *b = &h.bans[slot]
     cdef uint64_t killed = 0
@@ -96,7 +97,7 @@ cdef uint64_t ban_walk(header_t *h, int slot) except? 0xFFFFFFFFFFFFFFFF:
             if page >= c.sh.pages_used:
                 shard_unlock(&c)
                 break
-            shard_walk(&c, &page, &sl, CHUNK_SLOTS, b, 0.0, &killed)
+            shard_walk(&c, &page, &sl, PURGE_CHUNK_SLOTS, b, 0.0, &killed)
             shard_unlock(&c)
     if global_lock(h, &h.ban_lock) == 0:
         if b.active:

@@ -19,6 +19,7 @@ cdef void slot_kill(sctx *c, slot_hdr *s, int why, long long pos) noexcept nogil
     cdef class_state *cs = &c.sh.classes[s.cls]
     cdef size_t extra = slot_extra(s)
     cdef bint pinned = pin_held(c, slot_ref(c.data, s))   # pins.pxi: its bytes stay until the last unpin
+    ten_note(c.h, s, False)     # the tenant table's accounting (tenants.pxi)
     if pos >= 0:
         idx_unlink(c, <uint32_t>pos, s)
     elif pos == -1:

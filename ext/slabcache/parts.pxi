@@ -3,7 +3,7 @@
 # ext/slabcache_debug.pyx (edgecore._slabcache_debug: the same parts plus testhooks.pxi).
 #
 # Reading order: slots -> shard -> lists -> index -> ghost -> lifecycle -> eviction -> alloc -> steal
-# -> chains -> pins -> recovery -> bans -> sweep -> layout -> arena -> stats -> api.
+# -> chains -> pins -> recovery -> bans -> sweep -> tenants -> layout -> arena -> stats -> api.
 
 include "decls.pxi"
 include "slots.pxi"
@@ -20,6 +20,7 @@ include "pins.pxi"
 include "recovery.pxi"
 include "bans.pxi"
 include "sweep.pxi"
+include "tenants.pxi"
 include "layout.pxi"
 include "arena.pxi"
 include "stats.pxi"

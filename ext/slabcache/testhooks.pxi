@@ -204,3 +204,37 @@ cdef class DebugSlabCache(SlabCache):
             finally:
                 shard_unlock(&c)
         return bad
+
+    def _test_timed_purge_tenant(self, tenant, uint32_t budget=PURGE_CHUNK_SLOTS):
+        """TEST/BENCH ONLY: purge_tenant(tenant) as ban_walk does it (the same ban, the same shard_walk of
+        PURGE_CHUNK_SLOTS slots per shard-lock hold, or `budget`), timing every hold from lock taken to lock released.
+        Returns (killed, [each hold's duration in ns])."""
+        cdef header_t *h = self._hdr()
+        cdef int slot = ban_register(h, BAN_TENANT, tenant, NULL, 0)
+        cdef ban_t *b = &h.bans[slot]
+        cdef uint64_t killed = 0
+        cdef double t0, dt
+        cdef list held = []
+        cdef uint32_t i, page, sl
+        cdef sctx c
+        for i in range(h.nshards):
+            ctx_init(&c, h, i)
+            page = 0
+            sl = 0
+            while True:
+                if shard_lock(&c):
+                    raise CacheError("shard lock unrecoverable")
+                t0 = sc_now()
+                if page >= c.sh.pages_used:
+                    shard_unlock(&c)
+                    break
+                shard_walk(&c, &page, &sl, budget, b, 0.0, &killed)
+                dt = sc_now() - t0
+                shard_unlock(&c)
+                held.append(int(dt * 1e9))
+        if global_lock(h, &h.ban_lock) == 0:
+            if b.active:
+                sc_store32(&b.active, 0)
+                sc_sub32(&h.nbans_active, 1)
+            sc_mutex_unlock(&h.ban_lock)
+        return killed, held
