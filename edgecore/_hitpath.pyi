@@ -49,6 +49,7 @@ class HitPath:
         max_line: int,
         underscores: bool,
         write_high: int,
+        lease_index: int = -1,
         enabled: bool = True,
     ) -> None: ...
     @property

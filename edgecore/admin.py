@@ -1,12 +1,15 @@
-"""The admin listener: /healthz, /readyz, /metrics, /stats, POST /purge, POST and DELETE /drain, and the
-active upstream health checks (health.Health), run here once for all workers.
+"""The admin listener: /healthz, /readyz, /metrics, /stats, POST /purge, POST and DELETE /drain, the
+active upstream health checks (health.Health), run here once for all workers, and the invalidation bus
+(bus.Bus: one Redis client per node, its reader and its lease) when `invalidation_url` is set.
 
 Owns: the admin process (forked by the supervisor, its own uvloop loop) and its small HTTP/1.1 server.
 It reads the shared counters and the shared cache; it never serves proxy traffic and is bound to its own
 address (127.0.0.1:9901 by default), never the proxy port.
 Invariants: POST endpoints (and DELETE /drain) need `Authorization: Bearer <admin_token>` when a token is
 configured (constant-time comparison); every request gets a complete response with Content-Length; a malformed
-request gets 400 and the connection closes.
+request gets 400 and the connection closes. A purge is applied here at once (invalidation.apply) and, with a
+bus, answered only once it is in the stream (`"published": true, "id"`), else 503 within bus.PUBLISH_TIMEOUT
+(still applied here); responses go out in request order (reading pauses while a purge is published).
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ import ipaddress
 import json
 import signal
 import socket
+from collections.abc import Coroutine
 from typing import Any
-from urllib.parse import urlsplit
 
 import httptools
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import keys
+from . import invalidation, keys
+from .bus import Bus, BusError
 from .cache import Cache
 from .config import Config
 from .health import Health, readiness
@@ -36,12 +40,14 @@ from .metrics import (
     F_SERVED,
     F_UPSTREAM,
     F_WAITING,
+    BusCollector,
     EdgeCollector,
     SharedCounters,
     request_hits_misses,
 )
 
 MAX_BODY = 64 << 10
+Answer = tuple[int, bytes, bytes]
 
 
 class Admin:
@@ -54,6 +60,10 @@ class Admin:
         self.key_opts = keys.options_for(cfg)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(EdgeCollector(counters, cache.stats, tuple(u.authority for u in cfg.upstream)))
+        self.bus: Bus | None = None
+        if cfg.invalidation_url:
+            self.bus = Bus(cfg, cache, counters, self.key_opts)
+            self.registry.register(BusCollector(self.bus.describe, self.bus.lag))
 
     def stats(self) -> dict[str, Any]:
         s = self.cache.stats()
@@ -72,12 +82,13 @@ class Admin:
             },
             "coalescing": {"waiting": self.counters.total(F_WAITING)},
             "draining": bool(self.counters.get_flag(C_DRAINING)),
+            **({"invalidation": self.bus.describe()} if self.bus is not None else {}),
         }
 
     def handle(
         self, method: bytes, target: bytes, headers: dict[bytes, bytes], body: bytes
-    ) -> tuple[int, bytes, bytes]:
-        """-> (status, content type, body)."""
+    ) -> Answer | Coroutine[Any, Any, Answer]:
+        """-> (status, content type, body), or a coroutine giving it (a purge published to the bus)."""
         path = target.split(b"?", 1)[0]
         if path == b"/healthz":
             return 200, b"text/plain", b"ok\n"
@@ -91,6 +102,12 @@ class Admin:
                 requires_upstream=self.cfg.ready_requires_upstream,
             )
             text = f"{why}\n{self.health.report()}\n"
+            if self.bus is not None:
+                bus_ok, bus_why = self.bus.readiness()
+                if ok and not bus_ok:
+                    ok, text = False, f"{bus_why}\n{text}"
+                else:
+                    text += bus_why + "\n"
             return (200 if ok else 503), b"text/plain", text.encode()
         if path == b"/metrics":
             return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
@@ -122,38 +139,32 @@ class Admin:
             return self.purge(body)
         return 404, b"text/plain", b"not found\n"
 
-    def purge(self, body: bytes) -> tuple[int, bytes, bytes]:
+    def purge(self, body: bytes) -> Answer | Coroutine[Any, Any, Answer]:
         try:
             req = json.loads(body or b"{}")
             if not isinstance(req, dict):
                 raise ValueError("the body must be a JSON object")
         except ValueError as e:
             return 400, b"text/plain", f"invalid JSON: {e}\n".encode()
-        given = [k for k in ("url", "prefix", "tag", "tenant") if k in req]
-        if len(given) != 1:
-            return 400, b"text/plain", b"give exactly one of url, prefix, tag, tenant\n"
-        kind = given[0]
-        val = req[kind]
-        if not isinstance(val, str) or not val:
-            return 400, b"text/plain", f"{kind} must be a non-empty string\n".encode()
-        if kind in ("url", "prefix"):
-            u = urlsplit(val)
-            if u.scheme not in ("http", "https") or not u.netloc:
-                return 400, b"text/plain", f"{kind} must be an absolute http:// URL\n".encode()
-            host = u.netloc.encode()
-            target = (u.path or "/").encode() + (b"?" + u.query.encode() if u.query else b"")
-            primary = keys.primary_key(b"GET", host, target, self.key_opts)
-            if kind == "url":
-                # the URL's entry (or Vary marker: its variants become unreachable with it)
-                n = int(self.cache.delete(primary))
-            else:
-                # primary keys end with the target, so a target prefix is a key prefix
-                n = self.cache.purge_prefix(primary)
-        elif kind == "tag":
-            n = self.cache.purge_tag(Cache.tag_id(val))
-        else:
-            n = self.cache.purge_tenant(Cache.tag_id(val))
-        return 200, b"application/json", json.dumps({"purged": n}).encode() + b"\n"
+        try:
+            msg = invalidation.from_request(req, self.cfg.node_id)
+        except ValueError as e:
+            return 400, b"text/plain", f"{e}\n".encode()
+        n = invalidation.apply(self.cache, msg, self.key_opts)  # here at once, bus or not
+        if self.bus is None:
+            return 200, b"application/json", json.dumps({"purged": n}).encode() + b"\n"
+        return self._publish(msg, {"purged": n})
+
+    async def _publish(self, msg: invalidation.Invalidation, answer: dict[str, Any]) -> Answer:
+        """Answer a purge once the bus has it; 503 (applied here all the same) when it cannot take it."""
+        assert self.bus is not None
+        try:
+            eid = await self.bus.publish(msg)
+        except BusError as e:
+            answer.update(published=False, error=str(e))
+            return 503, b"application/json", json.dumps(answer).encode() + b"\n"
+        answer.update(published=True, id=eid)
+        return 200, b"application/json", json.dumps(answer).encode() + b"\n"
 
 
 def _is_loopback(host: str) -> bool:
@@ -161,6 +172,9 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
+
+
+_PENDING: set[asyncio.Task[Answer]] = set()  # purges being published (kept until done)
 
 
 class AdminProtocol(asyncio.Protocol):
@@ -201,18 +215,35 @@ class AdminProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         method = self.parser.get_method()
+        keep_alive = self.parser.should_keep_alive()
         try:
-            status, ctype, body = self.admin.handle(method, self.target, self.headers, bytes(self.body))
+            res = self.admin.handle(method, self.target, self.headers, bytes(self.body))
         except Exception as e:  # the admin process never dies of one request
-            status, ctype, body = 500, b"text/plain", f"internal error: {e}\n".encode()
-        self._respond(
-            status,
-            ctype,
-            b"" if method == b"HEAD" else body,
-            self.parser.should_keep_alive(),
-            length=len(body),
-        )
+            res = 500, b"text/plain", f"internal error: {e}\n".encode()
         self._reset()
+        if isinstance(res, tuple):
+            self._answer(method, keep_alive, res)
+            return
+        # answered once the bus has it: read nothing more meanwhile, so answers keep the request order
+        if self.transport is not None:
+            self.transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(res)
+        _PENDING.add(task)
+        task.add_done_callback(lambda t: self._answered(t, method, keep_alive))
+
+    def _answered(self, task: asyncio.Task[Answer], method: bytes, keep_alive: bool) -> None:
+        _PENDING.discard(task)
+        if task.cancelled():
+            return
+        e = task.exception()
+        res = (500, b"text/plain", f"internal error: {e}\n".encode()) if e is not None else task.result()
+        self._answer(method, keep_alive, res)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _answer(self, method: bytes, keep_alive: bool, res: Answer) -> None:
+        status, ctype, body = res
+        self._respond(status, ctype, b"" if method == b"HEAD" else body, keep_alive, length=len(body))
 
     def _respond(
         self, status: int, ctype: bytes, body: bytes, keep_alive: bool, length: int | None = None
@@ -251,6 +282,8 @@ def run_admin(cfg: Config, cache: Cache, counters: SharedCounters, sock: socket.
     admin = Admin(cfg, cache, counters, workers)
     server = loop.run_until_complete(loop.create_server(lambda: AdminProtocol(admin), sock=sock))
     prober = loop.create_task(admin.health.run())
+    if admin.bus is not None:
+        admin.bus.start(loop)
     stop = loop.create_future()
 
     def on_term() -> None:
@@ -267,5 +300,8 @@ def run_admin(cfg: Config, cache: Cache, counters: SharedCounters, sock: socket.
         server.close()
         with contextlib.suppress(BaseException):
             loop.run_until_complete(asyncio.gather(prober, return_exceptions=True))
+        if admin.bus is not None:
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(admin.bus.stop())
         loop.close()
     return 0

@@ -16,9 +16,10 @@ import difflib
 import math
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -253,6 +254,13 @@ class Config:
     max_connections: int = 0  # client connections per worker (0 = unlimited); beyond it, stop accepting
     access_log: str = "off"  # off | stdout | stderr | a file path (accesslog.py)
     log_format: str = "text"  # process log: text | json
+    # nodes and the invalidation bus (bus.py, docs/invalidation.md)
+    node_id: str = field(default_factory=socket.gethostname)  # unique among the nodes on one stream
+    invalidation_url: str = ""  # redis://host:port/db; "" = this node alone, no bus
+    invalidation_stream: str = "edgecore:invalidations"  # the stream's key, used verbatim
+    invalidation_retention: float = 86400.0  # seconds of history the publisher keeps in the stream
+    invalidation_lease: float = 1.0  # hits only within this many seconds of confirming the stream's end
+    invalidation_state: str = ""  # file keeping the last applied stream id across restarts ("" = none)
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
@@ -303,6 +311,12 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_connections": _parse_int(0, 1_000_000),
     "access_log": lambda v: _parse_access_log(v),
     "log_format": lambda v: _choice(v, ("text", "json")),
+    "node_id": lambda v: _parse_node_id(v),
+    "invalidation_url": lambda v: _parse_redis_url(v),
+    "invalidation_stream": lambda v: _parse_stream(v),
+    "invalidation_retention": _parse_number(1, 31536000, "a number of seconds", " seconds"),
+    "invalidation_lease": _parse_number(0.05, 3600, "a number of seconds", " seconds"),
+    "invalidation_state": lambda v: _parse_state_file(v),
 }
 KEYS = tuple(_PARSERS)
 
@@ -319,6 +333,49 @@ def _parse_access_log(v: Any) -> str:
     folder = os.path.dirname(os.path.abspath(s))
     if not os.path.isdir(folder):
         raise ValueError(f"folder {folder} does not exist")
+    return s
+
+
+def _parse_node_id(v: Any) -> str:
+    s = str(v).strip()
+    if not s or len(s) > 200 or any(not c.isprintable() or c.isspace() for c in s):
+        raise ValueError(f"{v!r} is not a node id (1-200 printable characters, no spaces)")
+    return s
+
+
+def _parse_redis_url(v: Any) -> str:
+    """ "" (no bus) or redis://host:port/db (port default 6379, db default 0)."""
+    s = str(v).strip()
+    if not s:
+        return ""
+    u = urlsplit(s)
+    if u.scheme != "redis" or not u.hostname:
+        raise ValueError(f"{s!r} is not redis://host:port/db")
+    try:
+        _ = u.port
+    except ValueError as e:
+        raise ValueError(f"{s!r}: {e}")
+    db = u.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{s!r}: the database {db!r} is not a number")
+    if u.query or u.fragment:
+        raise ValueError(f"{s!r}: no query or fragment (redis://host:port/db)")
+    return s
+
+
+def _parse_stream(v: Any) -> str:
+    s = str(v)
+    if not s or len(s) > 512:
+        raise ValueError("must be a non-empty stream key of at most 512 bytes")
+    return s
+
+
+def _parse_state_file(v: Any) -> str:
+    s = str(v)
+    if s:
+        folder = os.path.dirname(os.path.abspath(s))
+        if not os.path.isdir(folder):
+            raise ValueError(f"folder {folder} does not exist")
     return s
 
 

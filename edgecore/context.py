@@ -3,8 +3,9 @@ caching flow.
 
 Owns: `Context` (config, cache, counters, upstream pool, flights, key and policy options, the C fast path
 set up from the same facts as the Python path, the worker's listener that max_connections pauses),
-`Request` (one parsed request), and `Client`, the only things the caching flow (cachepath, sinks,
-plainmiss) may ask of a client connection.
+`Request` (one parsed request), the lease check's word (`lease_index`: with an invalidation bus, both hit
+paths serve a hit only before the deadline bus.py keeps there), and `Client`, the only things the caching
+flow (cachepath, sinks, plainmiss) may ask of a client connection.
 Invariants: the C fast path gets every fact it shares with Python (entry layout, field lists, thresholds,
 histogram bounds) from the Python source at construction, never retyped; EDGECORE_NO_FASTPATH=1 turns it
 off (and with it the plain-miss path, which only starts from its miss result), and so does an access log
@@ -29,6 +30,7 @@ from .config import Config, fastpath_disabled
 from .errors import EdgeError
 from .flights import Flights
 from .metrics import (
+    C_LEASE_UNTIL,
     DURATION_BUCKETS,
     F_DUR_BUCKETS,
     F_DUR_SUM_NS,
@@ -202,6 +204,8 @@ class Context:
         )
         self.key_opts = keys.options_for(cfg)
         self.policy_opts = policy.options_for(cfg)
+        # with an invalidation bus: the shared word holding the lease deadline (hits only before it), else -1
+        self.lease_index = lease_index(cfg)
         self.connections: set[Connection] = set()
         self._draining = False
         self.hitpath = make_hitpath(cfg, cache, counters, self.key_opts)
@@ -253,6 +257,12 @@ class Context:
         self.pool.close()
 
 
+def lease_index(cfg: Config) -> int:
+    """The index in the shared counters' words of the invalidation lease deadline (epoch microseconds) that
+    both hit paths compare their clock with: C_LEASE_UNTIL with a bus, -1 (no check) without one."""
+    return C_LEASE_UNTIL if cfg.invalidation_url else -1
+
+
 def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: keys.KeyOptions) -> HitPath:
     """The C fast path for fresh plain hits, set up to build keys exactly as keys.primary_key does and told
     every fact it shares with Python by that fact's one source."""
@@ -276,6 +286,7 @@ def make_hitpath(cfg: Config, cache: Cache, counters: SlotCounters, key_opts: ke
         max_line=cfg.max_request_line,
         underscores=cfg.underscores_in_headers,
         write_high=WRITE_HIGH_WATER,
+        lease_index=lease_index(cfg),
         # the access log records every response in Python: the C path, which answers hits without Python,
         # is off while it is on (README "Access log": the measured cost)
         enabled=default_opts

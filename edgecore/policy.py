@@ -108,6 +108,9 @@ class Reason(enum.Enum):
     NO_CACHE = enum.auto()  # response no-cache: always revalidate (5.2.2.4)
     MUST_REVALIDATE = enum.auto()  # stale and must-revalidate, proxy-revalidate, s-maxage (5.2.2.2, 5.2.2.8)
     ONLY_IF_CACHED = enum.auto()  # request only-if-cached and nothing fits: 504 (5.2.1.7)
+    # this node has not confirmed within its lease that it read the invalidation stream to its end: what it
+    # holds may have been purged elsewhere, so it is validated before use (bus.py, docs/invalidation.md)
+    UNVERIFIED = enum.auto()
 
 
 class Use(enum.Enum):
@@ -665,6 +668,24 @@ def decide_use(f: Freshness, req: RequestControl, now: float) -> tuple[Use, Reas
     if req.only_if_cached:
         return Use.ONLY_IF_CACHED_FAIL, Reason.ONLY_IF_CACHED
     return Use.VALIDATE, reason
+
+
+_SERVES = (Use.FRESH, Use.STALE, Use.STALE_REVALIDATE)
+
+
+def decide_lease(
+    use: Use, reason: Reason | None, lease_until: float | None, now: float, req: RequestControl
+) -> tuple[Use, Reason | None]:
+    """decide_use's answer once the invalidation lease is taken into account: with a bus (`lease_until` not
+    None) a stored response is served without asking the origin only while `now < lease_until`; past it,
+    what would have been served (fresh, stale, or stale-while-revalidate) is validated first (RFC 9111
+    4.3.1: a conditional request when it has validators, else a fetch), or 504 under only-if-cached
+    (5.2.1.7). Anything decide_use already sends upstream is left as it is."""
+    if lease_until is None or now < lease_until or use not in _SERVES:
+        return use, reason
+    if req.only_if_cached:
+        return Use.ONLY_IF_CACHED_FAIL, Reason.ONLY_IF_CACHED
+    return Use.VALIDATE, Reason.UNVERIFIED
 
 
 def serves_stale_on(status: int) -> bool:
