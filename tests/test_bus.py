@@ -233,7 +233,7 @@ def test_purge_fans_out_to_every_node(cluster, origin, uniq, kind):
     # every node went to the origin for it again; the entry that was not purged is still a hit everywhere
     assert origin.count(f"{uniq}/p/") >= before + 3
     for n in cluster.nodes:
-        assert hit(n, keep)
+        assert wait_for(lambda n=n: hit(n, keep), 10)
 
 
 def test_tenant_purge_is_published_and_applied_by_every_node(cluster):
@@ -287,7 +287,7 @@ def test_a_node_whose_reader_is_paused_revalidates_after_the_lease(cluster, orig
         assert "fwd=stale" in r.cache_status and "fwd-status=304" in r.cache_status
         assert origin.count(uniq) == before + 1
         assert origin.requests_for(uniq)[-1].header("if-none-match") == '"e1"'
-        assert hit(cluster.nodes[0], t)  # the others still have their lease
+        assert wait_for(lambda: hit(cluster.nodes[0], t), 10)  # the others still have their lease
     finally:
         os.kill(pid, signal.SIGCONT)
     assert wait_for(lambda: hit(n, t), 10)  # caught up: hits again
@@ -397,7 +397,7 @@ def test_stream_trimmed_past_a_paused_node_flushes_it(cluster, origin, uniq):
     assert origin.count(f"{uniq}/other") == before + 1
     assert any("invalidation gap" in line for line in n.lines)
     for i, m in enumerate(cluster.nodes[:2]):
-        assert hit(m, other)  # the others read everything: nothing flushed there
+        assert wait_for(lambda m=m: hit(m, other), 10)  # the others read everything: nothing flushed
         assert bus_stats(m)["gaps"] == gaps[i]
 
 
@@ -534,6 +534,47 @@ def test_not_ready_while_a_gap_flush_runs_and_the_lease_word(tmp_path):
     assert b.counters.words[C_LEASE_UNTIL] == int((1000.0 + b.lease) * 1e6)
     # a restarted node starts from the saved id
     assert (_bus(tmp_path).last_id, _bus(tmp_path).read_count) == (b"8-0", 8)
+
+
+def test_revocation_sets_the_revoked_hash_and_a_reconnect_hands_it_to_the_hook(redis_server, tmp_path):
+    cfg = config.build(
+        {
+            "invalidation_url": redis_server.url,
+            "node_id": "me",
+            "invalidation_stream": f"edgecore:test:revoked:{os.getpid()}",
+        },
+        require_upstream=False,
+    )
+
+    class Cache:
+        def purge_prefix(self, prefix: bytes) -> int:
+            return 0
+
+    got: list[set[str]] = []
+
+    async def run() -> None:
+        b = Bus(cfg, Cache(), SharedCounters(1), None)  # type: ignore[arg-type]
+        try:
+            eid = await b.publish(Invalidation("revoke", "acme", origin_node="me"))
+            await b.publish(Invalidation("revoke", "beta", origin_node="me"))
+            await b.publish(Invalidation("restore", "beta", origin_node="me"))
+            assert await b.read_revoked() == {"acme"}
+            raw = redis_server.client().xrange(cfg.invalidation_stream, eid, eid)
+            assert raw[0][1] == {b"v": b"1", b"kind": b"revoke", b"value": b"acme", b"node": b"me"}
+            await b.set_revoked("gamma")
+            await b.clear_revoked("acme")
+            invalidation.on_revoked_set = got.append
+            b.start(asyncio.get_running_loop())
+            for _ in range(200):  # the reader connects and hands the set over (bounded)
+                if got and b.confirmed:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            invalidation.on_revoked_set = None
+            await b.stop()
+
+    asyncio.run(run())
+    assert got == [{"gamma"}]
 
 
 def test_revoke_without_a_hook_is_logged_not_a_crash(caplog):
