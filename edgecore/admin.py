@@ -174,7 +174,7 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-_PENDING: set[asyncio.Task[Answer]] = set()  # purges being published (kept until done)
+_PENDING: set[asyncio.Task[None]] = set()  # answers waiting on a purge being published (kept until done)
 
 
 class AdminProtocol(asyncio.Protocol):
@@ -182,6 +182,7 @@ class AdminProtocol(asyncio.Protocol):
         self.admin = admin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
+        self._tail: asyncio.Task[None] | None = None  # the last answer still waiting (a purge on the bus)
         self._reset()
 
     def _reset(self) -> None:
@@ -221,25 +222,41 @@ class AdminProtocol(asyncio.Protocol):
         except Exception as e:  # the admin process never dies of one request
             res = 500, b"text/plain", f"internal error: {e}\n".encode()
         self._reset()
-        if isinstance(res, tuple):
+        if isinstance(res, tuple) and self._tail is None:
             self._answer(method, keep_alive, res)
             return
-        # answered once the bus has it: read nothing more meanwhile, so answers keep the request order
+        # a purge answered once the bus has it: later requests (even pipelined in the same read) are
+        # answered after it, in order, and nothing more is read meanwhile
         if self.transport is not None:
             self.transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(res)
+        task = asyncio.get_running_loop().create_task(self._in_order(self._tail, res, method, keep_alive))
+        self._tail = task
         _PENDING.add(task)
-        task.add_done_callback(lambda t: self._answered(t, method, keep_alive))
+        task.add_done_callback(self._done)
 
-    def _answered(self, task: asyncio.Task[Answer], method: bytes, keep_alive: bool) -> None:
-        _PENDING.discard(task)
-        if task.cancelled():
-            return
-        e = task.exception()
-        res = (500, b"text/plain", f"internal error: {e}\n".encode()) if e is not None else task.result()
+    async def _in_order(
+        self,
+        prev: asyncio.Task[None] | None,
+        res: Answer | Coroutine[Any, Any, Answer],
+        method: bytes,
+        keep_alive: bool,
+    ) -> None:
+        if prev is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(prev)
+        if not isinstance(res, tuple):
+            try:
+                res = await res
+            except Exception as e:  # the admin process never dies of one request
+                res = 500, b"text/plain", f"internal error: {e}\n".encode()
         self._answer(method, keep_alive, res)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        _PENDING.discard(task)
+        if self._tail is task:
+            self._tail = None
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
 
     def _answer(self, method: bytes, keep_alive: bool, res: Answer) -> None:
         status, ctype, body = res

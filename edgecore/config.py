@@ -476,6 +476,15 @@ def _validate(v: dict[str, Any], require_upstream: bool) -> list[ConfigError]:
         out.append(ConfigError("max_header_size", "must be at least 1KiB"))
     if v.get("max_request_line", d.max_request_line) < 256:
         out.append(ConfigError("max_request_line", "must be at least 256B"))
+    lease = v.get("invalidation_lease", d.invalidation_lease)
+    retention = v.get("invalidation_retention", d.invalidation_retention)
+    if lease >= retention:
+        out.append(
+            ConfigError(
+                "invalidation_lease",
+                f"{lease:g} s must be shorter than invalidation_retention ({retention:g} s)",
+            )
+        )
     return out
 
 

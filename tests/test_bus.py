@@ -577,6 +577,44 @@ def test_revocation_sets_the_revoked_hash_and_a_reconnect_hands_it_to_the_hook(r
     assert got == [{"gamma"}]
 
 
+def test_admin_answers_pipelined_requests_in_order_behind_a_published_purge(cluster):
+    from client import Conn
+
+    n = cluster.nodes[0]
+    c = Conn(n.admin_port)
+    try:
+        body = json.dumps({"tag": "pipelined"}).encode()
+        c.send(
+            b"POST /purge HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            + b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+        )
+        first, second = c.read_response(), c.read_response()
+    finally:
+        c.close()
+    assert first.status == 200 and json.loads(first.body)["published"] is True
+    assert second.status == 200 and second.body == b"ok\n"
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"invalidation_url": "http://x:1"}, "invalidation_url"),
+        ({"invalidation_url": "redis://x:1/zero"}, "invalidation_url"),
+        ({"invalidation_url": "redis://x:99999/0"}, "invalidation_url"),
+        ({"invalidation_lease": 0}, "invalidation_lease"),
+        ({"invalidation_lease": 60, "invalidation_retention": 30}, "invalidation_lease"),
+        ({"invalidation_retention": 0.5}, "invalidation_retention"),
+        ({"invalidation_stream": ""}, "invalidation_stream"),
+        ({"node_id": "a b"}, "node_id"),
+        ({"invalidation_state": "/nonexistent-folder/x"}, "invalidation_state"),
+    ],
+)
+def test_config_errors_name_the_key(values, key):
+    with pytest.raises(config.ConfigErrors) as e:
+        config.build(values, require_upstream=False)
+    assert [p.key for p in e.value.problems] == [key], e.value
+
+
 def test_revoke_without_a_hook_is_logged_not_a_crash(caplog):
     assert invalidation.on_revoke is None
     assert invalidation.apply(None, Invalidation("revoke", "acme"), None) == 0  # type: ignore[arg-type]
