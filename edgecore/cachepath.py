@@ -11,6 +11,8 @@ Invariants:
 - every decision comes from policy (store, reuse, stale, retention), every key from keys, every Cache-Status
   from cachestatus; an error is raised as an EdgeError and becomes a response in the protocol;
 - a coalesced flight is finished exactly once, with what was stored or None;
+- with an invalidation bus, a stored entry is served as is only within the node's lease (policy.decide_lease
+  over the shared deadline, ctx.lease_index); past it, it is revalidated (Cache-Status detail=unverified);
 - background work (stale-while-revalidate refreshes) is kept in ctx.tasks until done and its failures are
   logged, never lost.
 Never: touch a transport, parse a request, or render an error response itself.

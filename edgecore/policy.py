@@ -7,7 +7,8 @@ cache control), RFC 9110 9.3.3 (POST responses), 8.7 (Content-Location).
 Owns: every store / reuse / stale / retention decision: the store decision (including the object size limit
 and Vary: *) and the Freshness record kept beside a stored response; the reuse decision; serving stale on
 error (which statuses, which windows); how long past its freshness an entry is kept; whether the stored head
-differs from the one this client gets; validators for revalidation; field updates from a 304 or a HEAD;
+differs from the one this client gets; the invalidation lease (decide_lease: no reuse without the origin
+past it, Reason.UNVERIFIED); validators for revalidation; field updates from a 304 or a HEAD;
 invalidation after unsafe methods; Age. Field syntax (Cache-Control, targeted fields, dates, entity tags)
 is fields.py's; client conditionals and ranges are conditional.py's; Cache-Status is cachestatus.py's.
 Per-client responses are not shared: a Set-Cookie response is not stored (SET_COOKIE) unless the options

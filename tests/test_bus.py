@@ -615,6 +615,36 @@ def test_config_errors_name_the_key(values, key):
     assert [p.key for p in e.value.problems] == [key], e.value
 
 
+def test_reader_counts_applied_own_malformed_and_failed_apart(tmp_path):
+    class Cache:
+        def delete(self, key: bytes) -> bool:
+            if b"boom" in key:
+                raise ValueError("the cache refused")
+            return True
+
+    b = _bus(tmp_path, Cache())
+    b.key_opts = config_key_opts()
+    b.last_id, b.read_count = b"1-0", 1
+    url = {b"v": b"1", b"kind": b"url"}
+    b._apply_batch(
+        [
+            (b"2-0", {**url, b"value": b"http://a/x", b"node": b"other"}),  # applied
+            (b"3-0", {**url, b"value": b"http://a/x", b"node": b"me"}),  # its own: skipped
+            (b"4-0", {**url, b"value": b"nope"}),  # malformed
+            (b"5-0", {**url, b"value": b"http://a/boom"}),  # apply() raised: failed, never "applied"
+        ]
+    )
+    s = b.stats
+    assert (s["applied"], s["own"], s["malformed"], s["failed"]) == (1, 1, 1, 1)
+    assert (b.last_id, b.read_count) == (b"5-0", 5)  # each read once, none read again
+
+
+def config_key_opts() -> Any:
+    from edgecore import keys
+
+    return keys.options_for(config.build({}, require_upstream=False))
+
+
 def test_revoke_without_a_hook_is_logged_not_a_crash(caplog):
     assert invalidation.on_revoke is None
     assert invalidation.apply(None, Invalidation("revoke", "acme"), None) == 0  # type: ignore[arg-type]
