@@ -28,14 +28,13 @@ import time
 from typing import Any
 
 import pytest
+import redis
 from client import Edge, get, wait_for
 
 from edgecore import config, invalidation
 from edgecore.bus import Bus
 from edgecore.invalidation import Invalidation, MalformedMessage
 from edgecore.metrics import C_LEASE_UNTIL, SharedCounters
-
-redis = pytest.importorskip("redis")
 
 REDIS_SERVER = shutil.which("redis-server")
 LEASE = 1.0
