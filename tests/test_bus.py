@@ -11,7 +11,9 @@ nodes on one stream in front of one real origin, on both paths.
 - Redis stopped: a purge is answered 503 (within the 2 s bound) and still applied on its node; the other
   nodes revalidate after the lease; /readyz stays 200 and says the bus is behind; Redis restarted
   (appendonly): nothing lost, the nodes catch up and hit again;
-- a stream trimmed past a paused node: on resume it flushes its whole cache (readiness 503 while it does).
+- a stream trimmed past a paused node: on resume it flushes its whole cache (readiness 503 while it does);
+- a restarted node goes on from the id saved in its state file (what was published while it was down is
+  applied, nothing missed).
 Plus the sans-IO parts: the message format (decode/encode/from_request) and the gap rule, as tables.
 """
 
@@ -398,6 +400,25 @@ def test_stream_trimmed_past_a_paused_node_flushes_it(cluster, origin, uniq):
     for i, m in enumerate(cluster.nodes[:2]):
         assert wait_for(lambda m=m: hit(m, other), 10)  # the others read everything: nothing flushed
         assert bus_stats(m)["gaps"] == gaps[i]
+
+
+def test_a_restarted_node_goes_on_from_its_saved_id(cluster, origin, path):
+    old = cluster.nodes[2]
+    env = dict(old.env)
+    last = bus_stats(old)["last_id"]
+    old.stop()
+    with open(env["EDGECORE_INVALIDATION_STATE"]) as f:
+        saved = json.load(f)
+    assert saved["stream"] == cluster.stream and saved["id"] == last
+    ids = []
+    for i in range(3):  # published while it is down
+        status, ans = purge(cluster.nodes[0], tag=f"while-down-{i}")
+        assert status == 200
+        ids.append(ans["id"])
+    new = Edge(origin.url, path=path, env=env)
+    cluster.nodes[2] = new
+    assert wait_for(lambda: bus_stats(new)["last_id"] == ids[-1], 15), bus_stats(new)
+    assert bus_stats(new)["applied"] == 3 and bus_stats(new)["gaps"] == 0  # read from its id: none missed
 
 
 # ------------------------------------------------------------------------------------------ without a bus
