@@ -22,14 +22,13 @@ import json
 import signal
 import socket
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import invalidation, keys
-from .bus import Bus, BusError
 from .cache import Cache
 from .config import Config
 from .health import Health, readiness
@@ -45,6 +44,9 @@ from .metrics import (
     SharedCounters,
     request_hits_misses,
 )
+
+if TYPE_CHECKING:
+    from .bus import Bus
 
 MAX_BODY = 64 << 10
 Answer = tuple[int, bytes, bytes]
@@ -62,6 +64,9 @@ class Admin:
         self.registry.register(EdgeCollector(counters, cache.stats, tuple(u.authority for u in cfg.upstream)))
         self.bus: Bus | None = None
         if cfg.invalidation_url:
+            # (imported here: without a bus the admin process loads no redis, and starts as fast as before)
+            from .bus import Bus
+
             self.bus = Bus(cfg, cache, counters, self.key_opts)
             self.registry.register(BusCollector(self.bus.describe, self.bus.lag))
 
@@ -157,6 +162,8 @@ class Admin:
 
     async def _publish(self, msg: invalidation.Invalidation, answer: dict[str, Any]) -> Answer:
         """Answer a purge once the bus has it; 503 (applied here all the same) when it cannot take it."""
+        from .bus import BusError
+
         assert self.bus is not None
         try:
             eid = await self.bus.publish(msg)
