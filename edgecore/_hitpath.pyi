@@ -52,6 +52,7 @@ class HitPath:
         max_line: int,
         underscores: bool,
         write_high: int,
+        lease_index: int = -1,
         enabled: bool = True,
         routes: tuple[tuple[bytes, bool, bytes], ...] = (),
     ) -> None: ...

@@ -1,6 +1,7 @@
 """The admin listener: /healthz, /readyz, /metrics, /stats, POST /purge, POST and DELETE /drain, POST /reload,
-GET /tenants, POST /tenants/NAME/revoke and /restore, and the active upstream health checks (health.Health),
-run here once for all workers.
+GET /tenants, POST /tenants/NAME/revoke and /restore, the active upstream health checks (health.Health), run
+here once for all workers, and the invalidation bus (bus.Bus: one Redis client per node, its reader and its
+lease) when `invalidation_url` is set.
 
 Owns: the admin process (forked by the supervisor, its own uvloop loop) and its small HTTP/1.1 server.
 It reads the shared counters and the shared cache; it never serves proxy traffic and is bound to its own
@@ -9,7 +10,9 @@ POST /reload is not done here: it asks the supervisor (control.py), which reload
 once every process has applied it; the admin process applies a reload like a worker (Admin.configure).
 Invariants: POST endpoints (and DELETE /drain) need `Authorization: Bearer <admin_token>` when a token is
 configured (constant-time comparison); every request gets a complete response with Content-Length; a malformed
-request gets 400 and the connection closes.
+request gets 400 and the connection closes. A purge is applied here at once (invalidation.apply) and, with a
+bus, answered only once it is in the stream (`"published": true, "id"`), else 503 within bus.PUBLISH_TIMEOUT
+(still applied here); responses go out in request order (reading pauses while a purge is published).
 """
 
 from __future__ import annotations
@@ -23,15 +26,15 @@ import logging
 import platform
 import signal
 import socket
-import time
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
 
 import httptools
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import __version__, control, entry, keys, routes, tenants
+from . import __version__, control, invalidation, keys, routes, tenants
 from .accesslog import apply_process_log
 from .cache import Cache
 from .config import Config, fastpath_disabled
@@ -48,10 +51,14 @@ from .metrics import (
     F_WAITING,
     U_DOWN,
     U_PROBED,
+    BusCollector,
     EdgeCollector,
     SharedCounters,
     request_hits_misses,
 )
+
+if TYPE_CHECKING:
+    from .bus import Bus
 
 MAX_BODY = 64 << 10
 log = logging.getLogger("edgecore")
@@ -60,6 +67,8 @@ log = logging.getLogger("edgecore")
 RELOAD_TIMEOUT = (
     30.0  # seconds POST /reload waits for the supervisor's answer (it waits 10 s for the workers)
 )
+
+Answer = tuple[int, bytes, bytes]
 
 
 class Admin:
@@ -83,6 +92,16 @@ class Admin:
             build=build,
         )
         self.registry.register(self.collector)
+        # what applying a purge or a revocation needs (invalidation.apply), here and for the bus's messages
+        self.scope = invalidation.Scope(self.key_opts, self.routes, self.tenancy, self.tenant_state)
+        self.bus: Bus | None = None
+        if cfg.invalidation_url:
+            # (imported here: without a bus the admin process loads no redis, and starts as fast as before)
+            from .bus import Bus
+
+            self.bus = Bus(cfg, cache, counters, self.scope)
+            invalidation.on_revoked_set = self._revoked_on_the_bus
+            self.registry.register(BusCollector(self.bus.describe, self.bus.lag))
         self.loop: asyncio.AbstractEventLoop | None = None
         self.prober: asyncio.Task[None] | None = None
         self._old_probers: set[asyncio.Task[None]] = set()  # cancelled by a reload, until they are done
@@ -112,6 +131,13 @@ class Admin:
         self.tenancy = tenants.tenancy_for(cfg)
         if cfg.tenant_state_file != self.tenant_state.path:
             self.tenant_state = tenants.State(cfg.tenant_state_file)
+        sc = self.scope  # (the bus reader holds the same one)
+        sc.key_opts, sc.routes, sc.tenancy, sc.state = (
+            self.key_opts,
+            self.routes,
+            self.tenancy,
+            self.tenant_state,
+        )
         health = Health(cfg, self.counters)
         c = self.counters
         for i, h in enumerate(health.upstreams):
@@ -208,12 +234,13 @@ class Admin:
                 "ok": self.counters.get_flag(C_RELOADS_OK),
                 "error": self.counters.get_flag(C_RELOADS_ERROR),
             },
+            **({"invalidation": self.bus.describe()} if self.bus is not None else {}),
         }
 
     def handle(
         self, method: bytes, target: bytes, headers: dict[bytes, bytes], body: bytes
-    ) -> tuple[int, bytes, bytes]:
-        """-> (status, content type, body)."""
+    ) -> Answer | Coroutine[Any, Any, Answer]:
+        """-> (status, content type, body), or a coroutine giving it (a purge published to the bus)."""
         path = target.split(b"?", 1)[0]
         if path == b"/healthz":
             return 200, b"text/plain", b"ok\n"
@@ -227,6 +254,12 @@ class Admin:
                 requires_upstream=self.cfg.ready_requires_upstream,
             )
             text = f"{why}\n{self.health.report()}\n"
+            if self.bus is not None:
+                bus_ok, bus_why = self.bus.readiness()
+                if ok and not bus_ok:
+                    ok, text = False, f"{bus_why}\n{text}"
+                else:
+                    text += bus_why + "\n"
             return (200 if ok else 503), b"text/plain", text.encode()
         if path == b"/metrics":
             return 200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry)
@@ -237,6 +270,13 @@ class Admin:
                 return 405, b"text/plain", b"use GET\n"
             doc = tenants.describe(self.cache, self.tenancy, self.tenant_state.revoked)
             return 200, b"application/json", json.dumps(doc, indent=1).encode() + b"\n"
+        if path == b"/reload":
+            # the supervisor reloads (as on SIGHUP) and answers once every process has applied it; requests
+            # pipelined behind it are answered after it, in order (AdminProtocol)
+            if method != b"POST":
+                return 405, b"text/plain", b"use POST\n"
+            refused = self.authorize(headers)
+            return refused if refused is not None else self.reload()
         tenant_op = _tenant_op(path)
         if path in (b"/purge", b"/drain") or tenant_op is not None:
             if method != b"POST" and not (path == b"/drain" and method == b"DELETE"):
@@ -257,87 +297,52 @@ class Admin:
             return self.purge(body)
         return 404, b"text/plain", b"not found\n"
 
-    def tenant_change(self, name: str, op: str) -> tuple[int, bytes, bytes]:
+    def tenant_change(self, name: str, op: str) -> Answer | Coroutine[Any, Any, Answer]:
         """POST /tenants/NAME/revoke (every entry of it purged, bytes overwritten; nothing stored until
-        restored) or /restore, on this node (tenants.revoke / tenants.restore)."""
-        if op == "revoke":
-            n = tenants.revoke(self.cache, self.tenant_state, name)
-            return 200, b"application/json", json.dumps({"revoked": True, "purged": n}).encode() + b"\n"
-        tenants.restore(self.cache, self.tenant_state, name)
-        return 200, b"application/json", json.dumps({"revoked": False, "purged": 0}).encode() + b"\n"
+        restored) or /restore: on this node at once (invalidation.apply: tenants.revoke / restore) and, with
+        a bus, on every node (published; the revoked set also kept in Redis beside the stream)."""
+        msg = invalidation.Invalidation(op, name, origin_node=self.cfg.node_id)  # type: ignore[arg-type]
+        n = invalidation.apply(self.cache, msg, self.scope)
+        answer = {"revoked": op == "revoke", "purged": n}
+        if self.bus is None:
+            return 200, b"application/json", json.dumps(answer).encode() + b"\n"
+        return self._publish(msg, answer)
 
-    def purge(self, body: bytes) -> tuple[int, bytes, bytes]:
+    def _revoked_on_the_bus(self, names: set[str]) -> None:
+        """The revoked set read from the bus (start-up, every reconnect): each tenant in it not yet revoked
+        here is revoked now (a revocation made while this node was away)."""
+        for name in sorted(names - self.tenant_state.revoked):
+            n = tenants.revoke(self.cache, self.tenant_state, name)
+            log.warning("tenant %r is revoked on the bus: revoked here too (%d entries purged)", name, n)
+
+    def purge(self, body: bytes) -> Answer | Coroutine[Any, Any, Answer]:
         try:
             req = json.loads(body or b"{}")
             if not isinstance(req, dict):
                 raise ValueError("the body must be a JSON object")
         except ValueError as e:
             return 400, b"text/plain", f"invalid JSON: {e}\n".encode()
-        given = [k for k in ("url", "prefix", "tag") if k in req]
-        if len(given) > 1 or (not given and "tenant" not in req):
-            return 400, b"text/plain", b"give exactly one of url, prefix, tag, tenant\n"
-        kind = given[0] if given else "tenant"
-        val = req[kind]
-        if not isinstance(val, str) or not val:
-            return 400, b"text/plain", f"{kind} must be a non-empty string\n".encode()
-        # a tenant beside url, prefix or tag narrows them to that tenant; alone, it purges the tenant
-        narrow = req.get("tenant") if given else None
-        if given and "tenant" in req and (not isinstance(narrow, str) or not narrow):
-            return 400, b"text/plain", b"tenant must be a non-empty string\n"
-        soft = req.get("soft", False)
-        if not isinstance(soft, bool):
-            return 400, b"text/plain", b"soft must be true or false\n"
-        if kind in ("url", "prefix"):
-            u = urlsplit(val)
-            if u.scheme not in ("http", "https") or not u.netloc:
-                return 400, b"text/plain", f"{kind} must be an absolute http:// URL\n".encode()
-        n = self.apply_purge(kind, val, narrow, soft)
-        return 200, b"application/json", json.dumps({"purged": n}).encode() + b"\n"
+        try:
+            msg = invalidation.from_request(req, self.cfg.node_id)
+        except ValueError as e:
+            return 400, b"text/plain", f"{e}\n".encode()
+        n = invalidation.apply(self.cache, msg, self.scope)  # here at once, bus or not
+        if self.bus is None:
+            return 200, b"application/json", json.dumps({"purged": n}).encode() + b"\n"
+        return self._publish(msg, {"purged": n})
 
-    def apply_purge(self, kind: str, val: str, tenant: str | None, soft: bool) -> int:
-        """One purge on this node (validated by purge()): how many entries it removed (soft: marked stale).
-        Without a tenant, url and prefix cover every tenant's copy once tenancy is on."""
-        tid = tenants.tenant_id(tenant) if tenant is not None else 0
-        soft_args = (entry.SOFT_PURGE_LAYOUT, entry.SOFT_PURGE_FLAGS, time.time())
-        if kind in ("url", "prefix"):
-            u = urlsplit(val)
-            host = u.netloc.encode()
-            target = (u.path or "/").encode() + (b"?" + u.query.encode() if u.query else b"")
-            every = self.tenancy.enabled and tenant is None
-            tkey = tenant.encode("latin-1") if tenant is not None else b""
-            if tenant is None and self.tenancy.enabled:
-                tkey = self.tenancy.default.encode("latin-1")
-            route = self.routes.match(host, target)
-            route_opts = self.key_opts if route is None else route.key_opts
-            primary = keys.primary_key(b"GET", host, target, route_opts, tenant=tkey)
-            if every:
-                # the key past its tenant part ("N:name"), the same for every tenant
-                rest = primary[len(b"%d:" % len(tkey)) + len(tkey) :]
-                if soft:
-                    return self.cache.soft_purge(
-                        "any-url" if kind == "url" else "any-prefix", 0, rest, *soft_args
-                    )
-                return self.cache.purge_any_tenant(rest, kind == "url")
-            if soft:
-                return self.cache.soft_purge(kind, 0, primary, *soft_args)
-            if kind == "url":
-                # the URL's entry (or Vary marker: its variants become unreachable with it)
-                return int(self.cache.delete(primary))
-            # primary keys end with the target, so a target prefix is a key prefix
-            return self.cache.purge_prefix(primary)
-        if kind == "tag":
-            tag = Cache.tag_id(val)
-            if tenant is not None:
-                if soft:
-                    return self.cache.soft_purge("tag-tenant", tag, tid.to_bytes(8, "little"), *soft_args)
-                return self.cache.purge_tag_tenant(tag, tid)
-            if soft:
-                return self.cache.soft_purge("tag", tag, b"", *soft_args)
-            return self.cache.purge_tag(tag)
-        t = tenants.tenant_id(val)
-        if soft:
-            return self.cache.soft_purge("tenant", t, b"", *soft_args)
-        return self.cache.purge_tenant(t)
+    async def _publish(self, msg: invalidation.Invalidation, answer: dict[str, Any]) -> Answer:
+        """Answer a purge once the bus has it; 503 (applied here all the same) when it cannot take it."""
+        from .bus import BusError
+
+        assert self.bus is not None
+        try:
+            eid = await self.bus.publish(msg)
+        except BusError as e:
+            answer.update(published=False, error=str(e))
+            return 503, b"application/json", json.dumps(answer).encode() + b"\n"
+        answer.update(published=True, id=eid)
+        return 200, b"application/json", json.dumps(answer).encode() + b"\n"
 
 
 def _tenant_op(path: bytes) -> tuple[str, str] | None:
@@ -355,13 +360,15 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+_PENDING: set[asyncio.Task[None]] = set()  # answers waiting on a purge being published (kept until done)
+
+
 class AdminProtocol(asyncio.Protocol):
     def __init__(self, admin: Admin) -> None:
         self.admin = admin
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self._busy = False  # a POST /reload is waiting for its answer
-        self._queued: list[tuple[bytes, bytes, dict[bytes, bytes], bytes, bool]] = []
+        self._tail: asyncio.Task[None] | None = None  # the last answer still waiting (a purge on the bus)
         self._reset()
 
     def _reset(self) -> None:
@@ -394,53 +401,64 @@ class AdminProtocol(asyncio.Protocol):
             raise ValueError("body too large")
 
     def on_message_complete(self) -> None:
-        req = (
-            self.parser.get_method(),
-            self.target,
-            self.headers,
-            bytes(self.body),
-            self.parser.should_keep_alive(),
-        )
+        method = self.parser.get_method()
+        keep_alive = self.parser.should_keep_alive()
+        req = (method, self.target, self.headers, bytes(self.body))
         self._reset()
-        if self._busy:  # a reload is being answered: pipelined requests wait for it, in order
-            self._queued.append(req)
-            return
-        self._dispatch(req)
+        if self._tail is None:
+            res = self._handle(req)
+            if isinstance(res, tuple):
+                self._answer(method, keep_alive, res)
+                return
+        else:
+            res = None  # handled in its turn: after the answers before it (a reload applied, a purge in)
+        # an answer that waits (a purge until the bus has it, a reload until every process applied it):
+        # later requests, even pipelined in the same read, are handled and answered after it, in order,
+        # and nothing more is read meanwhile
+        if self.transport is not None:
+            self.transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._in_order(self._tail, req, res, keep_alive))
+        self._tail = task
+        _PENDING.add(task)
+        task.add_done_callback(self._done)
 
-    def _dispatch(self, req: tuple[bytes, bytes, dict[bytes, bytes], bytes, bool]) -> None:
-        method, target, headers, body, keep_alive = req
-        if target.split(b"?", 1)[0] == b"/reload":
-            self._reload(method, headers, keep_alive)
-            return
+    def _handle(
+        self, req: tuple[bytes, bytes, dict[bytes, bytes], bytes]
+    ) -> Answer | Coroutine[Any, Any, Answer]:
         try:
-            status, ctype, out = self.admin.handle(method, target, headers, body)
+            return self.admin.handle(*req)
         except Exception as e:  # the admin process never dies of one request
-            status, ctype, out = 500, b"text/plain", f"internal error: {e}\n".encode()
-        self._respond(status, ctype, b"" if method == b"HEAD" else out, keep_alive, length=len(out))
+            return 500, b"text/plain", f"internal error: {e}\n".encode()
 
-    def _reload(self, method: bytes, headers: dict[bytes, bytes], keep_alive: bool) -> None:
-        """POST /reload: answered once the supervisor has applied it everywhere (or refused it); requests
-        pipelined behind it are answered after it, in order."""
-        if method != b"POST":
-            self._respond(405, b"text/plain", b"use POST\n", keep_alive)
-            return
-        refused = self.admin.authorize(headers)
-        if refused is not None:
-            self._respond(*refused, keep_alive)
-            return
-        self._busy = True
-
-        async def run() -> None:
+    async def _in_order(
+        self,
+        prev: asyncio.Task[None] | None,
+        req: tuple[bytes, bytes, dict[bytes, bytes], bytes],
+        res: Answer | Coroutine[Any, Any, Answer] | None,
+        keep_alive: bool,
+    ) -> None:
+        if prev is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(prev)
+        if res is None:
+            res = self._handle(req)
+        if not isinstance(res, tuple):
             try:
-                status, ctype, body = await self.admin.reload()
+                res = await res
             except Exception as e:  # the admin process never dies of one request
-                status, ctype, body = 500, b"text/plain", f"internal error: {e}\n".encode()
-            self._respond(status, ctype, body, keep_alive)
-            self._busy = False
-            while self._queued and not self._busy:
-                self._dispatch(self._queued.pop(0))
+                res = 500, b"text/plain", f"internal error: {e}\n".encode()
+        self._answer(req[0], keep_alive, res)
 
-        asyncio.get_running_loop().create_task(run())
+    def _done(self, task: asyncio.Task[None]) -> None:
+        _PENDING.discard(task)
+        if self._tail is task:
+            self._tail = None
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def _answer(self, method: bytes, keep_alive: bool, res: Answer) -> None:
+        status, ctype, body = res
+        self._respond(status, ctype, b"" if method == b"HEAD" else body, keep_alive, length=len(body))
 
     def _respond(
         self, status: int, ctype: bytes, body: bytes, keep_alive: bool, length: int | None = None
@@ -490,6 +508,8 @@ def run_admin(
         admin.channel = control.ChildChannel(loop, chan[0], chan[1], admin.on_control)
     admin.start(loop)  # (before the first request: /reload needs the loop)
     server = loop.run_until_complete(loop.create_server(lambda: AdminProtocol(admin), sock=sock))
+    if admin.bus is not None:
+        admin.bus.start(loop)
     stop = loop.create_future()
 
     def on_term() -> None:
@@ -504,5 +524,8 @@ def run_admin(
         server.close()
         with contextlib.suppress(BaseException):
             loop.run_until_complete(admin.stop())
+        if admin.bus is not None:
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(admin.bus.stop())
         loop.close()
     return 0

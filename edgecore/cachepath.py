@@ -15,6 +15,8 @@ Invariants:
   in handle; a background refresh carries the route of the request that started it); an error is raised
   as an EdgeError and becomes a response in the protocol;
 - a coalesced flight is finished exactly once, with what was stored or None;
+- with an invalidation bus, a stored entry is served as is only within the node's lease (policy.decide_lease
+  over the shared deadline, ctx.lease_index); past it, it is revalidated (Cache-Status detail=unverified);
 - background work (stale-while-revalidate refreshes) is kept in ctx.tasks until done and its failures are
   logged, never lost.
 Never: touch a transport, parse a request, or render an error response itself.
@@ -102,7 +104,10 @@ async def cache_path(c: Client, r: Request) -> None:
         value = found[0]
         m = entry.meta(value if isinstance(value, bytes) else value.head(entry.M))
         f = entry.freshness(m)
-        use, _ = policy.decide_use(f, rc, now)
+        use, why = policy.decide_use(f, rc, now)
+        if ctx.lease_index >= 0:  # an invalidation bus: hits only within its lease
+            lease_until = ctx.counters.words[ctx.lease_index] / 1e6
+            use, why = policy.decide_lease(use, why, lease_until, now, rc)
         if use is policy.Use.FRESH or use is policy.Use.STALE:
             ttl = int(m.fresh_until - now) if m.fresh_until > now else -int(now - m.fresh_until) - 1
             outcome = Outcome.HIT if use is policy.Use.FRESH else Outcome.STALE
@@ -120,10 +125,11 @@ async def cache_path(c: Client, r: Request) -> None:
             background_refresh(c, r, key, value, m)
             return
         if use is policy.Use.VALIDATE and not rc.only_if_cached:
+            d = cachestatus.UNVERIFIED if why is policy.Reason.UNVERIFIED else None
             if r.method == b"HEAD":
-                await head_refresh(c, r, key, value, m)
+                await head_refresh(c, r, key, value, m, d)
             else:
-                await revalidate(c, r, key, value, m, rc)
+                await revalidate(c, r, key, value, m, rc, d)
             return
     if rc.only_if_cached:
         raise NotCached("only-if-cached and nothing stored fits")  # RFC 9111 5.2.1.7
@@ -389,14 +395,17 @@ async def revalidate(
     value: bytes,
     m: entry.Meta,
     rc: policy.RequestControl,
+    detail: bytes | None = None,
 ) -> None:
     """A stored response that may not be used as is: validate it upstream (RFC 9111 4.3.1), or serve it stale
-    at once when every server is known down and policy allows it."""
+    at once when every server is known down and policy allows it. `detail`: the Cache-Status detail of the
+    answer (cachestatus.UNVERIFIED when the invalidation lease was out)."""
     if c.ctx.pool.none_usable() and serve_stale_on_error(c, r, value, m, rc, _NO_LIVE_UPSTREAM):
         return
     stored = entry.headers(value, m)
     validators = policy.validators_for(stored)
     sink = StoreSink(c.ctx, c, r, key, fwd=b"stale", flight=None, stored=(value, m, stored), rc=rc)
+    sink.detail = detail
     try:
         await exchange(c, r, sink, method=b"GET", drop=CACHE_FETCH_DROP, extra=validators, key=key)
         await sink.finished()
@@ -436,12 +445,14 @@ def serve_stale_on_error(
     return True
 
 
-async def head_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry.Meta) -> None:
+async def head_refresh(
+    c: Client, r: Request, key: bytes, value: bytes, m: entry.Meta, detail: bytes | None = None
+) -> None:
     """A HEAD for a stored response that must be validated goes upstream as a HEAD; a 200 whose
     validators and length match updates the stored GET response (RFC 9111 4.3.5), anything else
     leaves it stale for the next GET. An upstream that fails before answering: stale, as for a GET."""
     request_time = time.time()
-    sink = StreamSink(c.ctx, c, r, Outcome.MISS, fwd=b"stale")
+    sink = StreamSink(c.ctx, c, r, Outcome.MISS, fwd=b"stale", detail=detail)
     try:
         await exchange(c, r, sink)
         await sink.finished()

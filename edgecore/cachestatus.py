@@ -29,6 +29,7 @@ __all__ = [
     "ROUTE_BYPASS",
     "RESIDENCY",
     "REVOKED",
+    "UNVERIFIED",
     "PROXY_DETAILS",
     "ERROR_DETAILS",
     "ALL_DETAILS",
@@ -61,6 +62,7 @@ HIT_FOR_MISS = b"hit-for-miss"  # the key is remembered as uncacheable: fetched 
 COLLAPSED_UNCACHEABLE = b"collapsed-uncacheable"  # waited on a flight whose response was not stored
 ONLY_IF_CACHED = detail(Reason.ONLY_IF_CACHED)  # b"only-if-cached": nothing stored fits (RFC 9111 5.2.1.7)
 REQUEST_NO_STORE = detail(Reason.REQUEST_NO_STORE)  # b"request-no-store": passed through (RFC 9111 5.2.1.5)
+UNVERIFIED = detail(Reason.UNVERIFIED)  # b"unverified": revalidated, the invalidation lease was out
 CONNECTION_LISTED = b"connection-listed"  # Connection removes a field the request has: passed, not stored
 ROUTE_BYPASS = detail(Reason.ROUTE_BYPASS)  # b"route-bypass": its route says bypass (fwd=bypass)
 RESIDENCY = detail(Reason.RESIDENCY)  # b"residency": the tenant may not be stored in this node's region

@@ -20,9 +20,10 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -475,6 +476,13 @@ class Config:
     region: str = ""  # this node's region (a tenant's `regions` say where it may be stored)
     tenants: tuple[tuple[str, TenantPolicy], ...] = ()  # [tenants.NAME] tables (file only)
     tenant_state_file: str = ""  # where revocations are recorded across restarts ("" = not recorded)
+    # nodes and the invalidation bus (bus.py, docs/invalidation.md)
+    node_id: str = field(default_factory=socket.gethostname)  # unique among the nodes on one stream
+    invalidation_url: str = ""  # redis://host:port/db; "" = this node alone, no bus
+    invalidation_stream: str = "edgecore:invalidations"  # the stream's key, used verbatim
+    invalidation_retention: float = 86400.0  # seconds of history the publisher keeps in the stream
+    invalidation_lease: float = 1.0  # hits only within this many seconds of confirming the stream's end
+    invalidation_state: str = ""  # file keeping the last applied stream id across restarts ("" = none)
 
 
 # key -> parser; the dataclass field of the same name holds the parsed value
@@ -533,6 +541,12 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "region": _parse_region,
     "tenants": _parse_tenants,
     "tenant_state_file": lambda v: _parse_state_file(v),
+    "node_id": lambda v: _parse_node_id(v),
+    "invalidation_url": lambda v: _parse_redis_url(v),
+    "invalidation_stream": lambda v: _parse_stream(v),
+    "invalidation_retention": _parse_number(1, 31536000, "a number of seconds", " seconds"),
+    "invalidation_lease": _parse_number(0.05, 3600, "a number of seconds", " seconds"),
+    "invalidation_state": lambda v: _parse_state_file(v),
 }
 KEYS = tuple(_PARSERS)
 FILE_ONLY = frozenset(("tenants",))  # keys with no EDGECORE_<KEY> environment form
@@ -596,11 +610,47 @@ def control_socket_path(cache_file: str) -> str:
     return cache_file + ".ctl"
 
 
+def _parse_node_id(v: Any) -> str:
+    s = str(v).strip()
+    if not s or len(s) > 200 or any(not c.isprintable() or c.isspace() for c in s):
+        raise ValueError(f"{v!r} is not a node id (1-200 printable characters, no spaces)")
+    return s
+
+
+def _parse_redis_url(v: Any) -> str:
+    """ "" (no bus) or redis://host:port/db (port default 6379, db default 0)."""
+    s = str(v).strip()
+    if not s:
+        return ""
+    u = urlsplit(s)
+    if u.scheme != "redis" or not u.hostname:
+        raise ValueError(f"{s!r} is not redis://host:port/db")
+    try:
+        _ = u.port
+    except ValueError as e:
+        raise ValueError(f"{s!r}: {e}")
+    db = u.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{s!r}: the database {db!r} is not a number")
+    if u.query or u.fragment:
+        raise ValueError(f"{s!r}: no query or fragment (redis://host:port/db)")
+    return s
+
+
+def _parse_stream(v: Any) -> str:
+    s = str(v)
+    if not s or len(s) > 512:
+        raise ValueError("must be a non-empty stream key of at most 512 bytes")
+    return s
+
+
 def _parse_state_file(v: Any) -> str:
     """A file path in a folder that exists ("" = none)."""
     s = str(v)
-    if s and not os.path.isdir(os.path.dirname(os.path.abspath(s))):
-        raise ValueError(f"folder {os.path.dirname(os.path.abspath(s))} does not exist")
+    if s:
+        folder = os.path.dirname(os.path.abspath(s))
+        if not os.path.isdir(folder):
+            raise ValueError(f"folder {folder} does not exist")
     return s
 
 
@@ -707,6 +757,15 @@ def _validate(v: dict[str, Any], require_upstream: bool) -> list[ConfigError]:
         out.append(ConfigError("max_header_size", "must be at least 1KiB"))
     if v.get("max_request_line", d.max_request_line) < 256:
         out.append(ConfigError("max_request_line", "must be at least 256B"))
+    lease = v.get("invalidation_lease", d.invalidation_lease)
+    retention = v.get("invalidation_retention", d.invalidation_retention)
+    if lease >= retention:
+        out.append(
+            ConfigError(
+                "invalidation_lease",
+                f"{lease:g} s must be shorter than invalidation_retention ({retention:g} s)",
+            )
+        )
     return out
 
 

@@ -5,8 +5,9 @@ Owns: `Context` (config, cache, counters, upstream pool, flights, key and policy
 [[routes]] (`routes`; a request's route picks its key and policy options), the C fast path set up from the
 same facts as the Python path, the access log, the worker's listener that max_connections pauses; everything
 derived from the config is built by `Context.configure`, at start and on each reload),
-`Request` (one parsed request), and `Client`, the only things the caching flow (cachepath, sinks,
-plainmiss) may ask of a client connection.
+`Request` (one parsed request), the lease check's word (`lease_index`: with an invalidation bus, both hit
+paths serve a hit only before the deadline bus.py keeps there), and `Client`, the only things the caching
+flow (cachepath, sinks, plainmiss) may ask of a client connection.
 Invariants: the C fast path gets every fact it shares with Python (entry layout, field lists, thresholds,
 histogram bounds) from the Python source at construction, never retyped; EDGECORE_NO_FASTPATH=1 turns it
 off (and with it the plain-miss path, which only starts from its miss result), and so does an access log
@@ -32,6 +33,7 @@ from .config import Config, fastpath_disabled
 from .errors import EdgeError
 from .flights import Flights
 from .metrics import (
+    C_LEASE_UNTIL,
     DURATION_BUCKETS,
     F_DUR_BUCKETS,
     F_DUR_SUM_NS,
@@ -257,6 +259,8 @@ class Context:
         self.key_opts = keys.options_for(cfg)
         self.policy_opts = policy.options_for(cfg)
         self.routes = routes.compile_routes(cfg)  # [[routes]]: the one place a worker keeps them
+        # with an invalidation bus: the shared word holding the lease deadline (hits only before it), else -1
+        self.lease_index = lease_index(cfg)
         self.tenancy = tenants.tenancy_for(cfg)  # tenants, residency, revocation (tenants.py)
         self.hitpath = make_hitpath(
             cfg, self.cache, counters, self.key_opts, self.routes, self.tenancy.enabled
@@ -341,6 +345,12 @@ class Context:
         self.pool.close()
 
 
+def lease_index(cfg: Config) -> int:
+    """The index in the shared counters' words of the invalidation lease deadline (epoch microseconds) that
+    both hit paths compare their clock with: C_LEASE_UNTIL with a bus, -1 (no check) without one."""
+    return C_LEASE_UNTIL if cfg.invalidation_url else -1
+
+
 def make_hitpath(
     cfg: Config,
     cache: Cache,
@@ -373,6 +383,7 @@ def make_hitpath(
         underscores=cfg.underscores_in_headers,
         write_high=WRITE_HIGH_WATER,
         routes=route_table.c_table(),
+        lease_index=lease_index(cfg),
         # the access log records every response in Python: the C path, which answers hits without Python,
         # is off while it is on (README "Access log": the measured cost)
         enabled=default_opts

@@ -98,6 +98,9 @@ C_RELOADS_ERROR = 7
 # the upstream blocks a supervisor sizes for: reloads may change the upstream list, so blocks are assigned by
 # upstream (assign_blocks) out of a fixed number, never re-sized after the fork
 MIN_UPSTREAM_BLOCKS = 64
+# the invalidation bus's lease deadline (epoch microseconds; bus.py writes it, every hit path compares its
+# clock with it when a bus is configured). Word 8, clear of the small flags above.
+C_LEASE_UNTIL = 8
 
 # per-upstream health block (after the slots; written by the admin process's health checks only)
 U_DOWN = 0  # 1 while the active checks say the server is down (0 = up or not probed yet)
@@ -434,3 +437,54 @@ class EdgeCollector(Collector):
             retries.add_metric([name], c.upstream_total(i, P_RETRIES))
             ejections.add_metric([name], c.upstream_total(i, P_EJECTIONS))
         yield from (up, dur, fails, retries, ejections)
+
+
+class BusCollector(Collector):
+    """The invalidation bus's metrics (registered by the admin process only when a bus is configured, so
+    edgecore_invalidation_lag_seconds is absent without one). `describe` is bus.Bus.describe."""
+
+    def __init__(self, describe: Callable[[], dict[str, Any]], lag: Callable[[], float]) -> None:
+        self._bus_state = describe  # (not `describe`: the registry calls a collector's describe())
+        self.lag = lag
+
+    def collect(self) -> Iterator[Any]:
+        d = self._bus_state()
+        lag = self.lag()
+        yield GaugeMetricFamily(
+            "edgecore_invalidation_lag_seconds",
+            "Seconds since this node last confirmed it had read the invalidation stream to its end",
+            value=lag,  # +Inf before the first confirmation
+        )
+        yield GaugeMetricFamily(
+            "edgecore_invalidation_connected",
+            "1 while the invalidation bus is reachable",
+            value=int(d["connected"]),
+        )
+        yield GaugeMetricFamily(
+            "edgecore_invalidation_behind",
+            "1 while the lease is out: hits are revalidated with the origin",
+            value=int(d["behind"]),
+        )
+        msgs = CounterMetricFamily(
+            "edgecore_invalidation_messages",
+            "Bus messages read, by result (applied; own: published here, applied then; malformed: "
+            "skipped; failed: could not be applied)",
+            labels=["result"],
+        )
+        for k in ("applied", "own", "malformed", "failed"):
+            msgs.add_metric([k], d[k])
+        yield msgs
+        pub = CounterMetricFamily(
+            "edgecore_invalidation_published", "Purges published to the bus, by result", labels=["result"]
+        )
+        pub.add_metric(["ok"], d["published"])
+        pub.add_metric(["error"], d["publish_errors"])
+        yield pub
+        yield CounterMetricFamily(
+            "edgecore_invalidation_gaps",
+            "Times the entries this node needed were trimmed from the stream (the cache was flushed)",
+            value=d["gaps"],
+        )
+        yield CounterMetricFamily(
+            "edgecore_invalidation_reconnects", "Failed attempts to reach the bus", value=d["reconnects"]
+        )

@@ -7,7 +7,8 @@ cache control), RFC 9110 9.3.3 (POST responses), 8.7 (Content-Location).
 Owns: every store / reuse / stale / retention decision: the store decision (including the object size limit
 and Vary: *) and the Freshness record kept beside a stored response; the reuse decision; serving stale on
 error (which statuses, which windows); how long past its freshness an entry is kept; whether the stored head
-differs from the one this client gets; validators for revalidation; field updates from a 304 or a HEAD;
+differs from the one this client gets; the invalidation lease (decide_lease: no reuse without the origin
+past it, Reason.UNVERIFIED); validators for revalidation; field updates from a 304 or a HEAD;
 invalidation after unsafe methods; Age; whether a tenant may be stored on this node at all (tenant_refusal:
 residency, revocation). Field syntax (Cache-Control, targeted fields, dates, entity tags)
 is fields.py's; client conditionals and ranges are conditional.py's; Cache-Status is cachestatus.py's.
@@ -117,6 +118,10 @@ class Reason(enum.Enum):
     ONLY_IF_CACHED = enum.auto()  # request only-if-cached and nothing fits: 504 (5.2.1.7)
     # routes ([[routes]] tables: the options of the route a request is on)
     ROUTE_BYPASS = enum.auto()  # the route says bypass: neither looked up nor stored, not coalesced
+
+    # this node has not confirmed within its lease that it read the invalidation stream to its end: what it
+    # holds may have been purged elsewhere, so it is validated before use (bus.py, docs/invalidation.md)
+    UNVERIFIED = enum.auto()
 
 
 def tenant_refusal(regions: tuple[str, ...] | None, region: str, revoked: bool) -> Reason | None:
@@ -710,6 +715,24 @@ def decide_use(f: Freshness, req: RequestControl, now: float) -> tuple[Use, Reas
     if req.only_if_cached:
         return Use.ONLY_IF_CACHED_FAIL, Reason.ONLY_IF_CACHED
     return Use.VALIDATE, reason
+
+
+_SERVES = (Use.FRESH, Use.STALE, Use.STALE_REVALIDATE)
+
+
+def decide_lease(
+    use: Use, reason: Reason | None, lease_until: float | None, now: float, req: RequestControl
+) -> tuple[Use, Reason | None]:
+    """decide_use's answer once the invalidation lease is taken into account: with a bus (`lease_until` not
+    None) a stored response is served without asking the origin only while `now < lease_until`; past it,
+    what would have been served (fresh, stale, or stale-while-revalidate) is validated first (RFC 9111
+    4.3.1: a conditional request when it has validators, else a fetch), or 504 under only-if-cached
+    (5.2.1.7). Anything decide_use already sends upstream is left as it is."""
+    if lease_until is None or now < lease_until or use not in _SERVES:
+        return use, reason
+    if req.only_if_cached:
+        return Use.ONLY_IF_CACHED_FAIL, Reason.ONLY_IF_CACHED
+    return Use.VALIDATE, Reason.UNVERIFIED
 
 
 def serves_stale_on(status: int) -> bool:

@@ -524,5 +524,10 @@ class StoreSink(StreamSink):
                     self.request_time,
                 )[0]
             nm = entry.meta(new_value)
-            serve_stored(p, self.r, new_value, nm, now, Outcome.REVALIDATED, _REVALIDATED)
+            cs = (
+                _REVALIDATED
+                if self.detail is None
+                else cachestatus.render(fwd=b"stale", fwd_status=304, detail=self.detail)
+            )
+            serve_stored(p, self.r, new_value, nm, now, Outcome.REVALIDATED, cs, self.detail)
         self.started = True

@@ -12,8 +12,9 @@ counters of those hits.
 Invariants: anything it is not sure of is left to the Python path untouched: `serve` returns how many bytes it
 fully answered, and the caller feeds the rest to httptools. It accepts a strict subset of what httptools
 accepts (so the two parsers never disagree on where a request ends: no smuggling through the fast path);
-it never answers a request that needs policy (Vary markers, no-cache entries, stale entries, conditional or
-range requests, Authorization, request Cache-Control/Pragma). Its plain-miss helpers decide nothing either:
+it never answers a request that needs policy (Vary markers, no-cache entries, stale entries, entries past the
+invalidation lease, conditional or range requests, Authorization, request Cache-Control/Pragma).
+Its plain-miss helpers decide nothing either:
 parse_response accepts a strict subset of what httptools accepts (anything else: False, httptools reads it),
 and policy (in Python) decides whether the response is stored.
 Must never: hold a reference into the cache's memory but through a Pinned (a value above large_body comes
@@ -176,6 +177,7 @@ cdef class HitPath:
     cdef Py_ssize_t _off_sl, _off_head_len, _off_fresh_until, _off_birth, _off_status
     cdef Py_ssize_t _large
     cdef Py_ssize_t _write_high  # client write buffer bytes above which serve() stops answering (0: never)
+    cdef Py_ssize_t _lease_idx   # words index of the invalidation lease deadline (epoch us); -1: no bus
     cdef int _flag_plain
     cdef bytes _prefix          # the key up to the host: tenant and method class
     cdef public bint enabled
@@ -192,18 +194,20 @@ cdef class HitPath:
 
     def __init__(self, cache, *, words, counter_index, bounds, Py_ssize_t max_head, layout, int flag_plain,
                  bytes key_prefix, bail_fields, fetch_drop, Py_ssize_t large_body, bytes hit_status,
-                 Py_ssize_t max_line, bint underscores, Py_ssize_t write_high, bint enabled=True,
-                 routes=()):
+                 Py_ssize_t max_line, bint underscores, Py_ssize_t write_high, Py_ssize_t lease_index=-1,
+                 bint enabled=True, routes=()):
         """counter_index: the words' indexes of (hits, served, duration sum in ns, first histogram bucket,
         the 1xx status-class counter: 2xx..5xx follow it);
         bounds: the histogram's upper bounds in seconds (one bucket more counts the rest); layout: the stored
         entry's (META size, statusline_len offset (u16), head_len offset (u32), fresh_until offset (f64),
         birth offset (f64), status offset (u16)), as edgecore.entry defines them; hit_status: a fresh hit's
-        Cache-Status up to its ttl value, as edgecore.cachestatus spells it; write_high: the client transports' write buffer
-        high-water mark (serve() answers no further pipelined hit once the buffer is above it); routes:
-        edgecore.routes.Routes.c_table(), (host, suffix, path prefix) rows: a request whose host without
-        port (b"": any; suffix: ends with it) and target (a byte prefix) fit a row is left to the general
-        path, which applies the route."""
+        Cache-Status up to its ttl value, as edgecore.cachestatus spells it; write_high: the client
+        transports' write buffer high-water mark (serve() answers no further pipelined hit once the buffer is
+        above it); lease_index: the words' index of the invalidation lease deadline (epoch microseconds,
+        edgecore.context.lease_index): past it a stored entry is left to the Python path, which revalidates
+        it; -1 (no bus): no check; routes: edgecore.routes.Routes.c_table(), (host, suffix, path prefix)
+        rows: a request whose host without port (b"": any; suffix: ends with it) and target (a byte prefix)
+        fit a row is left to the general path, which applies the route."""
         cdef long long[::1] view = words
         # values longer than large_body come pinned (views of the shared mapping, no copy): cache.lookup_pinned
         self._lookup = cache.lookup_pinned
@@ -227,6 +231,9 @@ cdef class HitPath:
             raise ValueError("hit_status longer than 100 bytes")
         self._hit_status = hit_status
         self._write_high = write_high
+        if lease_index >= <Py_ssize_t>len(words):
+            raise ValueError("lease_index outside the words")
+        self._lease_idx = lease_index
         self._flag_plain = flag_plain
         self._prefix = key_prefix
         self.enabled = enabled
@@ -261,6 +268,7 @@ cdef class HitPath:
             "max_line": self._max_line,
             "underscores": self._underscores,
             "write_high": self._write_high,
+            "lease_index": self._lease_idx,
             "flag_plain": self._flag_plain,
             "hit_status": self._hit_status,
         }
@@ -473,6 +481,8 @@ cdef class HitPath:
         value, _, _, flags = found
         if flags != self._flag_plain:
             return 0
+        if self._lease_idx >= 0 and <double>self._w[self._lease_idx] <= t0 * 1e6:
+            return 0  # the invalidation lease is out: the Python path revalidates (policy.decide_lease)
         pinned = None
         if type(value) is not bytes:
             # a large value read in place (the slab cache's Pinned): its META and status line are copied, the

@@ -1572,3 +1572,31 @@ def test_operator_stale_defaults(
     use, reason = decide_use(f, parse_request([]), T + pause)
     got = use.name.lower() + (":" + reason.name.lower() if reason is not None else "")
     assert (got, may_serve_stale_on_error(f, parse_request([]), T + pause)) == expected
+
+
+# decide_lease: with an invalidation bus, a stored response is reused without the origin only within the
+# lease (docs/invalidation.md "Lease"); past it, what would be served is validated (RFC 9111 4.3.1), or 504
+# under only-if-cached (RFC 9111 5.2.1.7); what already goes upstream is left alone.
+_OIC = RequestControl(only_if_cached=True)
+LEASE_ROWS = [
+    # (use, reason, lease_until, now, request) -> (use, reason)          RFC / doc
+    ((Use.FRESH, None, None, 10.0, RequestControl()), (Use.FRESH, None)),  # no bus: as decided (4.2)
+    ((Use.FRESH, None, 11.0, 10.0, RequestControl()), (Use.FRESH, None)),  # within the lease (4.2)
+    ((Use.FRESH, None, 10.0, 10.0, RequestControl()), (Use.VALIDATE, Reason.UNVERIFIED)),  # at its end: 4.3.1
+    ((Use.FRESH, None, 0.0, 10.0, RequestControl()), (Use.VALIDATE, Reason.UNVERIFIED)),  # never confirmed
+    ((Use.STALE, None, 5.0, 10.0, RequestControl()), (Use.VALIDATE, Reason.UNVERIFIED)),  # max-stale: 4.3.1
+    ((Use.STALE_REVALIDATE, None, 5.0, 10.0, RequestControl()), (Use.VALIDATE, Reason.UNVERIFIED)),  # 5861 3
+    ((Use.VALIDATE, Reason.STALE, 5.0, 10.0, RequestControl()), (Use.VALIDATE, Reason.STALE)),  # as is, 4.3.1
+    ((Use.FRESH, None, 5.0, 10.0, _OIC), (Use.ONLY_IF_CACHED_FAIL, Reason.ONLY_IF_CACHED)),  # 5.2.1.7
+    (
+        (Use.ONLY_IF_CACHED_FAIL, Reason.ONLY_IF_CACHED, 5.0, 10.0, _OIC),
+        (Use.ONLY_IF_CACHED_FAIL, Reason.ONLY_IF_CACHED),
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "want"), LEASE_ROWS)
+def test_decide_lease(args, want):
+    from edgecore.policy import decide_lease
+
+    assert decide_lease(*args) == want
