@@ -25,12 +25,11 @@ import random
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .servers import REPO, Supervisor, find_edgecore, free_port, log, wait_http
+from .servers import REPO, Supervisor, find_edgecore, free_port, log, run_each, wait_http
 
 TTL = 2
 HOT = 200
@@ -302,22 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     keys = [k for k in a.systems.split(",") if k]
     edge_cmd = a.edgecore_cmd.split() if a.edgecore_cmd else find_edgecore()
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
-    run = Path(tempfile.mkdtemp(prefix="edgecore-outage-", dir=base))
-    for d in ("log", "tmp"):
-        (run / d).mkdir()
-    sup = Supervisor(run / "log")
-    results = []
-    try:
-        for key in keys:
-            if key == "varnish" and not shutil.which("varnishd"):
-                log("SKIPPING varnish: varnishd is not installed")
-                continue
-            results.append(run_one(key, a, sup, run, edge_cmd))
-            sup.stop_all()
-    finally:
-        sup.stop_all()
-        shutil.rmtree(run, ignore_errors=True)
+
+    def one(key: str, sup: Supervisor, run: Path) -> Result | None:
+        if key == "varnish" and not shutil.which("varnishd"):
+            log("SKIPPING varnish: varnishd is not installed")
+            return None
+        return run_one(key, a, sup, run, edge_cmd)
+
+    results = run_each("edgecore-outage-", keys, one)
     md = render(results, a)
     if a.out:
         a.out.write_text(md)

@@ -20,9 +20,12 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from . import procstat
 
@@ -552,3 +555,25 @@ def varnish_version() -> str:
 
 def wrk_version() -> str:
     return _version(["wrk", "-v"], r"wrk (\S+)")
+
+
+def run_each(prefix: str, items: list[str], run_one: Callable[[str, Supervisor, Path], Any]) -> list[Any]:
+    """A scenario's driver (bench/outage.py, bench/upgrade.py): a temporary run folder (on /dev/shm when it
+    is writable, with log/ and tmp/), one Supervisor, run_one(item, sup, run) for each item with every process
+    it started stopped after it; the folder removed at the end, whatever happened."""
+    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
+    run = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    for d in ("log", "tmp"):
+        (run / d).mkdir()
+    sup = Supervisor(run / "log")
+    results = []
+    try:
+        for item in items:
+            r = run_one(item, sup, run)
+            if r is not None:
+                results.append(r)
+            sup.stop_all()
+    finally:
+        sup.stop_all()
+        shutil.rmtree(run, ignore_errors=True)
+    return results

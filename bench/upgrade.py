@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from .outage import HOT, Sample, _load, _pct
-from .servers import REPO, Supervisor, find_edgecore, free_port, log, wait_http
+from .servers import REPO, Supervisor, find_edgecore, free_port, log, run_each, wait_http
 
 
 def _phase(samples: list[Sample], lo: float, hi: float) -> dict[str, float]:
@@ -120,18 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     edge_cmd = a.edgecore_cmd.split() if a.edgecore_cmd else find_edgecore()
-    base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
-    run = Path(tempfile.mkdtemp(prefix="edgecore-upgrade-", dir=base))
-    (run / "log").mkdir()
-    sup = Supervisor(run / "log")
-    results = []
-    try:
-        for how in [h for h in a.hows.split(",") if h]:
-            results.append(run_one(how, a, sup, run, edge_cmd))
-            sup.stop_all()
-    finally:
-        sup.stop_all()
-        shutil.rmtree(run, ignore_errors=True)
+    hows = [h for h in a.hows.split(",") if h]
+    results = run_each("edgecore-upgrade-", hows, lambda how, sup, run: run_one(how, a, sup, run, edge_cmd))
     md = render(results, a)
     if a.out:
         a.out.write_text(md)
