@@ -24,14 +24,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from typing import Any
 
 import pytest
 import redis
-from client import Edge, get, wait_for
+from client import Edge, closed_port, get, wait_for
 
 from edgecore import config, invalidation
 from edgecore.bus import Bus
@@ -42,14 +41,6 @@ REDIS_SERVER = shutil.which("redis-server")
 LEASE = 1.0
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class RedisServer:
     """A redis-server of our own: loopback, a port found free, append-only file in `folder`."""
 
@@ -57,7 +48,7 @@ class RedisServer:
         self.folder = folder
         self.proc: subprocess.Popen[bytes] | None = None
         for _ in range(5):  # a port found free can be taken before redis binds it: try another
-            self.port = _free_port()
+            self.port = closed_port()
             if self.start():
                 return
         raise RuntimeError("redis-server did not start on a free port in 5 tries")

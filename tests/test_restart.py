@@ -390,9 +390,7 @@ def test_upgrade_refuses_no_connection_and_keeps_the_cache_warm(origin, path, sh
         assert wait_for(lambda: os.path.exists(ctl), 10)
         load = Load(old.port, target)
         assert wait_for(lambda: load.ok >= 20, 20)
-        new = Edge(
-            origin.url, args=["--cache-file", shm_path, "--upgrade-from", ctl, *SMALL], workers=2, path=path
-        )
+        new = _edge(origin, path, shm_path, "--upgrade-from", ctl, workers=2)
         assert (new.port, new.admin_port) == (old.port, old.admin_port)
         assert old.proc.wait(30) == 0  # the old one stepped down and drained
         served_at_handoff = load.ok
@@ -431,7 +429,7 @@ def test_upgrade_to_another_worker_count_serves_every_socket(origin, shm_path, u
         ctl = control_socket_path(shm_path)
         assert wait_for(lambda: os.path.exists(ctl), 10)
         load = Load(old.port, target)
-        new = Edge(origin.url, args=["--cache-file", shm_path, "--upgrade-from", ctl, *SMALL], workers=after)
+        new = _edge(origin, None, shm_path, "--upgrade-from", ctl, workers=after)
         assert old.proc.wait(30) == 0
         served = load.ok
         assert wait_for(lambda: load.ok >= served + 200, 30)  # fresh connections hash over every socket
