@@ -76,7 +76,7 @@ class SlabCache:
         kind: str,
         ident: int,
         match: bytes,
-        layout: tuple[int, int, int, int],
+        layout: tuple[int],
         flags_mask: int,
         now: float,
     ) -> int: ...

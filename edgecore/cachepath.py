@@ -479,7 +479,7 @@ async def head_refresh(
     )
     if fresh is not None:
         vary = keys.parse_vary([v for n, v in merged if n == b"vary"]) or ()
-        store(c.ctx, r, key, m.status, entry.reason(value, m), merged, body, fresh, request_time, vary)
+        store(c.ctx, r, key, m.status, entry.reason(value, m), merged, body, fresh, vary)
 
 
 def background_refresh(c: Client, r: Request, key: bytes, value: bytes, m: entry.Meta) -> None:

@@ -21,7 +21,7 @@ from typing import NamedTuple
 from .fields import HOP_BY_HOP, Headers
 from .policy import Freshness
 
-VERSION = 1
+VERSION = 2  # 2: META without the derived times (lifetime, response time) and the unread request time
 # cache-level flags (the slab cache's `flags` int)
 FLAG_PLAIN = 1  # a response that may be served while fresh without consulting policy
 FLAG_VARY = 2  # a Vary marker: the value lists the field names, variants live at secondary keys
@@ -37,6 +37,11 @@ SKIP_STORE = HOP_BY_HOP | {b"age", b"cache-status", b"content-length"}
 
 
 class Meta(NamedTuple):
+    """The stored fields. What a reader also needs is derived, one way, in freshness(): the freshness
+    lifetime is fresh_until - birth and the response time birth + initial_age (birth is when the response's
+    age was 0: response_time - initial_age), so no fact is stored twice and a soft purge, which lowers
+    fresh_until to now, makes the lifetime the age at now by itself."""
+
     version: int
     eflags: int
     status: int
@@ -44,16 +49,15 @@ class Meta(NamedTuple):
     head_len: int
     fresh_until: float
     birth: float
-    response_time: float
-    lifetime: float
     initial_age: float
-    request_time: float
     swr: float
     sie: float
 
 
-# One struct code per Meta field, in order; little-endian, no padding ("<").
-_META_CODES = "BBHHIddddddff"
+# One struct code per Meta field, in order; little-endian, no padding ("<"). The two times the C hit path
+# reads are doubles; the three spans are float32 (exact for whole seconds below 2**24 s, about 194 days, and
+# within 6e-8 of the value otherwise: far below a second for any age or stale window a response carries).
+_META_CODES = "BBHHIddfff"
 META = struct.Struct("<" + _META_CODES)
 META_SIZE = M = META.size
 assert len(_META_CODES) == len(Meta._fields)
@@ -71,9 +75,9 @@ OFF_HEAD_LEN = _offset("head_len")
 OFF_FRESH_UNTIL = _offset("fresh_until")
 OFF_BIRTH = _offset("birth")
 OFF_STATUS = _offset("status")  # (u16) the C path counts hits by status class
-# What a soft purge rewrites in place (SlabCache.soft_purge): fresh_until, lifetime, initial_age,
-# response_time
-SOFT_PURGE_LAYOUT = (OFF_FRESH_UNTIL, _offset("lifetime"), _offset("initial_age"), _offset("response_time"))
+# What a soft purge rewrites in place (SlabCache.soft_purge): fresh_until (a double), lowered to now at most;
+# the lifetime follows (fresh_until - birth)
+SOFT_PURGE_LAYOUT = (OFF_FRESH_UNTIL,)
 SOFT_PURGE_FLAGS = FLAG_PLAIN | FLAG_RESPONSE  # stored responses (never Vary markers or lock entries)
 
 
@@ -98,7 +102,7 @@ def _render(status: int, reason: bytes, headers: Headers, body_len: int) -> tupl
 
 
 def encode(
-    status: int, reason: bytes, headers: Headers, body: bytes, f: Freshness, request_time: float
+    status: int, reason: bytes, headers: Headers, body: bytes, f: Freshness
 ) -> tuple[bytes, float, float, int]:
     """-> (value, birth, fresh_until, cache_flags). `birth` is when the response's age was 0."""
     status_line, fields = _render(status, reason, headers, len(body))
@@ -115,10 +119,7 @@ def encode(
         sl + len(fields),  # head_len
         fresh_until,
         birth,
-        f.response_time,
-        f.lifetime,
         f.initial_age,
-        request_time,
         f.stale_while_revalidate,
         f.stale_if_error,
     )
@@ -132,9 +133,9 @@ def meta(value: bytes) -> Meta:
 
 def freshness(m: Meta) -> Freshness:
     return Freshness(
-        lifetime=m.lifetime,
+        lifetime=m.fresh_until - m.birth,
         initial_age=m.initial_age,
-        response_time=m.response_time,
+        response_time=m.birth + m.initial_age,
         stale_while_revalidate=m.swr,
         stale_if_error=m.sie,
         must_revalidate=bool(m.eflags & E_MUST_REVALIDATE),

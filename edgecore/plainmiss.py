@@ -170,7 +170,7 @@ class PlainMiss:
         ctx.pool.plain_done(self.conn)
         ctx.pool.release(self.conn, keep_alive and len(buf) == end)  # extra bytes: never reused
         value, birth, expires, flags = stored_form(
-            status, reason, fields, buf[hlen:end], fresh, self.request_time, ctx.policy_opts
+            status, reason, fields, buf[hlen:end], fresh, ctx.policy_opts
         )
         stored = ctx.cache.store(self.key, value, birth, expires, flags, tags=tags(fields))
         ctx.flights.finish(self.key, self.flight, True if stored else None)

@@ -53,7 +53,6 @@ def stored_form(
     headers: Headers,
     body: bytes,
     fresh: policy.Freshness,
-    request_time: float,
     opts: policy.Options,
 ) -> tuple[bytes, float, float, int]:
     """(value, birth, expires, cache flags) of a response to store: the storable fields (RFC 9111 3.1; none
@@ -71,7 +70,7 @@ def stored_form(
             validators = True
     if via:
         stored_headers.append((b"via", via))
-    value, birth, fresh_until, flags = entry.encode(status, reason, stored_headers, body, fresh, request_time)
+    value, birth, fresh_until, flags = entry.encode(status, reason, stored_headers, body, fresh)
     expires = fresh_until + policy.retention(fresh, validators, time.time(), opts.stale_keep)
     return value, birth, expires, flags
 
@@ -99,14 +98,11 @@ def store(
     headers: Headers,
     body: bytes,
     fresh: policy.Freshness,
-    request_time: float,
     vary: tuple[bytes, ...],
 ) -> bytes | None:
     """Store a complete response policy allowed (at its variant's key when it varies). -> the stored value,
     or None when the cache refused it."""
-    value, birth, expires, flags = stored_form(
-        status, reason, headers, body, fresh, request_time, ctx.policy_opts_for(r)
-    )
+    value, birth, expires, flags = stored_form(status, reason, headers, body, fresh, ctx.policy_opts_for(r))
     vary = keys.variant_names(vary, ctx.key_opts_for(r))  # a route's key_headers key like Vary names
     if vary:
         key = _variant_key(ctx, r, vary, birth, expires)
@@ -474,7 +470,6 @@ class StoreSink(StreamSink):
             self.headers,
             body,
             self.fresh,
-            self.request_time,
             self.vary,
         )
 
@@ -521,7 +516,6 @@ class StoreSink(StreamSink):
                     policy.storable_headers(merged, ctx.policy_opts_for(self.r).strip_on_store),
                     body,
                     fresh or entry.freshness(m),
-                    self.request_time,
                 )[0]
             nm = entry.meta(new_value)
             cs = (

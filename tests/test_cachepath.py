@@ -38,7 +38,7 @@ def _stale_while_revalidate(ctx, target: bytes) -> None:
     now = time.time()
     f = policy.Freshness(lifetime=1.0, initial_age=0.0, response_time=now - 10, stale_while_revalidate=600.0)
     value, birth, fresh_until, flags = entry.encode(
-        200, b"OK", [(b"cache-control", b"max-age=1, stale-while-revalidate=600")], b"old", f, now - 10
+        200, b"OK", [(b"cache-control", b"max-age=1, stale-while-revalidate=600")], b"old", f
     )
     ctx.cache.store(keys.primary_key(b"GET", b"t.example", target), value, birth, fresh_until + 600, flags)
 

@@ -16,7 +16,7 @@ F = Freshness(lifetime=60.0, initial_age=2.0, response_time=T, stale_while_reval
 
 
 def _stored(headers: list[tuple[bytes, bytes]]) -> tuple[bytes, entry.Meta]:
-    value, _, _, _ = entry.encode(200, b"OK", headers, b"body", F, T - 0.5)
+    value, _, _, _ = entry.encode(200, b"OK", headers, b"body", F)
     return value, entry.meta(value)
 
 
@@ -64,7 +64,7 @@ def test_offsets_match_the_struct(const: str, field: str, code: str) -> None:
     off = getattr(entry, const)
     assert off == struct.calcsize(fmt[: i + 1]) == sum(struct.calcsize("<" + c) for c in fmt[1 : i + 1])
     assert fmt[i + 1] == code
-    value, _, fresh_until, _ = entry.encode(200, b"OK", [(b"x-a", b"1")], b"body", F, T)
+    value, _, fresh_until, _ = entry.encode(200, b"OK", [(b"x-a", b"1")], b"body", F)
     (got,) = struct.unpack_from("<" + code, value, off)
     assert got == getattr(entry.meta(value), field)
     if field == "fresh_until":
@@ -80,3 +80,31 @@ def test_meta_size() -> None:
 
 def test_hit_struct_is_gone() -> None:
     assert not hasattr(entry, "HIT")  # it restated the layout; the OFF_* constants replace it
+
+
+@pytest.mark.parametrize(
+    "fresh",
+    [
+        F,
+        # a heuristic lifetime (RFC 9111 4.2.2) with a fractional initial age (RFC 9111 4.2.3)
+        Freshness(lifetime=8640.4, initial_age=0.0375, response_time=T + 0.25),
+        # must-revalidate and no-cache survive, as eflags (RFC 9111 5.2.2.2, 5.2.2.4)
+        Freshness(lifetime=0.0, initial_age=0.0, response_time=T, must_revalidate=True, no_cache=True),
+        # an Age far larger than the lifetime: stored already stale (RFC 9111 4.2.3)
+        Freshness(lifetime=10.0, initial_age=86400.0, response_time=T),
+    ],
+)
+def test_freshness_round_trips_through_the_stored_meta(fresh: Freshness) -> None:
+    # the lifetime and the response time are derived from fresh_until, birth and the initial age (one source)
+    value, birth, fresh_until, _ = entry.encode(200, b"OK", [], b"x", fresh)
+    got = entry.freshness(entry.meta(value))
+    assert birth == fresh.response_time - fresh.initial_age and fresh_until == birth + fresh.lifetime
+    for field in ("lifetime", "initial_age", "response_time", "stale_while_revalidate", "stale_if_error"):
+        assert getattr(got, field) == pytest.approx(getattr(fresh, field), abs=1e-6), field
+    assert (got.must_revalidate, got.no_cache) == (fresh.must_revalidate, fresh.no_cache)
+
+
+def test_meta_is_compact() -> None:
+    # 10 bytes of lengths and flags, the two times the C hit path reads, three float32 spans: nothing derived
+    assert entry.META_SIZE == 38
+    assert "response_time" not in entry.Meta._fields and "lifetime" not in entry.Meta._fields

@@ -49,7 +49,7 @@ def _store(
     now = time.time()
     f = policy.Freshness(lifetime=lifetime, initial_age=0.0, response_time=now, no_cache=no_cache)
     value, birth, fresh_until, flags = entry.encode(
-        200, b"OK", [(b"content-type", b"text/plain"), (b"cache-control", b"max-age=60")], body, f, now
+        200, b"OK", [(b"content-type", b"text/plain"), (b"cache-control", b"max-age=60")], body, f
     )
     cache.store(keys.primary_key(b"GET", host, target), value, birth, fresh_until + 60, flags)
     return value

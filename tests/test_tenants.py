@@ -163,7 +163,7 @@ def test_forced_collision_through_the_caching_flow(monkeypatch, on_path):  # typ
             reqs.append(r)
         fresh = policy.Freshness(lifetime=60.0, initial_age=0.0, response_time=time.time())
         key = keys.primary_key(b"GET", b"test.local", b"/same", ctx.key_opts, tenant=b"a")
-        assert sinks.store(ctx, reqs[0], key, 200, b"OK", [], b"secret-a", fresh, time.time(), ())
+        assert sinks.store(ctx, reqs[0], key, 200, b"OK", [], b"secret-a", fresh, ())
         assert cachepath.lookup(ctx, reqs[0], time.time())[1] is not None
         k_b, found, _ = cachepath.lookup(ctx, reqs[1], time.time())
         assert k_b == key and found is None  # identical key bytes, tenant b: a miss
@@ -587,7 +587,7 @@ def test_non_ascii_tenant_revoked_through_the_admin_api(tedge, origin, uniq):
 
 def test_entry_fresh_offset_is_what_soft_purge_rewrites():
     fresh = policy.Freshness(lifetime=60.0, initial_age=0.0, response_time=1e9)
-    value, _birth, fresh_until, flags = entry.encode(200, b"OK", [], b"x", fresh, 1e9)
+    value, _birth, fresh_until, flags = entry.encode(200, b"OK", [], b"x", fresh)
     c = debug_cache_class()(8 << 20)
     try:
         c.store(b"k", value, 1e9, FAR, flags)
@@ -597,7 +597,8 @@ def test_entry_fresh_offset_is_what_soft_purge_rewrites():
         found = c.lookup(b"k", 1e9 + 6)
         assert found is not None
         m = entry.meta(found[0])
-        assert m.fresh_until == 1e9 + 5 and m.lifetime == 5.0  # stale from now on (its age at 1e9 + 5)
+        # stale from now on: the lifetime (fresh_until - birth) is its age at 1e9 + 5
+        assert m.fresh_until == 1e9 + 5 and entry.freshness(m).lifetime == 5.0
         u = policy.decide_use(entry.freshness(m), policy.parse_request([]), 1e9 + 6)[0]
         assert u is policy.Use.VALIDATE
     finally:

@@ -545,8 +545,8 @@ cdef class SlabCache:
 
     def soft_purge(self, kind, ident, match, layout, int flags_mask, double now):
         """Mark stale at now every live entry whose flags meet flags_mask and that a purge of `kind` would
-        remove; layout: the value offsets of four doubles (fresh-until, lifetime, initial age, response time):
-        fresh-until becomes at most now, lifetime at most the age at now. Kinds: "tag"/"tenant" (ident), "prefix" (match, a key
+        remove; layout: (the value offset of its fresh-until double,): fresh-until becomes at most now (the
+        entry format derives the lifetime from it, entry.py). Kinds: "tag"/"tenant" (ident), "prefix" (match, a key
         prefix), "url" (match, a key: it and its variants), "any-prefix"/"any-url" (as purge_any_tenant),
         "tag-tenant" (ident a tag, match the tenant id as 8 little-endian bytes).
         The bytes stay; returns how many entries were marked."""
@@ -560,11 +560,9 @@ cdef class SlabCache:
             raise ValueError("ident must be an int in 0..2**64-1")
         if not PyBytes_Check(match) or PyBytes_GET_SIZE(match) > BAN_PREFIX_MAX:
             raise ValueError("match must be bytes of at most %d" % BAN_PREFIX_MAX)
-        cdef size_t off[4]
-        if len(layout) != 4 or any(type(o) is not int or not (0 <= o < 4096) for o in layout):
-            raise ValueError("layout must be four offsets in 0..4095")
-        for i in range(4):
-            off[i] = layout[i]
+        if len(layout) != 1 or type(layout[0]) is not int or not (0 <= layout[0] < 4096):
+            raise ValueError("layout must be one offset in 0..4095")
+        cdef size_t off = layout[0]
         memset(&b, 0, sizeof(b))
         b.kind = kinds[kind]
         b.seq = 0xFFFFFFFF        # matches every entry, however recently stored

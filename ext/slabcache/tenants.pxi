@@ -282,17 +282,16 @@ cdef inline bint ten_revoked(header_t *h, uint64_t tid) noexcept nogil:
     cdef tenant_row *row = ten_find(h, tid, 0)
     return row != NULL and (ten_flags(&row.flags) & TEN_REVOKED) != 0
 
-cdef uint64_t soft_walk(header_t *h, ban_t *b, size_t *off, uint32_t fmask, double now) \
+cdef uint64_t soft_walk(header_t *h, ban_t *b, size_t off, uint32_t fmask, double now) \
         except? 0xFFFFFFFFFFFFFFFF:
     """For every live entry b covers (b is not registered: its seq matches every entry) whose flags meet
-    fmask, make it stale at now: of the four doubles at value offsets off[0..3] (fresh-until, lifetime,
-    initial age, response time), fresh-until becomes at most now and lifetime at most the age at now
-    (initial age + now - response time). PURGE_CHUNK_SLOTS slots per shard-lock hold. Returns how many entries
+    fmask, make it stale at now: the fresh-until double at value offset `off` becomes at most now.
+    PURGE_CHUNK_SLOTS slots per shard-lock hold. Returns how many entries
     were marked."""
     cdef uint64_t marked = 0
     cdef uint32_t i, page, sl, visited, cls, n, size
-    cdef double v, lt, ia, rt, age
-    cdef size_t need = 8 + max(max(off[0], off[1]), max(off[2], off[3]))
+    cdef double v
+    cdef size_t need = 8 + off
     cdef char *p
     cdef char *vp
     cdef slot_hdr *s
@@ -326,15 +325,9 @@ cdef uint64_t soft_walk(header_t *h, ban_t *b, size_t *off, uint32_t fmask, doub
                     if s.value_len < need or not (s.flags & fmask) or not ban_matches(b, s):
                         continue
                     vp = slot_key(s) + s.key_len     # the value's first bytes are in the head slot
-                    memcpy(&v, vp + off[0], 8)
+                    memcpy(&v, vp + off, 8)
                     if v > now:
-                        memcpy(vp + off[0], &now, 8)
-                    memcpy(&lt, vp + off[1], 8)
-                    memcpy(&ia, vp + off[2], 8)
-                    memcpy(&rt, vp + off[3], 8)
-                    age = ia + (now - rt if now > rt else 0.0)
-                    if lt > age:
-                        memcpy(vp + off[1], &age, 8)
+                        memcpy(vp + off, &now, 8)
                     marked += 1
                 if sl >= n:
                     page += 1
