@@ -382,6 +382,7 @@ def make_hitpath(
         max_line=cfg.max_request_line,
         underscores=cfg.underscores_in_headers,
         write_high=WRITE_HIGH_WATER,
+        implied=entry.IMPLIED,
         routes=route_table.c_table(),
         lease_index=lease_index(cfg),
         # the access log records every response in Python: the C path, which answers hits without Python,
@@ -397,7 +398,7 @@ def make_hitpath(
 
 
 # what the C path reads of a stored entry: META's size and the offsets of the fields a fresh hit needs (the
-# status only to count it by class)
+# status only to count it by class; the eflags for what is implied, entry.IMPLIED)
 ENTRY_LAYOUT = (
     entry.M,
     entry.OFF_STATUSLINE_LEN,
@@ -405,6 +406,7 @@ ENTRY_LAYOUT = (
     entry.OFF_FRESH_UNTIL,
     entry.OFF_BIRTH,
     entry.OFF_STATUS,
+    entry.OFF_EFLAGS,
 )
 
 

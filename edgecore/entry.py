@@ -4,7 +4,10 @@ Owns: the byte layout of cached values, and the layout constants the C paths use
 offsets, computed from the META struct format: the C paths are handed them, they never restate them).
 A value is META (fixed struct) + a complete HTTP/1.1 response (status line, stored header fields,
 Content-Length, blank line, body) ready to be written to a client with `Age` and `Cache-Status` spliced in
-right after the status line.
+right after the status line. Two parts every cached response would repeat are implied by META flags instead
+of stored: the status line "HTTP/1.1 200 OK" (E_STATUS_200: statusline_len is 0) and our own Via field line
+when the response had no Via (E_OWN_VIA: it is written with the dynamic fields); status_line() and
+dynamic_via() give them back, and the C hit path is handed the same bits and bytes (IMPLIED).
 Invariants: only complete bodies are encoded (the caller checked); the stored head never carries a
 fields.HOP_BY_HOP field (Transfer-Encoding and Proxy-Authenticate included), Age or Cache-Status; a
 Vary marker entry is told apart by its cache flags, not by its bytes.
@@ -18,10 +21,10 @@ import os
 import struct
 from typing import NamedTuple
 
-from .fields import HOP_BY_HOP, Headers
+from .fields import HOP_BY_HOP, VIA, Headers
 from .policy import Freshness
 
-VERSION = 2  # 2: META without the derived times (lifetime, response time) and the unread request time
+VERSION = 3  # 2: META without the derived times and the unread request time; 3: E_STATUS_200, E_OWN_VIA
 # cache-level flags (the slab cache's `flags` int)
 FLAG_PLAIN = 1  # a response that may be served while fresh without consulting policy
 FLAG_VARY = 2  # a Vary marker: the value lists the field names, variants live at secondary keys
@@ -30,6 +33,13 @@ FLAG_RESPONSE = 4  # a response that needs policy on every use (no-cache, ...)
 # entry flags (inside META)
 E_MUST_REVALIDATE = 1
 E_NO_CACHE = 2
+E_STATUS_200 = 4  # the status line is STATUS_200, not stored (statusline_len 0)
+E_OWN_VIA = 8  # VIA_LINE is not stored: written after Age and Cache-Status (the response had no Via)
+
+STATUS_200 = b"HTTP/1.1 200 OK\r\n"
+VIA_LINE = b"via: " + VIA + b"\r\n"
+# What the C hit path writes for the two flags (HitPath's `implied`): (bit, status line), (bit, field line)
+IMPLIED = ((E_STATUS_200, STATUS_200), (E_OWN_VIA, VIA_LINE))
 
 # Never stored (RFC 9110 7.6.1, 11.7; RFC 9111 3.1): hop-by-hop fields, Age and Cache-Status (written when
 # serving), Content-Length (written from the body).
@@ -75,6 +85,7 @@ OFF_HEAD_LEN = _offset("head_len")
 OFF_FRESH_UNTIL = _offset("fresh_until")
 OFF_BIRTH = _offset("birth")
 OFF_STATUS = _offset("status")  # (u16) the C path counts hits by status class
+OFF_EFLAGS = _offset("eflags")  # (u8) E_STATUS_200 and E_OWN_VIA tell the C path what is implied
 # What a soft purge rewrites in place (SlabCache.soft_purge): fresh_until (a double), lowered to now at most;
 # the lifetime follows (fresh_until - birth)
 SOFT_PURGE_LAYOUT = (OFF_FRESH_UNTIL,)
@@ -82,18 +93,17 @@ SOFT_PURGE_FLAGS = FLAG_PLAIN | FLAG_RESPONSE  # stored responses (never Vary ma
 
 
 def render_head(status: int, reason: bytes, headers: Headers, body_len: int) -> tuple[bytes, int]:
-    """(head bytes ending in the blank line, length of the status line incl. CRLF)."""
+    """(head bytes ending in the blank line, length of the status line incl. CRLF): the whole head, as a
+    client gets it (nothing implied)."""
     status_line, fields = _render(status, reason, headers, body_len)
-    return status_line + fields, len(status_line)
-
-
-_STATUS_200_OK = b"HTTP/1.1 200 OK\r\n"
+    return (status_line or STATUS_200) + fields, len(status_line or STATUS_200)
 
 
 def _render(status: int, reason: bytes, headers: Headers, body_len: int) -> tuple[bytes, bytes]:
-    """(status line, header fields and the blank line): the head in two parts, so encode joins it once."""
+    """(status line, header fields and the blank line): the head in two parts, so encode joins it once. The
+    status line is b"" for 200 OK (STATUS_200, implied by E_STATUS_200)."""
     if status == 200 and reason == b"OK":
-        status_line = _STATUS_200_OK
+        status_line = b""
     else:
         status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"")
     lines = [b": ".join(field) for field in headers if field[0] not in SKIP_STORE]
@@ -102,15 +112,22 @@ def _render(status: int, reason: bytes, headers: Headers, body_len: int) -> tupl
 
 
 def encode(
-    status: int, reason: bytes, headers: Headers, body: bytes, f: Freshness
+    status: int, reason: bytes, headers: Headers, body: bytes, f: Freshness, own_via: bool = False
 ) -> tuple[bytes, float, float, int]:
-    """-> (value, birth, fresh_until, cache_flags). `birth` is when the response's age was 0."""
+    """-> (value, birth, fresh_until, cache_flags). `birth` is when the response's age was 0. With own_via,
+    the response carries our Via field line (VIA_LINE) without storing it (the caller checked that it had no
+    Via of its own: one with a Via stores it, ours appended)."""
     status_line, fields = _render(status, reason, headers, len(body))
     sl = len(status_line)
     birth = f.response_time - f.initial_age
     fresh_until = birth + f.lifetime
     no_cache = f.no_cache
-    eflags = (E_MUST_REVALIDATE if f.must_revalidate else 0) | (E_NO_CACHE if no_cache else 0)
+    eflags = (
+        (E_MUST_REVALIDATE if f.must_revalidate else 0)
+        | (E_NO_CACHE if no_cache else 0)
+        | (0 if sl else E_STATUS_200)
+        | (E_OWN_VIA if own_via else 0)
+    )
     meta = META.pack(
         VERSION,
         eflags,
@@ -157,7 +174,19 @@ def headers(value: bytes, m: Meta) -> Headers:
     return out
 
 
+def status_line(value: bytes, m: Meta) -> bytes:
+    """The stored response's status line (CRLF included), implied or stored."""
+    return STATUS_200 if m.eflags & E_STATUS_200 else value[M : M + m.statusline_len]
+
+
+def dynamic_via(m: Meta) -> bytes:
+    """Our Via field line when it is implied (written after Age and Cache-Status), else b"" (stored)."""
+    return VIA_LINE if m.eflags & E_OWN_VIA else b""
+
+
 def reason(value: bytes, m: Meta) -> bytes:
+    if m.eflags & E_STATUS_200:
+        return b"OK"
     line = value[M : M + m.statusline_len - 2]
     parts = line.split(b" ", 2)
     return parts[2] if len(parts) > 2 else b""

@@ -23,6 +23,8 @@ import re
 import time
 from email.utils import formatdate
 
+VIA = b"1.1 edgecore"  # our Via field value (RFC 9110 7.6.3): upstream requests and the responses we send
+
 Headers = list[tuple[bytes, bytes]]
 
 __all__ = [

@@ -23,11 +23,11 @@ from ._hitpath import PlainRequest
 from .cachepath import fetch, finish_miss
 from .context import Client, Request, log_text
 from .errors import EdgeError, UpstreamIncomplete, UpstreamTimeout
-from .fields import connection_tokens
+from .fields import VIA, connection_tokens
 from .flights import Flight
 from .metrics import Outcome
 from .sinks import FLUSH_AT, StoreSink, stored_form, tags
-from .upstream import VIA, UpstreamConnection
+from .upstream import UpstreamConnection
 
 Headers = list[tuple[bytes, bytes]]
 log = logging.getLogger("edgecore.plainmiss")

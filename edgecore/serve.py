@@ -1,6 +1,6 @@
 """Writing a stored response to a client: as stored, as 304 to the client's conditionals (RFC 9110 13), or as
 206/416 for a single byte range (RFC 9110 14), with Age (RFC 9111 4.2.3) and Cache-Status spliced in after
-the status line.
+the status line (and our Via, when the entry implies it: entry.E_OWN_VIA).
 
 Owns: the Python twin of the C hit path's write (ext/hitpath.pyx `_write_value`): both splice the same
 dynamic fields into the same stored bytes (entry.py's layout).
@@ -49,9 +49,9 @@ def serve_stored(
             _serve_pinned(c, r, value, m, age, cache_status, conn, outcome, detail)
             return
         value = value.tobytes()
-    status_line = value[mo : mo + m.statusline_len]
+    status_line = entry.status_line(value, m)
     rest_head = value[mo + m.statusline_len : head_end]
-    dyn = b"age: %d\r\ncache-status: %s\r\n%s" % (age, cache_status, conn)
+    dyn = _dynamic(age, cache_status, m, conn)
     if r.slow and m.status == 200 and r.method in _CACHEABLE_METHODS:
         stored = entry.headers(value, m)
         if conditional.client_not_modified(r.headers, stored):
@@ -137,10 +137,16 @@ def _serve_pinned(
     stored response as views of the shared mapping (no copy; the Pinned's pin lasts while they do)."""
     mo = entry.M
     _account(c, r, outcome, detail, m.status, len(value) - mo - m.head_len, cache_status)
-    status_line = value.head(mo + m.statusline_len)[mo:]
-    dyn = b"age: %d\r\ncache-status: %s\r\n%s" % (age, cache_status, conn)
+    status_line = entry.status_line(value.head(mo + m.statusline_len), m)
+    dyn = _dynamic(age, cache_status, m, conn)
     c.writelines((status_line, dyn, *value.views(mo + m.statusline_len)))
     _close_unless_keep_alive(c, r)
+
+
+def _dynamic(age: int, cache_status: bytes, m: entry.Meta, conn: bytes) -> bytes:
+    """The fields written after the status line: Age, Cache-Status, our Via when the entry implies it
+    (entry.E_OWN_VIA), Connection; the C hit path writes the same in the same order."""
+    return b"age: %d\r\ncache-status: %s\r\n%s%s" % (age, cache_status, entry.dynamic_via(m), conn)
 
 
 def _head_304(stored: Headers, dyn: bytes) -> bytes:

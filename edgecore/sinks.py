@@ -23,11 +23,11 @@ from . import cachestatus, entry, keys, policy
 from .cache import MAX_TAGS, Cache
 from .context import Client, Context, Request
 from .errors import EdgeError
-from .fields import HOP_BY_HOP, connection_listed, first, http_date
+from .fields import HOP_BY_HOP, VIA, connection_listed, first, http_date
 from .flights import Flight
 from .metrics import F_UPSTREAM_ERRORS, Outcome
 from .serve import serve_stored
-from .upstream import VIA, Exchange
+from .upstream import Exchange
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -56,21 +56,20 @@ def stored_form(
     opts: policy.Options,
 ) -> tuple[bytes, float, float, int]:
     """(value, birth, expires, cache flags) of a response to store: the storable fields (RFC 9111 3.1; none
-    in opts.strip_on_store) with our Via, encoded by entry; kept past freshness for stale-while-revalidate/
+    in opts.strip_on_store) with our Via (appended to the response's own, else implied: entry.E_OWN_VIA),
+    encoded by entry; kept past freshness for stale-while-revalidate/
     -if-error and opts.stale_keep seconds (config stale_keep) so that it can be served stale on an upstream
     failure or revalidated (policy.retention)."""
     stored_headers = policy.storable_headers(headers, opts.strip_on_store)
-    via = VIA
+    own_via = True
     validators = False
     for i, (n, v) in enumerate(stored_headers):
         if n == b"via":
             stored_headers[i] = (n, v + b", " + VIA)
-            via = b""
+            own_via = False
         elif n == b"etag" or n == b"last-modified":
             validators = True
-    if via:
-        stored_headers.append((b"via", via))
-    value, birth, fresh_until, flags = entry.encode(status, reason, stored_headers, body, fresh)
+    value, birth, fresh_until, flags = entry.encode(status, reason, stored_headers, body, fresh, own_via)
     expires = fresh_until + policy.retention(fresh, validators, time.time(), opts.stale_keep)
     return value, birth, expires, flags
 
@@ -510,12 +509,14 @@ class StoreSink(StreamSink):
         p = self.proto
         if p is not None:
             if new_value is None:
+                served = policy.storable_headers(merged, ctx.policy_opts_for(self.r).strip_on_store)
                 new_value = entry.encode(
                     m.status,
                     entry.reason(value, m),
-                    policy.storable_headers(merged, ctx.policy_opts_for(self.r).strip_on_store),
+                    served,
                     body,
                     fresh or entry.freshness(m),
+                    own_via=not any(n == b"via" for n, _ in served),
                 )[0]
             nm = entry.meta(new_value)
             cs = (

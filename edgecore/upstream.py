@@ -47,7 +47,7 @@ import httptools
 
 from .config import Config, Upstream
 from .errors import EdgeError, UpstreamError, UpstreamIncomplete, UpstreamTimeout
-from .fields import HOP_BY_HOP
+from .fields import HOP_BY_HOP, VIA
 from .keys import UNKEYED_REQUEST_FIELDS
 from .metrics import (
     P_DUR_BUCKETS,
@@ -66,7 +66,6 @@ log = logging.getLogger("edgecore.upstream")
 
 Headers = list[tuple[bytes, bytes]]
 TICK = 0.1  # seconds between timeout checks of the exchanges in flight
-VIA = b"1.1 edgecore"
 
 # fields not forwarded upstream when edgecore fetches a GET/HEAD for its cache: the cache answers the client's
 # conditionals and ranges itself from the full response, and unkeyed routing fields would poison the entry

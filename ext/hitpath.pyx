@@ -174,7 +174,9 @@ cdef class HitPath:
     cdef int _nbuckets
     cdef Py_ssize_t _max_head
     cdef Py_ssize_t _meta
-    cdef Py_ssize_t _off_sl, _off_head_len, _off_fresh_until, _off_birth, _off_status
+    cdef Py_ssize_t _off_sl, _off_head_len, _off_fresh_until, _off_birth, _off_status, _off_eflags
+    cdef int _e_status, _e_via          # META eflags bits: status line implied, our Via implied
+    cdef bytes _status_line, _via_line  # what those bits imply (entry.IMPLIED)
     cdef Py_ssize_t _large
     cdef Py_ssize_t _write_high  # client write buffer bytes above which serve() stops answering (0: never)
     cdef Py_ssize_t _lease_idx   # words index of the invalidation lease deadline (epoch us); -1: no bus
@@ -194,13 +196,17 @@ cdef class HitPath:
 
     def __init__(self, cache, *, words, counter_index, bounds, Py_ssize_t max_head, layout, int flag_plain,
                  bytes key_prefix, bail_fields, fetch_drop, Py_ssize_t large_body, bytes hit_status,
-                 Py_ssize_t max_line, bint underscores, Py_ssize_t write_high, Py_ssize_t lease_index=-1,
+                 Py_ssize_t max_line, bint underscores, Py_ssize_t write_high, implied,
+                 Py_ssize_t lease_index=-1,
                  bint enabled=True, routes=()):
         """counter_index: the words' indexes of (hits, served, duration sum in ns, first histogram bucket,
         the 1xx status-class counter: 2xx..5xx follow it);
         bounds: the histogram's upper bounds in seconds (one bucket more counts the rest); layout: the stored
         entry's (META size, statusline_len offset (u16), head_len offset (u32), fresh_until offset (f64),
-        birth offset (f64), status offset (u16)), as edgecore.entry defines them; hit_status: a fresh hit's
+        birth offset (f64), status offset (u16), eflags offset (u8)), as edgecore.entry defines them; implied:
+        entry.IMPLIED, ((eflags bit, status line), (eflags bit, field line)): an entry with the first bit has
+        no stored status line (its statusline_len is 0) and that one is written instead; with the second, the
+        field line is written after Cache-Status (at most 64 bytes each); hit_status: a fresh hit's
         Cache-Status up to its ttl value, as edgecore.cachestatus spells it; write_high: the client
         transports' write buffer high-water mark (serve() answers no further pipelined hit once the buffer is
         above it); lease_index: the words' index of the invalidation lease deadline (epoch microseconds,
@@ -221,11 +227,14 @@ cdef class HitPath:
             self._bounds[i] = b
         self._max_head = max_head
         (self._meta, self._off_sl, self._off_head_len, self._off_fresh_until, self._off_birth,
-         self._off_status) = layout
+         self._off_status, self._off_eflags) = layout
         if not (self._off_sl + 2 <= self._meta and self._off_head_len + 4 <= self._meta
                 and self._off_fresh_until + 8 <= self._meta and self._off_birth + 8 <= self._meta
-                and self._off_status + 2 <= self._meta):
+                and self._off_status + 2 <= self._meta and self._off_eflags + 1 <= self._meta):
             raise ValueError("entry layout offsets outside META")
+        ((self._e_status, self._status_line), (self._e_via, self._via_line)) = implied
+        if len(self._status_line) > 64 or len(self._via_line) > 64:
+            raise ValueError("implied lines longer than 64 bytes")
         self._large = large_body
         if len(hit_status) > 100:
             raise ValueError("hit_status longer than 100 bytes")
@@ -259,7 +268,8 @@ cdef class HitPath:
         """What it was told at construction (for the test that holds it to the Python sources)."""
         return {
             "layout": (self._meta, self._off_sl, self._off_head_len, self._off_fresh_until, self._off_birth,
-                       self._off_status),
+                       self._off_status, self._off_eflags),
+            "implied": ((self._e_status, self._status_line), (self._e_via, self._via_line)),
             "bounds": tuple(self._bounds[i] for i in range(self._nbuckets)),
             "bail_fields": self._bail_fields,
             "routes": self._routes,
@@ -537,28 +547,38 @@ cdef class HitPath:
         the rest is written as the Pinned's views."""
         cdef const char *v = PyBytes_AS_STRING(value)
         cdef Py_ssize_t vlen = PyBytes_GET_SIZE(value) if pinned is None else len(pinned)
-        cdef Py_ssize_t sl, head_len, rest, dlen, total
+        cdef Py_ssize_t sl, head_len, rest, dlen, total, outsl
         cdef unsigned short sl16
         cdef unsigned int hl32
+        cdef unsigned char ef
         cdef double birth
-        cdef char dyn[192]
+        cdef char dyn[256]
         cdef char *o
         cdef const char *conn
+        cdef const char *status
         cdef Py_ssize_t connlen
         if not self._valid(v, vlen) or cslen > 100:
             return False
         memcpy(&sl16, v + self._off_sl, 2)
         memcpy(&hl32, v + self._off_head_len, 4)
         memcpy(&birth, v + self._off_birth, 8)
+        ef = <unsigned char>v[self._off_eflags]
         sl = sl16
         head_len = hl32
+        # the status line: stored after META, or implied (then nothing is stored: sl is 0)
+        if ef & self._e_status:
+            status = PyBytes_AS_STRING(self._status_line)
+            outsl = PyBytes_GET_SIZE(self._status_line)
+        else:
+            status = v + self._meta
+            outsl = sl
         if keep == 1:
             conn, connlen = b"", 0
         elif keep == 2:
             conn, connlen = b"connection: keep-alive\r\n", 24
         else:
             conn, connlen = b"connection: close\r\n", 19
-        # age: N CRLF cache-status: cs[ttl] CRLF [connection] (at most 5+20+16+100+20+2+24 bytes)
+        # age: N CRLF cache-status: cs[ttl] CRLF [via] [connection] (at most 5+20+16+100+20+2+64+24 bytes)
         o = dyn
         memcpy(o, b"age: ", 5)
         o = _put_ll(o + 5, <long long>(now - birth) if now > birth else 0)
@@ -569,28 +589,32 @@ cdef class HitPath:
             o = _put_ll(o, ttl)
         o[0] = b'\r'
         o[1] = b'\n'
-        memcpy(o + 2, conn, connlen)
-        dlen = o + 2 + connlen - dyn
+        o += 2
+        if ef & self._e_via:
+            memcpy(o, PyBytes_AS_STRING(self._via_line), PyBytes_GET_SIZE(self._via_line))
+            o += PyBytes_GET_SIZE(self._via_line)
+        memcpy(o, conn, connlen)
+        dlen = o + connlen - dyn
         rest = (head_len if head_only else vlen - self._meta) - sl
         if pinned is not None:
             # no copy at all: the status line, the dynamic fields, then views of the shared mapping (the
             # Pinned's pin lasts until the transport has dropped every view)
-            parts = [PyBytes_FromStringAndSize(v + self._meta, sl), PyBytes_FromStringAndSize(dyn, dlen)]
+            parts = [PyBytes_FromStringAndSize(status, outsl), PyBytes_FromStringAndSize(dyn, dlen)]
             parts.extend(pinned.views(self._meta + sl))
             transport.writelines(parts)
         elif rest > self._large:
             # a large body is not copied again: the transport takes views of the lookup's private copy
             # (nothing else holds or reuses that bytes object)
             mv = memoryview(value)
-            transport.writelines((mv[self._meta:self._meta + sl], PyBytes_FromStringAndSize(dyn, dlen),
+            transport.writelines((PyBytes_FromStringAndSize(status, outsl), PyBytes_FromStringAndSize(dyn, dlen),
                                   mv[self._meta + sl:self._meta + sl + rest]))
         else:
-            total = sl + dlen + rest
+            total = outsl + dlen + rest
             out = PyBytes_FromStringAndSize(NULL, total)
             o = PyBytes_AS_STRING(out)
-            memcpy(o, v + self._meta, sl)
-            memcpy(o + sl, dyn, dlen)
-            memcpy(o + sl + dlen, v + self._meta + sl, rest)
+            memcpy(o, status, outsl)
+            memcpy(o + outsl, dyn, dlen)
+            memcpy(o + outsl + dlen, v + self._meta + sl, rest)
             transport.write(out)
         return True
 

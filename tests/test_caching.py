@@ -273,3 +273,40 @@ def test_head_response_updates_the_stored_get(edge, origin, uniq):
     assert r.cache_status.startswith("edgecore; hit") and r.header("x-version") == "2"
     assert r.body == b"payload"
     assert origin.count(path) == 2
+
+
+def test_every_response_from_a_stored_entry_has_its_status_line_and_one_via(edge, origin, uniq):
+    # RFC 9110 7.6.3: a proxy sends Via in the messages it forwards, appended to any the origin sent. The
+    # entry stores neither the 200 OK status line nor our own Via (entry.E_STATUS_200, E_OWN_VIA): every
+    # way a stored response is written must put them back, once and in order.
+    plain = f"{uniq}/plain?cc=max-age=60&etag=%22p%22&size=50"
+    get(edge.port, plain)
+    answers = {
+        "hit": get(edge.port, plain),
+        "head": get(edge.port, plain, method="HEAD"),
+        "304": get(edge.port, plain, headers={"If-None-Match": '"p"'}),
+        "206": get(edge.port, plain, headers={"Range": "bytes=0-9"}),
+    }
+    stale = f"{uniq}/stale?cc=max-age=0&etag=%22s%22"
+    get(edge.port, stale)
+    answers["revalidated"] = get(edge.port, stale)
+    expect = {"hit": 200, "head": 200, "304": 304, "206": 206, "revalidated": 200}
+    for name, r in answers.items():
+        assert r.status == expect[name], name
+        assert r.all("via") == ["1.1 edgecore"], (name, r.headers)
+    assert answers["hit"].reason == "OK" and answers["hit"].body == body_bytes(plain, 50)
+    assert "hit" in answers["hit"].cache_status and "fwd-status=304" in answers["revalidated"].cache_status
+    # a response with its own Via stores it, ours appended, and nothing is added when serving
+    proxied = f"{uniq}/via"
+    origin.override(proxied, cc="max-age=60", hdr="Via:1.0 upstream-lb")
+    first = get(edge.port, proxied)
+    hit = get(edge.port, proxied)
+    assert "hit" in hit.cache_status
+    for r in (first, hit):
+        assert r.all("via") == ["1.0 upstream-lb, 1.1 edgecore"], r.headers
+    # a status other than 200 OK keeps its stored status line
+    gone = f"{uniq}/gone?status=404&cc=max-age=60"
+    get(edge.port, gone)
+    r = get(edge.port, gone)
+    assert (r.status, r.reason) == (404, "Not Found") and "hit" in r.cache_status
+    assert r.all("via") == ["1.1 edgecore"]

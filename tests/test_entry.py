@@ -108,3 +108,34 @@ def test_meta_is_compact() -> None:
     # 10 bytes of lengths and flags, the two times the C hit path reads, three float32 spans: nothing derived
     assert entry.META_SIZE == 38
     assert "response_time" not in entry.Meta._fields and "lifetime" not in entry.Meta._fields
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "implied"),
+    [
+        (200, b"OK", True),  # the common status line is implied (E_STATUS_200), not stored
+        (200, b"Fine", False),  # RFC 9112 4: the reason phrase is kept as received
+        (404, b"Not Found", False),
+        (301, b"", False),  # RFC 9112 4: an empty reason phrase
+    ],
+)
+def test_status_line_is_stored_unless_it_is_200_ok(status: int, reason: bytes, implied: bool) -> None:
+    value, _, _, _ = entry.encode(status, reason, [(b"x-a", b"1")], b"body", F)
+    m = entry.meta(value)
+    line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    assert bool(m.eflags & entry.E_STATUS_200) is implied
+    assert m.statusline_len == (0 if implied else len(line))
+    assert entry.status_line(value, m) == line and entry.reason(value, m) == reason
+    assert entry.headers(value, m) == [(b"x-a", b"1")]
+    assert value.endswith(b"x-a: 1\r\ncontent-length: 4\r\n\r\nbody")
+
+
+@pytest.mark.parametrize("own_via", [True, False])
+def test_our_via_is_implied_not_stored(own_via: bool) -> None:
+    # RFC 9110 7.6.3: every response we send has our Via; when the response had none, it is not stored
+    headers = [(b"x-a", b"1")] if own_via else [(b"via", b"1.0 lb, " + entry.VIA)]
+    value, _, _, _ = entry.encode(200, b"OK", headers, b"body", F, own_via)
+    m = entry.meta(value)
+    assert bool(m.eflags & entry.E_OWN_VIA) is own_via
+    assert entry.dynamic_via(m) == (b"via: 1.1 edgecore\r\n" if own_via else b"")
+    assert value.count(b"via:") == (0 if own_via else 1)

@@ -73,13 +73,15 @@ def test_c_path_is_told_every_shared_fact_by_its_python_source(setup):
     assert facts["underscores"] is setup[0].underscores_in_headers  # protocol.on_header drops the same
     value = _store(setup[1], b"facts.example", b"/f", b"x" * 7)
     m = entry.meta(value)
-    size, off_sl, off_hl, off_fu, off_birth, off_status = facts["layout"]
+    assert facts["implied"] == entry.IMPLIED
+    size, off_sl, off_hl, off_fu, off_birth, off_status, off_ef = facts["layout"]
     assert size == entry.META.size
     assert struct.unpack_from("<H", value, off_sl)[0] == m.statusline_len
     assert struct.unpack_from("<I", value, off_hl)[0] == m.head_len
     assert struct.unpack_from("<d", value, off_fu)[0] == m.fresh_until
     assert struct.unpack_from("<d", value, off_birth)[0] == m.birth
     assert struct.unpack_from("<H", value, off_status)[0] == m.status == 200
+    assert struct.unpack_from("<B", value, off_ef)[0] == m.eflags == entry.E_STATUS_200
 
 
 def test_c_path_refuses_a_layout_outside_meta(setup):
@@ -91,7 +93,7 @@ def test_c_path_refuses_a_layout_outside_meta(setup):
             counter_index=(0, 1, 2, 3, 4),
             bounds=metrics.DURATION_BUCKETS,
             max_head=cfg.max_header_size,
-            layout=(8, 4, 6, 10, 18, 2),
+            layout=(8, 4, 6, 10, 18, 2, 1),
             flag_plain=entry.FLAG_PLAIN,
             key_prefix=b"",
             bail_fields=(),
@@ -101,6 +103,7 @@ def test_c_path_refuses_a_layout_outside_meta(setup):
             max_line=8192,
             underscores=False,
             write_high=0,
+            implied=entry.IMPLIED,
         )
 
 
@@ -198,7 +201,7 @@ def test_serves_a_fresh_plain_hit_with_age_and_counts_it(setup):
     assert hp.serve(data, t) == (len(data), False, None)
     m = entry.meta(value)
     out = t.out[0]
-    status_line = value[entry.M : entry.M + m.statusline_len]
+    status_line = entry.status_line(value, m)
     assert out.startswith(status_line + b"age: 0\r\ncache-status: edgecore; hit; ttl=")
     assert out.endswith(value[entry.M + m.statusline_len :])
     assert (counters.total(F_SERVED), counters.total(Outcome.HIT)) == (before[0] + 1, before[1] + 1)
