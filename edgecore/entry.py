@@ -4,10 +4,11 @@ Owns: the byte layout of cached values, and the layout constants the C paths use
 offsets, computed from the META struct format: the C paths are handed them, they never restate them).
 A value is META (fixed struct) + a complete HTTP/1.1 response (status line, stored header fields,
 Content-Length, blank line, body) ready to be written to a client with `Age` and `Cache-Status` spliced in
-right after the status line. Two parts every cached response would repeat are implied by META flags instead
-of stored: the status line "HTTP/1.1 200 OK" (E_STATUS_200: statusline_len is 0) and our own Via field line
-when the response had no Via (E_OWN_VIA: it is written with the dynamic fields); status_line() and
-dynamic_via() give them back, and the C hit path is handed the same bits and bytes (IMPLIED).
+right after the status line. What every cached response would repeat is not stored: Content-Length (the
+body's length, written with the dynamic fields: content_length()), and, implied by META flags, the status
+line "HTTP/1.1 200 OK" (E_STATUS_200: statusline_len is 0) and our own Via field line when the response had
+no Via (E_OWN_VIA: written with the dynamic fields); status_line() and dynamic_via() give them back, and the C
+hit path is handed the same bits and bytes (IMPLIED).
 Invariants: only complete bodies are encoded (the caller checked); the stored head never carries a
 fields.HOP_BY_HOP field (Transfer-Encoding and Proxy-Authenticate included), Age or Cache-Status; a
 Vary marker entry is told apart by its cache flags, not by its bytes.
@@ -24,7 +25,9 @@ from typing import NamedTuple
 from .fields import HOP_BY_HOP, VIA, Headers
 from .policy import Freshness
 
-VERSION = 3  # 2: META without the derived times and the unread request time; 3: E_STATUS_200, E_OWN_VIA
+# 2: META without the derived times and the unread request time; 3: the status line, our Via, Content-Length
+# implied
+VERSION = 3
 # cache-level flags (the slab cache's `flags` int)
 FLAG_PLAIN = 1  # a response that may be served while fresh without consulting policy
 FLAG_VARY = 2  # a Vary marker: the value lists the field names, variants live at secondary keys
@@ -95,11 +98,17 @@ SOFT_PURGE_FLAGS = FLAG_PLAIN | FLAG_RESPONSE  # stored responses (never Vary ma
 def render_head(status: int, reason: bytes, headers: Headers, body_len: int) -> tuple[bytes, int]:
     """(head bytes ending in the blank line, length of the status line incl. CRLF): the whole head, as a
     client gets it (nothing implied)."""
-    status_line, fields = _render(status, reason, headers, body_len)
-    return (status_line or STATUS_200) + fields, len(status_line or STATUS_200)
+    status_line, fields = _render(status, reason, headers)
+    status_line = status_line or STATUS_200
+    return status_line + fields[:-2] + content_length(body_len) + b"\r\n", len(status_line)
 
 
-def _render(status: int, reason: bytes, headers: Headers, body_len: int) -> tuple[bytes, bytes]:
+def content_length(body_len: int) -> bytes:
+    """The Content-Length field line written with the dynamic fields (it is never stored)."""
+    return b"content-length: %d\r\n" % body_len
+
+
+def _render(status: int, reason: bytes, headers: Headers) -> tuple[bytes, bytes]:
     """(status line, header fields and the blank line): the head in two parts, so encode joins it once. The
     status line is b"" for 200 OK (STATUS_200, implied by E_STATUS_200)."""
     if status == 200 and reason == b"OK":
@@ -107,7 +116,7 @@ def _render(status: int, reason: bytes, headers: Headers, body_len: int) -> tupl
     else:
         status_line = b"HTTP/1.1 %d %s\r\n" % (status, reason or b"")
     lines = [b": ".join(field) for field in headers if field[0] not in SKIP_STORE]
-    lines.append(b"content-length: %d\r\n\r\n" % body_len)
+    lines.append(b"\r\n")
     return status_line, b"\r\n".join(lines)
 
 
@@ -117,7 +126,7 @@ def encode(
     """-> (value, birth, fresh_until, cache_flags). `birth` is when the response's age was 0. With own_via,
     the response carries our Via field line (VIA_LINE) without storing it (the caller checked that it had no
     Via of its own: one with a Via stores it, ours appended)."""
-    status_line, fields = _render(status, reason, headers, len(body))
+    status_line, fields = _render(status, reason, headers)
     sl = len(status_line)
     birth = f.response_time - f.initial_age
     fresh_until = birth + f.lifetime

@@ -1,6 +1,7 @@
 """Writing a stored response to a client: as stored, as 304 to the client's conditionals (RFC 9110 13), or as
 206/416 for a single byte range (RFC 9110 14), with Age (RFC 9111 4.2.3) and Cache-Status spliced in after
-the status line (and our Via, when the entry implies it: entry.E_OWN_VIA).
+the status line (and our Via, when the entry implies it: entry.E_OWN_VIA, and Content-Length: entry.py never
+stores it).
 
 Owns: the Python twin of the C hit path's write (ext/hitpath.pyx `_write_value`): both splice the same
 dynamic fields into the same stored bytes (entry.py's layout).
@@ -98,12 +99,13 @@ def serve_stored(
                 return
     nbytes = 0 if r.method == b"HEAD" else len(value) - head_end
     _account(c, r, outcome, detail, m.status, nbytes, cache_status)
+    length = entry.content_length(len(value) - head_end)
     if r.method == b"HEAD":
-        c.write(b"".join((status_line, dyn, rest_head)))
+        c.write(b"".join((status_line, dyn, length, rest_head)))
     elif len(value) > LARGE_BODY:  # no second copy of a large body: views of the private lookup copy
-        c.writelines((status_line, dyn, memoryview(value)[mo + m.statusline_len :]))
+        c.writelines((status_line, dyn + length, memoryview(value)[mo + m.statusline_len :]))
     else:
-        c.write(b"".join((status_line, dyn, value[mo + m.statusline_len :])))
+        c.write(b"".join((status_line, dyn, length, value[mo + m.statusline_len :])))
     _close_unless_keep_alive(c, r)
 
 
@@ -138,7 +140,7 @@ def _serve_pinned(
     mo = entry.M
     _account(c, r, outcome, detail, m.status, len(value) - mo - m.head_len, cache_status)
     status_line = entry.status_line(value.head(mo + m.statusline_len), m)
-    dyn = _dynamic(age, cache_status, m, conn)
+    dyn = _dynamic(age, cache_status, m, conn) + entry.content_length(len(value) - mo - m.head_len)
     c.writelines((status_line, dyn, *value.views(mo + m.statusline_len)))
     _close_unless_keep_alive(c, r)
 

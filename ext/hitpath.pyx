@@ -481,7 +481,7 @@ cdef class HitPath:
         """-> 1 answered, 0 found but not servable here (the Python path decides), -1 nothing stored."""
         cdef double t0 = _now(), fresh_until, birth, dur
         cdef const char *v
-        cdef Py_ssize_t vlen
+        cdef Py_ssize_t vlen, body_len = -1
         cdef int k
         cdef uint16_t status
         cdef unsigned short sl16
@@ -523,11 +523,12 @@ cdef class HitPath:
         k = status // 100 - 1
         self._w[self._status_idx + (k if 0 <= k < 5 else 4)] += 1
         if pinned is not None and head_only:
-            value = pinned.head(vlen - pinned_body_len(v, self._off_head_len, self._meta, vlen))
+            body_len = pinned_body_len(v, self._off_head_len, self._meta, vlen)
+            value = pinned.head(vlen - body_len)
             pinned = None
         return 1 if self._write_value(value, transport, keep, head_only, t0, PyBytes_AS_STRING(self._hit_status),
                                       PyBytes_GET_SIZE(self._hit_status),
-                                      <long long>(fresh_until - t0), pinned) else 0
+                                      <long long>(fresh_until - t0), pinned, body_len) else 0
 
     cdef inline bint _valid(self, const char *v, Py_ssize_t vlen):
         """The value is long enough for its META and its head/status-line lengths are consistent."""
@@ -540,11 +541,13 @@ cdef class HitPath:
         return self._meta + <Py_ssize_t>hl32 <= vlen and sl16 <= hl32
 
     cdef bint _write_value(self, bytes value, transport, int keep, int head_only, double now,
-                           const char *cs, Py_ssize_t cslen, long long ttl, object pinned=None) except -1:
+                           const char *cs, Py_ssize_t cslen, long long ttl, object pinned=None,
+                           Py_ssize_t body_len=-1) except -1:
         """Write a stored response (entry.py's layout) with Age, Cache-Status (cs, then ttl unless it is
         negative) and Connection spliced in after the status line. False (nothing written) when the value is
         malformed. With `pinned` (a Pinned value, not HEAD), `value` is its META and status line only and
-        the rest is written as the Pinned's views."""
+        the rest is written as the Pinned's views. body_len: the stored body's length when `value` is only
+        the head of a pinned value (HEAD), else -1 (computed from the value)."""
         cdef const char *v = PyBytes_AS_STRING(value)
         cdef Py_ssize_t vlen = PyBytes_GET_SIZE(value) if pinned is None else len(pinned)
         cdef Py_ssize_t sl, head_len, rest, dlen, total, outsl
@@ -552,7 +555,7 @@ cdef class HitPath:
         cdef unsigned int hl32
         cdef unsigned char ef
         cdef double birth
-        cdef char dyn[256]
+        cdef char dyn[320]
         cdef char *o
         cdef const char *conn
         cdef const char *status
@@ -578,7 +581,8 @@ cdef class HitPath:
             conn, connlen = b"connection: keep-alive\r\n", 24
         else:
             conn, connlen = b"connection: close\r\n", 19
-        # age: N CRLF cache-status: cs[ttl] CRLF [via] [connection] (at most 5+20+16+100+20+2+64+24 bytes)
+        # age: N CRLF cache-status: cs[ttl] CRLF [via] content-length: N CRLF [connection]
+        # (at most 5+20+16+100+20+2+64+16+20+2+24 bytes)
         o = dyn
         memcpy(o, b"age: ", 5)
         o = _put_ll(o + 5, <long long>(now - birth) if now > birth else 0)
@@ -593,6 +597,12 @@ cdef class HitPath:
         if ef & self._e_via:
             memcpy(o, PyBytes_AS_STRING(self._via_line), PyBytes_GET_SIZE(self._via_line))
             o += PyBytes_GET_SIZE(self._via_line)
+        # Content-Length is never stored (entry.content_length): the body's length, HEAD included
+        memcpy(o, b"content-length: ", 16)
+        o = _put_ll(o + 16, <long long>(body_len if body_len >= 0 else vlen - self._meta - head_len))
+        o[0] = b'\r'
+        o[1] = b'\n'
+        o += 2
         memcpy(o, conn, connlen)
         dlen = o + connlen - dyn
         rest = (head_len if head_only else vlen - self._meta) - sl

@@ -310,3 +310,17 @@ def test_every_response_from_a_stored_entry_has_its_status_line_and_one_via(edge
     r = get(edge.port, gone)
     assert (r.status, r.reason) == (404, "Not Found") and "hit" in r.cache_status
     assert r.all("via") == ["1.1 edgecore"]
+
+
+def test_content_length_is_written_from_the_stored_body(edge, origin, uniq):
+    # RFC 9110 8.6, 9.3.2: Content-Length is never stored (entry.content_length); a hit, GET or HEAD, small or
+    # large (a large one is served from the shared mapping in place, pinned), says the stored body's length
+    for size in (5, 100_000):
+        t = f"{uniq}/{size}?cc=max-age=60&size={size}"
+        assert get(edge.port, t).body == body_bytes(t, size)
+        hit = get(edge.port, t)
+        head = get(edge.port, t, method="HEAD")
+        assert "hit" in hit.cache_status and "hit" in head.cache_status
+        assert hit.body == body_bytes(t, size) and head.body == b""
+        for r in (hit, head):
+            assert r.all("content-length") == [str(size)], (size, r.headers)
