@@ -131,7 +131,7 @@ def markdown(json_path: str) -> str:
     lines = [
         "Median µs per call from Python, one run of"
         f" `python -m pytest bench/test_slabcache.py --benchmark-only` ({cpu}, 2 noisy cores). Keys are 64 B;"
-        " slabcache = shared-memory Cache(256 MiB), lookup returns (bytes copy, stored_at, expires, flags);"
+        " slabcache = shared-memory Cache(256 MiB), lookup returns (bytes copy, expires, flags);"
         " OrderedDict-LRU = byte-bounded move_to_end LRU in Python (process-local, no TTL, no sharing).",
         "",
         "| operation | value | " + " | ".join(impls) + " |",

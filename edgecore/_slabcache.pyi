@@ -38,16 +38,16 @@ class SlabCache:
     def close(self) -> None: ...
     def lookup(
         self, key: bytes, now: float, tenant: int | None = None
-    ) -> tuple[bytes, float, float, int] | None: ...
+    ) -> tuple[bytes, float, int] | None: ...
     def lookup_pinned(
         self, key: bytes, now: float, min_len: int, tenant: int | None = None
-    ) -> tuple[bytes | Pinned, float, float, int] | None: ...
+    ) -> tuple[bytes | Pinned, float, int] | None: ...
     def release_pins(self, pid: int) -> int: ...
     def store(
         self,
         key: bytes,
         value: bytes | bytearray | memoryview,
-        stored_at: float,
+        now: float,
         expires: float,
         flags: int = 0,
         tenant: int = 0,

@@ -14,12 +14,12 @@ Must never: wrap the hot-path methods in Python code, hold Python objects in the
 other than MemoryError, ValueError or an edgecore.errors type escape.
 
 The extension's methods, as the proxy calls them:
-    lookup(key: bytes, now: float, tenant: int | None = None) -> tuple[bytes, float, float, int] | None
-                                        # value,stored_at,expires,flags; with tenant, another's is a miss
+    lookup(key: bytes, now: float, tenant: int | None = None) -> tuple[bytes, float, int] | None
+                                        # value,expires,flags; with tenant, another's is a miss
     lookup_pinned(key: bytes, now: float, min_len: int, tenant: int | None = None)
-        -> tuple[bytes | Pinned, float, float, int] | None   # a value above min_len pinned in place
+        -> tuple[bytes | Pinned, float, int] | None   # a value above min_len pinned in place
     release_pins(pid: int) -> int                                             # a dead worker's pins
-    store(key: bytes, value: bytes, stored_at: float, expires: float, flags: int = 0, tenant: int = 0,
+    store(key: bytes, value: bytes, now: float, expires: float, flags: int = 0, tenant: int = 0,
           tags: tuple[int, ...] = (), only_if_absent: bool = False) -> bool   # False when refused
                                         # (only_if_absent: or when a live entry holds key: test-and-set)
     delete(key: bytes) -> bool

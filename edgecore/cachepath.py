@@ -163,7 +163,7 @@ def lookup(ctx: Context, r: Request, now: float) -> tuple[bytes, Any, bytes]:
     key = keys.primary_key(r.method, r.host, r.target, ctx.key_opts_for(r), tenant=r.tenant_key)
     # a value above LARGE_BODY comes pinned in the shared mapping (serve.py writes it in place)
     found = ctx.cache.lookup_pinned(key, now, LARGE_BODY, r.tenant_id)
-    if found is not None and found[3] == entry.FLAG_VARY:
+    if found is not None and found[2] == entry.FLAG_VARY:
         marker = found[0]
         gen, names = entry.decode_vary(marker if isinstance(marker, bytes) else marker.tobytes())
         key = keys.secondary_key(key + b"#" + gen, names, r.headers)  # RFC 9111 4.1
@@ -176,7 +176,7 @@ def serve_collapsed(c: Client, r: Request) -> bool:
     for this request (its own variant: the lookup is this request's)."""
     now = time.time()
     _, found, _ = lookup(c.ctx, r, now)
-    if found is None or found[3] & entry.FLAG_VARY:
+    if found is None or found[2] & entry.FLAG_VARY:
         return False
     value = found[0]
     m = entry.meta(value if isinstance(value, bytes) else value.head(entry.M))

@@ -115,7 +115,7 @@ def _variant_key(ctx: Context, r: Request, vary: tuple[bytes, ...], birth: float
     primary = keys.primary_key(b"GET", r.host, r.target, ctx.key_opts_for(r), tenant=r.tenant_key)
     found = ctx.cache.lookup(primary, time.time(), r.tenant_id)
     marker = None
-    if found is not None and found[3] == entry.FLAG_VARY:
+    if found is not None and found[2] == entry.FLAG_VARY:
         gen, names = entry.decode_vary(found[0])
         if names == vary:
             marker = found

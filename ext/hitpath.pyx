@@ -488,7 +488,7 @@ cdef class HitPath:
         found = self._lookup(key, t0, self._large)
         if found is None:
             return -1
-        value, _, _, flags = found
+        value, _, flags = found
         if flags != self._flag_plain:
             return 0
         if self._lease_idx >= 0 and <double>self._w[self._lease_idx] <= t0 * 1e6:

@@ -40,12 +40,12 @@ cdef enum:
 
 cdef enum:
     SC_MAGIC = 0x45444743       # "EDGC" + layout version below
-    SC_VERSION = 6              # 4: chained index (slot_hdr.hnext/hash32, u32 bucket heads); 5: pin table;
-                                # 6: tenant table
+    SC_VERSION = 7              # 4: chained index (slot_hdr.hnext/hash32, u32 bucket heads); 5: pin table;
+                                # 6: tenant table; 7: slot_hdr without stored_at (40 bytes)
     MAX_TENANTS = 256           # rows of the tenant table (a power of two: open addressing by tenant id)
     TEN_REVOKED = 1             # tenant_row.flags: revoked (nothing of the tenant is stored)
     TEN_NAME_MAX = 64           # bytes of a tenant's name kept in its row (longer names are not kept)
-    HDR_SIZE = 48               # sizeof(slot_hdr), checked at start-up
+    HDR_SIZE = 40               # sizeof(slot_hdr), checked at start-up
     MAX_CLASSES = 160
     MAX_TAGS = 8
     MAX_BANS = 32
@@ -70,7 +70,6 @@ cdef enum:
 ctypedef struct slot_hdr:
     uint32_t prev           # towards the queue head (newer); on the free list, the previous free slot
     uint32_t next           # towards the queue tail (older)
-    double stored_at
     double expires
     uint32_t value_len
     uint32_t ban_seq        # the ban sequence number when stored: only newer bans can match it

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Entry:
     value: bytes
-    stored_at: float
     expires: float
     flags: int
     tenant: int
@@ -31,7 +30,7 @@ class CacheModel:
         self,
         key: bytes,
         value: bytes,
-        stored_at: float,
+        now: float,
         expires: float,
         flags: int = 0,
         tenant: int = 0,
@@ -40,17 +39,17 @@ class CacheModel:
         if len(key) + len(value) > self.max_object_size:
             self.entries.pop(key, None)  # a refused replacement leaves no stale copy behind
             return False
-        self.entries[key] = Entry(value, stored_at, expires, flags, tenant, tuple(tags))
+        self.entries[key] = Entry(value, expires, flags, tenant, tuple(tags))
         return True
 
-    def lookup(self, key: bytes, now: float) -> tuple[bytes, float, float, int] | None:
+    def lookup(self, key: bytes, now: float) -> tuple[bytes, float, int] | None:
         e = self.entries.get(key)
         if e is None:
             return None
         if now >= e.expires:
             del self.entries[key]
             return None
-        return (e.value, e.stored_at, e.expires, e.flags)
+        return (e.value, e.expires, e.flags)
 
     def delete(self, key: bytes) -> bool:
         return self.entries.pop(key, None) is not None

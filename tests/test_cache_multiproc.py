@@ -162,7 +162,7 @@ def test_two_processes_store_and_read_at_once(cache: Cache) -> None:
     for who in (b"a", b"b"):
         for i in range(n):
             k = b"/%s/%d" % (who, i)
-            assert cache.lookup(k, 1.0) == (value_for(k), 0.0, FAR, 0)
+            assert cache.lookup(k, 1.0) == (value_for(k), FAR, 0)
     s = cache.stats()
     assert s["items"] == 2 * n and s["stores"] == 2 * n  # counters are shared by all processes
 
@@ -235,13 +235,13 @@ def test_killed_lock_holder_does_not_wedge_the_cache(dcache: DebugCache, scribbl
         hold.kill()  # SIGKILL while holding the lock
         out = wait.result()  # the blocked waiter got EOWNERDEAD, repaired the shard and carried on
     assert out == {"got": False, "stored": True}  # the shard was wiped: its old entries are gone
-    assert dcache.lookup(victim_keys[1], 1.0) == (b"after-recovery", 0.0, FAR, 0)
+    assert dcache.lookup(victim_keys[1], 1.0) == (b"after-recovery", FAR, 0)
     for k in other_keys:  # other shards are untouched
-        assert dcache.lookup(k, 1.0) == (value_for(k), 0.0, FAR, 0)
+        assert dcache.lookup(k, 1.0) == (value_for(k), FAR, 0)
     for k in victim_keys[2:]:
         assert dcache.lookup(k, 1.0) is None
         assert dcache.store(k, value_for(k), 0.0, FAR)
-        assert dcache.lookup(k, 1.0) == (value_for(k), 0.0, FAR, 0)
+        assert dcache.lookup(k, 1.0) == (value_for(k), FAR, 0)
     s = dcache.stats()
     assert s["lock_recoveries"] == 1
     assert s["items"] == len(other_keys) + 1 + len(victim_keys[2:])
@@ -256,7 +256,7 @@ def test_killed_holder_recovered_by_the_parent_itself(dcache: DebugCache) -> Non
         assert kids[0].wait_signal() == b"L"
         kids[0].kill()
     assert dcache.lookup(k, 1.0) is None
-    assert dcache.store(k, b"w", 0.0, FAR) and dcache.lookup(k, 1.0) == (b"w", 0.0, FAR, 0)
+    assert dcache.store(k, b"w", 0.0, FAR) and dcache.lookup(k, 1.0) == (b"w", FAR, 0)
     assert dcache.stats()["lock_recoveries"] == 1
 
 

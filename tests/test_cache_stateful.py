@@ -121,9 +121,9 @@ class ExactCache(PinRules, RuleBasedStateMachine):
     def store(
         self, key: bytes, value: bytes, expires: float, flags: int, tenant: int, tags: tuple[int, ...]
     ) -> None:
-        stored_at = T0 - 1.0
-        got = self.cache.store(key, value, stored_at, expires, flags, tenant, tags)
-        assert got == self.model.store(key, value, stored_at, expires, flags, tenant, tags)
+        now = T0 - 1.0
+        got = self.cache.store(key, value, now, expires, flags, tenant, tags)
+        assert got == self.model.store(key, value, now, expires, flags, tenant, tags)
 
     @rule(key=keys)
     def store_too_large(self, key: bytes) -> None:

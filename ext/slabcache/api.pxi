@@ -110,7 +110,7 @@ cdef class SlabCache:
     # ------------------------------------------------------------ the hot path
 
     def lookup(self, key, double now, tenant=None):
-        """(value, stored_at, expires, flags) or None. Expired or banned entries are removed. With tenant (an
+        """(value, expires, flags) or None. Expired or banned entries are removed. With tenant (an
         int, 0 = no tenant), an entry stored for another tenant is a miss even when the key bytes match."""
         cdef header_t *h = self._hdr()
         cdef sctx c
@@ -120,7 +120,7 @@ cdef class SlabCache:
         cdef uint32_t pos
         cdef slot_hdr *s
         cdef PyObject *val
-        cdef double stored_at, expires
+        cdef double expires
         cdef int flags
         cdef uint64_t want = 0
         if not PyBytes_Check(key):
@@ -163,7 +163,6 @@ cdef class SlabCache:
                 chain_read(&c, s, PyBytes_AS_STRING(<object>val))
         else:
             val = _bytes_from(slot_key(s) + kl, s.value_len)
-        stored_at = s.stored_at
         expires = s.expires
         flags = s.flags
         shard_unlock(&c)
@@ -171,7 +170,7 @@ cdef class SlabCache:
             raise MemoryError()
         value = <object>val
         Py_XDECREF(val)
-        return (value, stored_at, expires, flags)
+        return (value, expires, flags)
 
     def lookup_pinned(self, key, double now, Py_ssize_t min_len, tenant=None):
         """As lookup (tenant included), except that a value longer than min_len comes as a Pinned (pins.pxi):
@@ -185,7 +184,7 @@ cdef class SlabCache:
         cdef uint32_t pos, ref = 0
         cdef slot_hdr *s
         cdef PyObject *val = NULL
-        cdef double stored_at, expires
+        cdef double expires
         cdef int flags
         cdef int32_t pid = 0
         cdef Pinned pv
@@ -235,7 +234,6 @@ cdef class SlabCache:
                     chain_read(&c, s, PyBytes_AS_STRING(<object>val))
             else:
                 val = _bytes_from(slot_key(s) + kl, s.value_len)
-        stored_at = s.stored_at
         expires = s.expires
         flags = s.flags
         shard_unlock(&c)
@@ -244,7 +242,7 @@ cdef class SlabCache:
                 raise MemoryError()
             value = <object>val
             Py_XDECREF(val)
-            return (value, stored_at, expires, flags)
+            return (value, expires, flags)
         # the pin is ours from here: nothing but the Pinned (or the failure path) may drop it
         try:
             pv = Pinned.__new__(Pinned)
@@ -268,7 +266,7 @@ cdef class SlabCache:
             pv.chain = NULL
             pv.nfirst = s.value_len
         self.live_pins += 1
-        return (pv, stored_at, expires, flags)
+        return (pv, expires, flags)
 
     def release_pins(self, int pid):
         """Release every pin process `pid` holds (it died: server.py _reap); returns how many. Dead objects
@@ -286,11 +284,12 @@ cdef class SlabCache:
             shard_unlock(&c)
         return n
 
-    def store(self, key, value, double stored_at, double expires, flags=0, tenant=0, tags=(),
+    def store(self, key, value, double now, double expires, flags=0, tenant=0, tags=(),
               bint only_if_absent=False):
         """Store (replacing any entry for key). False when refused: too large or no room could be made.
-        With only_if_absent, also False when a live entry (expires > stored_at) holds the key: an atomic
-        test-and-set across processes (the proxy's cross-worker miss lock)."""
+        `now` is the time of the store (the entry's own times live in its value: entry.py). With
+        only_if_absent, also False when a live entry (expires > now) holds the key: an atomic test-and-set
+        across processes (the proxy's cross-worker miss lock)."""
         cdef header_t *h = self._hdr()
         cdef sctx c
         cdef const char *kp
@@ -328,7 +327,7 @@ cdef class SlabCache:
                     raise ValueError("tags must be ints in 0..2**64-1")
                 tagv[ntags] = t
                 ntags += 1
-        if not (expires == expires and stored_at == stored_at):
+        if not (expires == expires and now == now):
             raise ValueError("times must not be NaN")
         kp = PyBytes_AS_STRING(key)
         kl = <size_t>PyBytes_GET_SIZE(key)
@@ -359,7 +358,7 @@ cdef class SlabCache:
             raise CacheError("shard lock unrecoverable")
         s = idx_find(&c, hv, kp, kl, &pos)
         if s != NULL:
-            if only_if_absent and s.expires > stored_at:
+            if only_if_absent and s.expires > now:
                 shard_unlock(&c)
                 return False
             slot_kill(&c, s, KILL_REPLACE, pos)
@@ -409,7 +408,6 @@ cdef class SlabCache:
                 ten_subfloor64(&trow.bytes, kl + vl)    # the reservation ten_room made
             shard_unlock(&c)
             return False
-        s.stored_at = stored_at
         s.expires = expires
         s.value_len = <uint32_t>vl
         s.key_len = <uint16_t>kl
