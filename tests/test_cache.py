@@ -433,3 +433,42 @@ def test_debug_module_is_the_same_cache() -> None:
             assert a.lookup(b"/same/2", 11.0) is None and b.lookup(b"/same/2", 11.0) is None
             sa, sb = a.stats(), b.stats()
             assert sa == sb
+
+
+def _value(n: int) -> bytes:
+    return (b"%d:" % n + bytes(range(256)) * (n // 256 + 1))[:n]
+
+
+def test_objects_a_page_holds_few_of_take_two_pieces_when_that_saves_bytes(dcache: DebugCache) -> None:
+    # layout.pxi class_for: between the chunk class and the page size, classes are page/n apart (12-14% at 8
+    # and 7 slots a page); a head of any class below the object's, plus one best-fit last chunk, can take
+    # fewer slot bytes than one slot or a head of the chunk class: the fewest is taken.
+    geo = dcache.layout()
+    hdr, classes, page = geo["slot_header_bytes"], geo["class_sizes"], geo["page_size"]
+
+    def fit(need: int) -> int:
+        return min(c for c in classes if c >= need)
+
+    need = hdr + 6 + 1808  # a 1,808-byte value under a 6-byte key
+    chunk16 = max(c for c in classes if page // c >= 16)
+    one_slot, chunk_head = fit(need), chunk16 + fit(need + 8 - chunk16 + hdr)  # (+8: the chain table)
+    best = min(c + fit(need + 8 - c + hdr) for c in classes if chunk16 < c < need)
+    assert best < chunk_head < one_slot  # the case this layout is for (16 KiB pages)
+    keys = [b"k%05d" % i for i in range(40)]
+    for k in keys:
+        assert dcache.store(k, _value(1808), 0.0, FAR)
+    assert dcache._test_check() == []
+    for k in keys:
+        assert dcache.lookup(k, 1.0) == (_value(1808), FAR, 0)
+    st = dcache.stats()
+    assert st["items"] == len(keys)
+    assert st["bytes_used"] - st["fixed_metadata_bytes"] == len(keys) * best
+    # every size from the chunk class to the page reads back byte for byte, and the invariants hold
+    sizes = range(1100, page - 200, 97)
+    for m in sizes:
+        assert dcache.store(b"s%d" % m, _value(m), 0.0, FAR)
+    for m in sizes:
+        assert dcache.lookup(b"s%d" % m, 1.0) == (_value(m), FAR, 0)
+    for k in [*keys, *(b"s%d" % m for m in sizes)]:
+        assert dcache.delete(k)
+    assert dcache._test_check() == [] and dcache.stats()["items"] == 0

@@ -2,7 +2,9 @@
 #
 # Owns: chain_free, chain_alloc, chain_slot_bytes, chain_write, chain_read.
 # Invariants: a chained head is a slot of a chunk class (the largest class with 16, 8, 4 or 2 slots a page,
-# whichever takes the fewest bytes with the head holding its key and chain table: layout.pxi class_for) holding [nchunks, refs...] (padded to 8) after its tags, then the key and the
+# whichever takes the fewest bytes with the head holding its key and chain table: layout.pxi class_for), or,
+# with a single chunk, of any class (the two-piece layout of an object a page holds few of), holding
+# [nchunks, refs...] (padded to 8) after its tags, then the key and the
 # first part of the value; each chunk is a slot in state SLOT_CHUNK with prev = the head's ref and next = its
 # position in the chain, holding its class size - HDR_SIZE value bytes; every chunk but the last is a
 # slot of the head's class, the last one a slot of the best-fit class for what is left (memcached's chunked items:

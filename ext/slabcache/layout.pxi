@@ -189,13 +189,16 @@ cdef inline uint32_t class_for(header_t *h, size_t need, size_t headfix, size_t 
     """The size class of an object needing `need` slot bytes (header, tenant, tags, key, value; `headfix` of
     them are header, tenant, tags and key); in *nchunks how many chunks it spills into and in *tail_cls the
     class of the last one (a best fit for what is left; the others are of the head's class).
-    Of the layouts possible -- one best-fit slot (if the object fits a page), or a chain over slots of the
-    largest class with 16, 8, 4 or 2 slots a page whose head holds the key and the chain table -- the one
-    taking the fewest slot bytes (ties: fewer pieces). Classes of 16 or more slots a page are at most 6.25%
-    apart, so a chained object wastes about one class step of its last chunk plus 48 bytes a chunk; the
-    class of 2 slots a page always holds the head (layout_plan_for checks it)."""
-    cdef uint32_t cc, minper, best_cls, tc
-    cdef size_t csz, per, n, rem, total, best
+    Of the layouts possible -- one best-fit slot (if the object fits a page), a chain over slots of the
+    largest class with 16, 8, 4 or 2 slots a page whose head holds the key and the chain table, or a head of
+    any smaller class and one best-fit last chunk -- the one taking the fewest slot bytes (ties: fewer
+    pieces; a two-piece layout must save a sixteenth of `need` over one slot, a second copy source per hit
+    being its price). Classes of 16 or more slots a page are at most 6.25% apart, so a chained object wastes
+    about one class step of its last chunk plus 48 bytes a chunk; where a page holds few slots (classes
+    page/8, page/7, ...: 12-14% apart) the two-piece layout halves the rounding of a single slot; the class of
+    2 slots a page always holds the head (layout_plan_for checks it)."""
+    cdef uint32_t cc, minper, best_cls, tc, k
+    cdef size_t csz, per, n, rem, total, best, single
     nchunks[0] = 0
     tail_cls[0] = 0
     best = <size_t>-1
@@ -203,9 +206,27 @@ cdef inline uint32_t class_for(header_t *h, size_t need, size_t headfix, size_t 
     cc = chunk_class(h, 16)
     if need <= h.class_size[cc]:
         return class_fit(h, need)
+    single = <size_t>-1
     if need <= h.page_size:
         best_cls = class_fit(h, need)
         best = h.class_size[best_cls]
+        single = best
+        # a head of class k holding the key, a one-entry chain table and the value's start, then one
+        # best-fit last chunk for the rest
+        k = best_cls
+        while k > 0:
+            k -= 1
+            csz = h.class_size[k]
+            if csz * 2 < need or headfix + chain_bytes(1) > csz:
+                break
+            rem = need + chain_bytes(1) - csz
+            tc = class_fit(h, rem + HDR_SIZE)
+            total = csz + h.class_size[tc]
+            if total + need // 16 < single and total < best:
+                best = total
+                best_cls = k
+                nchunks[0] = 1
+                tail_cls[0] = tc
     minper = 2
     while minper <= 16:
         cc = chunk_class(h, minper)
