@@ -13,9 +13,7 @@ class _Transport(_Writer, Protocol):
 
 class _Lookup(Protocol):
     def lookup(self, key: bytes, now: float, /) -> tuple[bytes, float, int] | None: ...
-    def lookup_pinned(
-        self, key: bytes, now: float, min_len: int, /
-    ) -> tuple[Any, float, int] | None: ...
+    def lookup_pinned(self, key: bytes, now: float, min_len: int, /) -> tuple[Any, float, int] | None: ...
 
 class PlainRequest:
     @property

@@ -99,13 +99,13 @@ def serve_stored(
                 return
     nbytes = 0 if r.method == b"HEAD" else len(value) - head_end
     _account(c, r, outcome, detail, m.status, nbytes, cache_status)
-    length = entry.content_length(len(value) - head_end)
+    dyn = _dynamic(age, cache_status, m, conn, entry.content_length(len(value) - head_end))
     if r.method == b"HEAD":
-        c.write(b"".join((status_line, dyn, length, rest_head)))
+        c.write(b"".join((status_line, dyn, rest_head)))
     elif len(value) > LARGE_BODY:  # no second copy of a large body: views of the private lookup copy
-        c.writelines((status_line, dyn + length, memoryview(value)[mo + m.statusline_len :]))
+        c.writelines((status_line, dyn, memoryview(value)[mo + m.statusline_len :]))
     else:
-        c.write(b"".join((status_line, dyn, length, value[mo + m.statusline_len :])))
+        c.write(b"".join((status_line, dyn, value[mo + m.statusline_len :])))
     _close_unless_keep_alive(c, r)
 
 
@@ -140,15 +140,16 @@ def _serve_pinned(
     mo = entry.M
     _account(c, r, outcome, detail, m.status, len(value) - mo - m.head_len, cache_status)
     status_line = entry.status_line(value.head(mo + m.statusline_len), m)
-    dyn = _dynamic(age, cache_status, m, conn) + entry.content_length(len(value) - mo - m.head_len)
+    dyn = _dynamic(age, cache_status, m, conn, entry.content_length(len(value) - mo - m.head_len))
     c.writelines((status_line, dyn, *value.views(mo + m.statusline_len)))
     _close_unless_keep_alive(c, r)
 
 
-def _dynamic(age: int, cache_status: bytes, m: entry.Meta, conn: bytes) -> bytes:
+def _dynamic(age: int, cache_status: bytes, m: entry.Meta, conn: bytes, length: bytes = b"") -> bytes:
     """The fields written after the status line: Age, Cache-Status, our Via when the entry implies it
-    (entry.E_OWN_VIA), Connection; the C hit path writes the same in the same order."""
-    return b"age: %d\r\ncache-status: %s\r\n%s%s" % (age, cache_status, entry.dynamic_via(m), conn)
+    (entry.E_OWN_VIA), Content-Length for the stored response itself (`length`: entry.content_length; not
+    for a 304, 206 or 416), Connection; the C hit path writes the same in the same order."""
+    return b"age: %d\r\ncache-status: %s\r\n%s%s%s" % (age, cache_status, entry.dynamic_via(m), length, conn)
 
 
 def _head_304(stored: Headers, dyn: bytes) -> bytes:
