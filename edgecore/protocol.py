@@ -103,7 +103,7 @@ class ClientProtocol(asyncio.Protocol):
             self.peer = str(peer[0]).encode()
         set_nodelay(transport)
         sock = transport.get_extra_info("socket")
-        if sock is not None:
+        if sock is not None and transport.get_extra_info("sslcontext") is None:  # bytes in the clear only
             self.fd = sock.fileno()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -18,8 +18,9 @@ Its plain-miss helpers decide nothing either:
 parse_response accepts a strict subset of what httptools accepts (anything else: False, httptools reads it),
 and policy (in Python) decides whether the response is stored.
 Must never: hold a reference into the cache's memory but through a Pinned (a value above large_body comes
-from cache.lookup_pinned as views of the shared mapping, pinned until the transport drops them; anything
-smaller is a private copy), or answer out of order (the caller only calls it when no request is in flight and the parser is between messages).
+from cache.lookup_pinned, sent straight into the client's socket when the transport buffers nothing, else as
+views of the shared mapping, pinned until the transport drops them; anything smaller is a private copy),
+send around bytes the transport still buffers, or answer out of order (the caller only calls it when no request is in flight and the parser is between messages).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
