@@ -480,36 +480,38 @@ class _SocketTransport(MemoryTransport):
 
 @pytest.fixture
 def in_process(on_path: str):  # type: ignore[no-untyped-def]
-    """A worker's protocol Context (on `path`), its cache holding a fresh plain 1 MB response at
-    /big on host t.example; -> (loop, ctx, the stored body)."""
+    """A worker's protocol Context (on `path`), its cache holding fresh plain responses at /big (1 MB) and
+    /mid (100 kB, above LARGE_BODY) on host t.example; -> (loop, ctx, {target: stored body})."""
     loop = asyncio.new_event_loop()
     cfg = Config(upstream=(Upstream("127.0.0.1", closed_port()),), cache_size=16 << 20)
     cache = Cache(cfg.cache_size, cfg.max_object_size)
     ctx = protocol.make_context(cfg, cache, SharedCounters(slots=2).slot_view(1), loop)
     assert ctx.hitpath.enabled == (on_path == "fast")
-    body = _value(b"b", BIG - 2000)
+    bodies = {b"/big": _value(b"b", BIG - 2000), b"/mid": _value(b"m", 100_000)}
     now = time.time()
     f = policy.Freshness(lifetime=3600.0, initial_age=0.0, response_time=now)
-    value, birth, fresh_until, flags = entry.encode(
-        200,
-        b"OK",
-        [(b"cache-control", b"max-age=3600"), (b"content-length", b"%d" % len(body))],
-        body,
-        f,
-        now,
-    )
-    assert flags == entry.FLAG_PLAIN
-    assert cache.store(keys.primary_key(b"GET", b"t.example", b"/big"), value, birth, fresh_until + 60, flags)
-    yield loop, ctx, body
+    for target, body in bodies.items():
+        value, birth, fresh_until, flags = entry.encode(
+            200,
+            b"OK",
+            [(b"cache-control", b"max-age=3600"), (b"content-length", b"%d" % len(body))],
+            body,
+            f,
+            now,
+        )
+        assert flags == entry.FLAG_PLAIN
+        key = keys.primary_key(b"GET", b"t.example", target)
+        assert cache.store(key, value, birth, fresh_until + 60, flags)
+    yield loop, ctx, bodies
     ctx.stop()
     loop.close()
     cache.close()
 
 
-def _answer(loop, ctx, t: MemoryTransport) -> protocol.ClientProtocol:  # type: ignore[no-untyped-def]
+def _answer(loop, ctx, t: MemoryTransport, target: bytes) -> protocol.ClientProtocol:  # type: ignore[no-untyped-def]
     p = protocol.ClientProtocol(ctx)
     p.connection_made(t)
-    p.data_received(b"GET /big HTTP/1.1\r\nHost: t.example\r\n\r\n")
+    p.data_received(b"GET %s HTTP/1.1\r\nHost: t.example\r\n\r\n" % target)
 
     async def idle() -> None:
         for _ in range(200):
@@ -532,14 +534,17 @@ def test_a_pinned_hit_goes_straight_into_the_socket_and_the_rest_through_the_tra
 ) -> None:
     """On both paths: with nothing buffered, the response is sent into the client's socket by one sendmsg;
     what the socket does not take follows through the transport as views; the client gets every byte once,
-    in order; no pin outlives the write."""
-    loop, ctx, body = in_process
+    in order; no pin outlives the write. (100 kB into a 1 MiB send buffer, which even the default
+    net.core.wmem_max leaves at 416 KiB: taken whole; 1 MB into 16 KiB: taken in part.)"""
+    loop, ctx, bodies = in_process
+    target = b"/big" if sndbuf else b"/mid"
+    body = bodies[target]
     s, c = _tcp_pair(sndbuf)
     try:
         t = _SocketTransport(s)
         if sndbuf == 0:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)  # room for the whole response
-        _answer(loop, ctx, t)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)  # room for the whole response
+        _answer(loop, ctx, t, target)
         if sndbuf:
             assert t.lines == 1 and len(t.data) > 0  # the rest, through the transport
         else:
@@ -563,11 +568,12 @@ def test_a_pinned_hit_goes_straight_into_the_socket_and_the_rest_through_the_tra
 
 def test_a_pinned_hit_behind_buffered_output_goes_through_the_transport_only(in_process) -> None:
     """On both paths: bytes still buffered in the transport go first, so nothing is sent around them."""
-    loop, ctx, body = in_process
+    loop, ctx, bodies = in_process
+    body = bodies[b"/mid"]
     s, c = _tcp_pair()
     try:
         t = _SocketTransport(s, buffered=1)
-        _answer(loop, ctx, t)
+        _answer(loop, ctx, t, b"/mid")
         assert t.lines == 1
         head, rest = _split(bytes(t.data))
         assert head.startswith(b"HTTP/1.1 200 OK\r\n") and rest == body
