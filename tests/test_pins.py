@@ -5,7 +5,9 @@ view of them lives (evicted, purged, replaced or expired, it is only unlinked), 
 and counted in bytes_used, a store that cannot make room fails cleanly, a SIGKILLed process's pins are
 recovered (release_pins; the supervisor's _reap end to end), and end to end on both paths: concurrent slow
 readers of a 1 MB hit while it is purged and replaced each get one whole body (the old or the new), and a
-client that disconnects mid-body releases its pin.
+client that disconnects mid-body releases its pin. And Pinned.send, a pinned hit straight into the client's
+socket: on real sockets (whole, in part, EAGAIN, reset), and through the protocol on both paths (all into
+the socket, the rest through the transport, nothing around buffered output, a real uvloop transport).
 """
 
 from __future__ import annotations
@@ -583,3 +585,59 @@ def test_a_pinned_hit_behind_buffered_output_goes_through_the_transport_only(in_
     finally:
         s.close()
         c.close()
+
+
+class _Counting:
+    """A real uvloop transport, with its writelines calls counted (everything else passes through)."""
+
+    def __init__(self, t) -> None:  # type: ignore[no-untyped-def]
+        self._t = t
+        self.lines = 0
+
+    def writelines(self, parts) -> None:  # type: ignore[no-untyped-def]
+        self.lines += 1
+        self._t.writelines(parts)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._t, name)
+
+
+def test_on_a_real_uvloop_transport_a_pinned_hit_goes_straight_into_its_socket(in_process) -> None:
+    """On both paths, through uvloop's own TCP transport: the protocol finds the socket, the whole 100 kB hit
+    goes into it (no writelines), the client reads it byte for byte, and no pin is left."""
+    import uvloop
+
+    old, ctx, bodies = in_process
+    loop = uvloop.new_event_loop()
+    ctx.loop = loop
+    made: list[protocol.ClientProtocol] = []
+
+    class Proto(protocol.ClientProtocol):
+        def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+            made.append(self)
+            super().connection_made(_Counting(transport))
+
+    async def run() -> bytes:
+        server = await loop.create_server(lambda: Proto(ctx), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /mid HTTP/1.1\r\nHost: t.example\r\nConnection: close\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(-1), 20)
+            writer.close()
+            return data
+        finally:
+            server.close()
+
+    try:
+        data = loop.run_until_complete(run())
+    finally:
+        loop.close()
+        ctx.loop = old
+    head, rest = _split(data)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\ncache-status: edgecore; hit" in head
+    assert rest == bodies[b"/mid"]
+    (p,) = made
+    assert p.fd >= 0
+    assert p.transport is not None and p.transport.lines == 0  # type: ignore[attr-defined]
+    assert ctx.cache.stats()["pins"] == 0
