@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from . import cachestatus, entry, keys, policy, routes, tenants
 from ._hitpath import HitPath
 from .accesslog import AccessLog, open_access_log
-from .cache import Cache
+from .cache import Cache, Pinned
 from .config import Config, fastpath_disabled
 from .errors import EdgeError
 from .flights import Flights
@@ -170,6 +170,7 @@ class Client(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def writelines(self, parts: tuple[bytes | memoryview, ...]) -> None: ...
+    def write_pinned(self, prefix: bytes, value: Pinned, start: int) -> None: ...  # prefix + value[start:]
     def finish(self) -> None: ...  # close once what is written is sent
     def abort(self) -> None: ...
     def couple(self, up: UpstreamConnection | None) -> None: ...  # flow control with a streaming upstream

@@ -16,6 +16,8 @@ Invariants:
   connection closes; CONNECT gets 405 (not a forward proxy), a target over max_request_line 414, a head
   over max_header_size 431, a Host that is no authority 400: each closes and nothing is forwarded;
 - a field name with "_" is dropped (never forwarded, never a Vary input) unless underscores_in_headers;
+- a pinned large hit (both paths) is sent straight into the client's socket (write_pinned, Pinned.send)
+  only while the transport is open and buffers nothing, so bytes stay in order; the rest goes through it;
 - a connection's buffered output is bounded: while the transport's write buffer is above WRITE_HIGH_WATER
   (pause_writing) the client is not read and no further pipelined request is answered, on the C hit path
   (which checks between pipelined hits) and the general path (the request task waits) alike;
@@ -39,6 +41,7 @@ import httptools
 
 from . import cachepath, cachestatus, plainmiss
 from ._hitpath import PlainRequest
+from .cache import Pinned
 from .context import POLICY_REQUEST_FIELDS, WRITE_HIGH_WATER, Context, Request, log_text, make_context
 from .errors import (
     BadRequest,
@@ -82,6 +85,7 @@ class ClientProtocol(asyncio.Protocol):
         self.peer = b"unknown"
         self.head_started: float | None = None  # loop time of the first byte of a head being parsed
         self.writable: asyncio.Future[None] | None = None  # the request task waits on it while write_paused
+        self.fd = -1  # the transport's socket, for pinned large hits sent straight into it (write_pinned)
 
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,6 +102,9 @@ class ClientProtocol(asyncio.Protocol):
         if peer:
             self.peer = str(peer[0]).encode()
         set_nodelay(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:  # bytes in the clear only
+            self.fd = sock.fileno()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -127,7 +134,7 @@ class ClientProtocol(asyncio.Protocol):
             # between messages with nothing in flight: fresh plain hits are answered in C (it stops early
             # when the write buffer fills: the rest waits in the queue, answered once it drains)
             assert self.transport is not None  # data comes only after connection_made
-            consumed, close, miss = self.ctx.hitpath.serve(data, self.transport)
+            consumed, close, miss = self.ctx.hitpath.serve(data, self.transport, self.fd)
             if close:
                 self.finish()
                 return
@@ -424,6 +431,25 @@ class ClientProtocol(asyncio.Protocol):
     def writelines(self, parts: tuple[bytes | memoryview, ...]) -> None:
         if self.transport is not None and not self.closing:
             self.transport.writelines(parts)
+
+    def write_pinned(self, prefix: bytes, value: Pinned, start: int) -> None:
+        """`prefix`, then the pinned value from `start` (the Python twin of ext/hitpath.pyx _write_pinned):
+        sent straight into the socket (Pinned.send, one sendmsg: the kernel copies what it takes during the
+        call) only when the transport is open and buffers nothing, so bytes stay in order (an open uvloop
+        transport's socket is its own, never a reused descriptor); what the socket did not take goes to the
+        transport as views of the shared mapping, pinned until the transport drops them."""
+        t = self.transport
+        if t is None or self.closing:
+            return
+        sent = 0
+        if self.fd >= 0 and not t.get_write_buffer_size() and not t.is_closing():
+            sent = max(0, value.send(self.fd, prefix, start))  # -1, an error: the transport meets it
+            if sent >= len(prefix) + len(value) - start:
+                return
+        if sent < len(prefix):
+            t.writelines((prefix[sent:], *value.views(start)))
+        else:
+            t.writelines(value.views(start + sent - len(prefix)))
 
     def finish(self) -> None:
         """Close once what is written has been sent."""

@@ -6,9 +6,11 @@ stores it).
 Owns: the Python twin of the C hit path's write (ext/hitpath.pyx `_write_value`): both splice the same
 dynamic fields into the same stored bytes (entry.py's layout).
 Invariants: counted (and, when the access log is on, logged) before it is written (whoever has the response
-can already see it in the metrics); a large body is written as views, never copied again: views of the
+can already see it in the metrics); a large body is written as views, never copied again: from the
 shared mapping when the lookup pinned it (a `Pinned`, cache.lookup_pinned: GET without conditionals or
-ranges; the pin lasts until the transport drops the views), else of the lookup's private copy.
+ranges), sent straight into the client's socket when nothing is buffered (Client.write_pinned: the kernel
+copies it during the call) and what the socket did not take as views (the pin lasts until the transport
+drops them), else views of the lookup's private copy.
 Never: decide whether the stored response may be used (policy did).
 """
 
@@ -136,12 +138,13 @@ def _serve_pinned(
     detail: bytes | None,
 ) -> None:
     """The Python twin of ext/hitpath.pyx's pinned write: status line, dynamic fields, then the rest of the
-    stored response as views of the shared mapping (no copy; the Pinned's pin lasts while they do)."""
+    stored response from the shared mapping (ClientProtocol.write_pinned: sent straight into the socket,
+    the rest as views pinned while they live)."""
     mo = entry.M
     _account(c, r, outcome, detail, m.status, len(value) - mo - m.head_len, cache_status)
     status_line = entry.status_line(value.head(mo + m.statusline_len), m)
     dyn = _dynamic(age, cache_status, m, conn, entry.content_length(len(value) - mo - m.head_len))
-    c.writelines((status_line, dyn, *value.views(mo + m.statusline_len)))
+    c.write_pinned(status_line + dyn, value, mo + m.statusline_len)
     _close_unless_keep_alive(c, r)
 
 

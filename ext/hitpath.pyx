@@ -18,8 +18,9 @@ Its plain-miss helpers decide nothing either:
 parse_response accepts a strict subset of what httptools accepts (anything else: False, httptools reads it),
 and policy (in Python) decides whether the response is stored.
 Must never: hold a reference into the cache's memory but through a Pinned (a value above large_body comes
-from cache.lookup_pinned as views of the shared mapping, pinned until the transport drops them; anything
-smaller is a private copy), or answer out of order (the caller only calls it when no request is in flight and the parser is between messages).
+from cache.lookup_pinned, sent straight into the client's socket when the transport buffers nothing, else as
+views of the shared mapping, pinned until the transport drops them; anything smaller is a private copy),
+send around bytes the transport still buffers, or answer out of order (the caller only calls it when no request is in flight and the parser is between messages).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -36,6 +37,29 @@ cdef extern from "<time.h>" nogil:
         long tv_nsec
     int clock_gettime(int clk, timespec *tp)
     int CLOCK_REALTIME
+
+
+cdef int _write_pinned(transport, int fd, bytes pre, pinned, Py_ssize_t start) except -1:
+    """`pre`, then the pinned value from `start`. Sent straight into socket `fd` (Pinned.send, one sendmsg:
+    the kernel copies what it takes before returning, so the pin need not outlive the call for it) only when
+    the transport is open and buffers nothing (so bytes stay in order; an open uvloop transport's socket is
+    its own, never a reused descriptor); what the socket did not take goes to the transport as views of the
+    mapping (the Pinned's pin lasts until the transport has dropped every view). The Python twin:
+    edgecore/protocol.py ClientProtocol.write_pinned."""
+    cdef Py_ssize_t sent = 0, npre = PyBytes_GET_SIZE(pre)
+    if fd >= 0 and transport.get_write_buffer_size() == 0 and not transport.is_closing():
+        sent = pinned.send(fd, pre, start)
+        if sent < 0:
+            sent = 0  # an error: the transport meets it writing everything
+        if sent >= npre + len(pinned) - start:
+            return 0
+    if sent < npre:
+        parts = [pre[sent:] if sent else pre]
+        parts.extend(pinned.views(start))
+    else:
+        parts = pinned.views(start + sent - npre)
+    transport.writelines(parts)
+    return 0
 
 
 cdef inline double _now() nogil:
@@ -419,10 +443,11 @@ cdef class HitPath:
             return True
         return False
 
-    def serve(self, bytes data, transport):
+    def serve(self, bytes data, transport, int fd=-1):
         """Answer the fresh plain hits at the start of `data`, stopping early when the transport's write
-        buffer is above write_high. -> (bytes consumed, close the connection?, the PlainRequest it stopped
-        at when nothing is stored for its key, else None)."""
+        buffer is above write_high. `fd`: the transport's socket (-1: unknown), to which a pinned large hit
+        is sent straight when nothing is buffered (see _write_value). -> (bytes consumed, close the
+        connection?, the PlainRequest it stopped at when nothing is stored for its key, else None)."""
         cdef const char *p = PyBytes_AS_STRING(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         cdef Py_ssize_t pos = 0, hend
@@ -443,7 +468,7 @@ cdef class HitPath:
                 break
             if self.draining:
                 keep = 0
-            answered = self._answer(key, transport, keep, head_only)
+            answered = self._answer(key, transport, keep, head_only, fd)
             if answered <= 0:
                 if answered < 0:
                     miss = PlainRequest.__new__(PlainRequest)
@@ -477,7 +502,7 @@ cdef class HitPath:
             q += 1
         return NULL
 
-    cdef int _answer(self, bytes key, transport, int keep, int head_only) except -2:
+    cdef int _answer(self, bytes key, transport, int keep, int head_only, int fd) except -2:
         """-> 1 answered, 0 found but not servable here (the Python path decides), -1 nothing stored."""
         cdef double t0 = _now(), fresh_until, birth, dur
         cdef const char *v
@@ -528,7 +553,7 @@ cdef class HitPath:
             pinned = None
         return 1 if self._write_value(value, transport, keep, head_only, t0, PyBytes_AS_STRING(self._hit_status),
                                       PyBytes_GET_SIZE(self._hit_status),
-                                      <long long>(fresh_until - t0), pinned, body_len) else 0
+                                      <long long>(fresh_until - t0), pinned, fd, body_len) else 0
 
     cdef inline bint _valid(self, const char *v, Py_ssize_t vlen):
         """The value is long enough for its META and its head/status-line lengths are consistent."""
@@ -542,12 +567,15 @@ cdef class HitPath:
 
     cdef bint _write_value(self, bytes value, transport, int keep, int head_only, double now,
                            const char *cs, Py_ssize_t cslen, long long ttl, object pinned=None,
-                           Py_ssize_t body_len=-1) except -1:
+                           int fd=-1, Py_ssize_t body_len=-1) except -1:
         """Write a stored response (entry.py's layout) with Age, Cache-Status (cs, then ttl unless it is
-        negative) and Connection spliced in after the status line. False (nothing written) when the value is
-        malformed. With `pinned` (a Pinned value, not HEAD), `value` is its META and status line only and
-        the rest is written as the Pinned's views. body_len: the stored body's length when `value` is only
-        the head of a pinned value (HEAD), else -1 (computed from the value)."""
+        negative), our Via when implied, Content-Length and Connection spliced in after the status line (stored
+        or implied). False (nothing written) when the value is malformed. With `pinned` (a Pinned value, not
+        HEAD), `value` is its META and status line only and the rest is sent from the shared mapping: straight
+        into socket `fd` (Pinned.send: the kernel copies it during the call, no Python object per part) when
+        the transport buffers nothing and is open, and what the socket did not take (or all of it, without fd)
+        as the Pinned's views. body_len: the stored body's length when `value` is only the head of a pinned
+        value (HEAD), else -1 (computed from the value)."""
         cdef const char *v = PyBytes_AS_STRING(value)
         cdef Py_ssize_t vlen = PyBytes_GET_SIZE(value) if pinned is None else len(pinned)
         cdef Py_ssize_t sl, head_len, rest, dlen, total, outsl
@@ -607,11 +635,9 @@ cdef class HitPath:
         dlen = o + connlen - dyn
         rest = (head_len if head_only else vlen - self._meta) - sl
         if pinned is not None:
-            # no copy at all: the status line, the dynamic fields, then views of the shared mapping (the
-            # Pinned's pin lasts until the transport has dropped every view)
-            parts = [PyBytes_FromStringAndSize(status, outsl), PyBytes_FromStringAndSize(dyn, dlen)]
-            parts.extend(pinned.views(self._meta + sl))
-            transport.writelines(parts)
+            # no copy in Python: the status line and the dynamic fields, then the shared mapping's bytes
+            _write_pinned(transport, fd, PyBytes_FromStringAndSize(status, outsl) +
+                          PyBytes_FromStringAndSize(dyn, dlen), pinned, self._meta + sl)
         elif rest > self._large:
             # a large body is not copied again: the transport takes views of the lookup's private copy
             # (nothing else holds or reuses that bytes object)

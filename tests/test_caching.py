@@ -295,7 +295,7 @@ def test_every_response_from_a_stored_entry_has_its_status_line_and_one_via(edge
         assert r.status == expect[name], name
         assert r.all("via") == ["1.1 edgecore"], (name, r.headers)
     assert answers["hit"].reason == "OK" and answers["hit"].body == body_bytes(plain, 50)
-    # both paths write the dynamic fields in one order, before the stored ones (serve.py _dynamic, hitpath.pyx)
+    # both paths write the dynamic fields in one order, before the stored ones (serve._dynamic, hitpath.pyx)
     for name in ("hit", "head"):
         got = [n.lower() for n, _ in answers[name].headers][:4]
         assert got == ["age", "cache-status", "via", "content-length"], (name, answers[name].headers)

@@ -5,11 +5,14 @@ view of them lives (evicted, purged, replaced or expired, it is only unlinked), 
 and counted in bytes_used, a store that cannot make room fails cleanly, a SIGKILLed process's pins are
 recovered (release_pins; the supervisor's _reap end to end), and end to end on both paths: concurrent slow
 readers of a 1 MB hit while it is purged and replaced each get one whole body (the old or the new), and a
-client that disconnects mid-body releases its pin.
+client that disconnects mid-body releases its pin. And Pinned.send, a pinned hit straight into the client's
+socket: on real sockets (whole, in part, EAGAIN, reset), and through the protocol on both paths (all into
+the socket, the rest through the transport, nothing around buffered output, a real uvloop transport).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -20,9 +23,13 @@ import threading
 import time
 
 import pytest
-from client import Edge, get, wait_for
+from client import Edge, closed_port, get, wait_for
+from memtransport import MemoryTransport
 
-from edgecore.cache import debug_cache_class
+from edgecore import entry, keys, policy, protocol
+from edgecore.cache import Cache, debug_cache_class
+from edgecore.config import Config, Upstream
+from edgecore.metrics import SharedCounters
 
 FAR = time.time() + 1e6
 NOW = time.time()
@@ -352,3 +359,285 @@ def test_a_sigkilled_worker_pins_are_recovered_by_the_supervisor(origin, uniq) -
             s.close()
     finally:
         e.stop()
+
+
+# ------------------------------------------------------------------ Pinned.send: straight into the socket
+
+
+def _tcp_pair(sndbuf: int = 0) -> tuple[socket.socket, socket.socket]:
+    """A connected (server side, client side) TCP pair on 127.0.0.1; sndbuf > 0 shrinks the server's
+    send buffer and the client's receive buffer so that a large write is taken in part only."""
+    with socket.create_server(("127.0.0.1", 0)) as ls:
+        c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if sndbuf:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
+        c.connect(ls.getsockname())
+        s, _ = ls.accept()
+    if sndbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    s.setblocking(False)
+    c.settimeout(10)
+    return s, c
+
+
+def _recv_exactly(c: socket.socket, n: int) -> bytes:
+    parts, got, deadline = [], 0, time.monotonic() + 10
+    while got < n and time.monotonic() < deadline:
+        part = c.recv(n - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+@pytest.mark.parametrize("start", [0, 5, 40_000, 899_999])
+def test_send_writes_the_prefix_then_the_value_from_start_in_one_call(start: int) -> None:
+    cache = debug_cache_class()(8 << 20, 1 << 20)
+    v = _value(b"s", 900_000)
+    assert cache.store(b"/k", v, NOW, FAR)
+    p = cache.lookup_pinned(b"/k", NOW, 32 << 10)[0]
+    assert len(p.views(0)) > 1  # chained: the parts are gathered from several slots
+    s, c = _tcp_pair()
+    try:
+        want = b"HTTP/1.1 200 OK\r\n" + v[start:]
+        got: list[bytes] = []
+        n = p.send(s.fileno(), b"HTTP/1.1 200 OK\r\n", start)
+        t = threading.Thread(target=lambda: got.append(_recv_exactly(c, len(want))))
+        t.start()
+        if 0 <= n < len(want):  # loopback may take less at once: the rest as views, as the protocol does
+            s.setblocking(True)
+            rest = [b"HTTP/1.1 200 OK\r\n"[n:]] if n < 17 else []
+            s.sendall(b"".join(rest + p.views(start + max(0, n - 17))))
+        t.join(20)
+        assert got == [want]
+        assert n > 0
+    finally:
+        s.close()
+        c.close()
+    del p
+    assert cache.stats()["pins"] == 0
+    cache.close()
+
+
+def test_send_takes_what_the_socket_takes_and_the_views_give_the_rest() -> None:
+    """A socket that takes part of the response: send says how much; the views from there complete it
+    byte for byte; a full socket takes nothing (0), a reset one fails (-1) without a SIGPIPE."""
+    cache = debug_cache_class()(8 << 20, 1 << 20)
+    v = _value(b"p", 1_000_000)
+    assert cache.store(b"/k", v, NOW, FAR)
+    p = cache.lookup_pinned(b"/k", NOW, 32 << 10)[0]
+    s, c = _tcp_pair(sndbuf=16384)
+    try:
+        prefix = b"HTTP/1.1 200 OK\r\nage: 0\r\n"
+        n = p.send(s.fileno(), prefix, 100)
+        assert len(prefix) < n < len(prefix) + len(v) - 100
+        rest = b"".join(p.views(100 + n - len(prefix)))
+        got: list[bytes] = []
+        t = threading.Thread(target=lambda: got.append(_recv_exactly(c, len(prefix) + len(v) - 100)))
+        t.start()
+        s.setblocking(True)
+        s.sendall(rest)
+        t.join(20)
+        assert got == [prefix + v[100:]]
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+        s.setblocking(False)
+        assert wait_for(lambda q=p: q.send(s.fileno(), prefix, 0) == -1, 10)  # EPIPE/ECONNRESET, no signal
+    finally:
+        s.close()
+        c.close()
+    s, c = _tcp_pair(sndbuf=16384)  # a client reading nothing: the socket fills, then takes nothing (EAGAIN)
+    try:
+        sent = [p.send(s.fileno(), b"", 0) for _ in range(200)]
+        assert sent[0] > 0 and sent[-1] == 0
+    finally:
+        s.close()
+        c.close()
+    del p
+    assert cache.stats()["pins"] == 0
+    cache.close()
+
+
+class _SocketTransport(MemoryTransport):
+    """An in-memory transport whose socket is a real one (get_extra_info("socket")): what the protocol
+    sends straight into the socket arrives there, what it writes through the transport lands in .data."""
+
+    def __init__(self, sock: socket.socket, buffered: int = 0) -> None:
+        super().__init__()
+        self.sock = sock
+        self.buffered = buffered
+        self.lines = 0
+
+    def get_extra_info(self, name, default=None):  # type: ignore[no-untyped-def]
+        return self.sock if name == "socket" else default
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def writelines(self, chunks) -> None:  # type: ignore[no-untyped-def]
+        self.lines += 1
+        super().writelines(chunks)
+
+
+@pytest.fixture
+def in_process(on_path: str):  # type: ignore[no-untyped-def]
+    """A worker's protocol Context (on `path`), its cache holding fresh plain responses at /big (1 MB) and
+    /mid (100 kB, above LARGE_BODY) on host t.example; -> (loop, ctx, {target: stored body})."""
+    loop = asyncio.new_event_loop()
+    cfg = Config(upstream=(Upstream("127.0.0.1", closed_port()),), cache_size=16 << 20)
+    cache = Cache(cfg.cache_size, cfg.max_object_size)
+    ctx = protocol.make_context(cfg, cache, SharedCounters(slots=2).slot_view(1), loop)
+    assert ctx.hitpath.enabled == (on_path == "fast")
+    bodies = {b"/big": _value(b"b", BIG - 2000), b"/mid": _value(b"m", 100_000)}
+    now = time.time()
+    f = policy.Freshness(lifetime=3600.0, initial_age=0.0, response_time=now)
+    for target, body in bodies.items():
+        value, birth, fresh_until, flags = entry.encode(
+            200,
+            b"OK",
+            [(b"cache-control", b"max-age=3600"), (b"content-length", b"%d" % len(body))],
+            body,
+            f,
+            now,
+        )
+        assert flags == entry.FLAG_PLAIN
+        key = keys.primary_key(b"GET", b"t.example", target)
+        assert cache.store(key, value, birth, fresh_until + 60, flags)
+    yield loop, ctx, bodies
+    ctx.stop()
+    loop.close()
+    cache.close()
+
+
+def _answer(loop, ctx, t: MemoryTransport, target: bytes) -> protocol.ClientProtocol:  # type: ignore[no-untyped-def]
+    p = protocol.ClientProtocol(ctx)
+    p.connection_made(t)
+    p.data_received(b"GET %s HTTP/1.1\r\nHost: t.example\r\n\r\n" % target)
+
+    async def idle() -> None:
+        for _ in range(200):
+            if not ctx.tasks:
+                return
+            await asyncio.wait(list(ctx.tasks), timeout=0.05)
+
+    loop.run_until_complete(idle())
+    return p
+
+
+def _split(resp: bytes) -> tuple[bytes, bytes]:
+    head, _, body = resp.partition(b"\r\n\r\n")
+    return head, body
+
+
+@pytest.mark.parametrize("sndbuf", [0, 16384], ids=["socket-takes-all", "socket-takes-part"])
+def test_a_pinned_hit_goes_straight_into_the_socket_and_the_rest_through_the_transport(
+    in_process, sndbuf: int
+) -> None:
+    """On both paths: with nothing buffered, the response is sent into the client's socket by one sendmsg;
+    what the socket does not take follows through the transport as views; the client gets every byte once,
+    in order; no pin outlives the write. (100 kB into a 1 MiB send buffer, which even the default
+    net.core.wmem_max leaves at 416 KiB: taken whole; 1 MB into 16 KiB: taken in part.)"""
+    loop, ctx, bodies = in_process
+    target = b"/big" if sndbuf else b"/mid"
+    body = bodies[target]
+    s, c = _tcp_pair(sndbuf)
+    try:
+        t = _SocketTransport(s)
+        if sndbuf == 0:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)  # room for the whole response
+        _answer(loop, ctx, t, target)
+        if sndbuf:
+            assert t.lines == 1 and len(t.data) > 0  # the rest, through the transport
+        else:
+            assert t.lines == 0 and t.data == b""  # all of it into the socket, none through the transport
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(_recv_exactly(c, 2 * BIG)))
+        reader.start()
+        s.setblocking(True)
+        s.sendall(bytes(t.data))  # what the transport holds goes out after what the socket took
+        s.shutdown(socket.SHUT_WR)
+        reader.join(20)
+        direct = got[0]
+        head, rest = _split(direct)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\ncache-status: edgecore; hit" in head
+        assert rest == body
+        assert ctx.cache.stats()["pins"] == 0
+    finally:
+        s.close()
+        c.close()
+
+
+def test_a_pinned_hit_behind_buffered_output_goes_through_the_transport_only(in_process) -> None:
+    """On both paths: bytes still buffered in the transport go first, so nothing is sent around them."""
+    loop, ctx, bodies = in_process
+    body = bodies[b"/mid"]
+    s, c = _tcp_pair()
+    try:
+        t = _SocketTransport(s, buffered=1)
+        _answer(loop, ctx, t, b"/mid")
+        assert t.lines == 1
+        head, rest = _split(bytes(t.data))
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and rest == body
+        c.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            c.recv(1)  # nothing went into the socket
+    finally:
+        s.close()
+        c.close()
+
+
+class _Counting:
+    """A real uvloop transport, with its writelines calls counted (everything else passes through)."""
+
+    def __init__(self, t) -> None:  # type: ignore[no-untyped-def]
+        self._t = t
+        self.lines = 0
+
+    def writelines(self, parts) -> None:  # type: ignore[no-untyped-def]
+        self.lines += 1
+        self._t.writelines(parts)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._t, name)
+
+
+def test_on_a_real_uvloop_transport_a_pinned_hit_goes_straight_into_its_socket(in_process) -> None:
+    """On both paths, through uvloop's own TCP transport: the protocol finds the socket, the whole 100 kB hit
+    goes into it (no writelines), the client reads it byte for byte, and no pin is left."""
+    import uvloop
+
+    old, ctx, bodies = in_process
+    loop = uvloop.new_event_loop()
+    ctx.loop = loop
+    made: list[protocol.ClientProtocol] = []
+
+    class Proto(protocol.ClientProtocol):
+        def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+            made.append(self)
+            super().connection_made(_Counting(transport))
+
+    async def run() -> bytes:
+        server = await loop.create_server(lambda: Proto(ctx), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /mid HTTP/1.1\r\nHost: t.example\r\nConnection: close\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(-1), 20)
+            writer.close()
+            return data
+        finally:
+            server.close()
+
+    try:
+        data = loop.run_until_complete(run())
+    finally:
+        loop.close()
+        ctx.loop = old
+    head, rest = _split(data)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\ncache-status: edgecore; hit" in head
+    assert rest == bodies[b"/mid"]
+    (p,) = made
+    assert p.fd >= 0
+    assert p.transport is not None and p.transport.lines == 0  # type: ignore[attr-defined]
+    assert ctx.cache.stats()["pins"] == 0

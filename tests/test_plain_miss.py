@@ -1259,8 +1259,8 @@ class ServeSpy:
         object.__setattr__(self, "_hp", hp)
         object.__setattr__(self, "consumed", [])
 
-    def serve(self, data, transport):
-        consumed, close, miss = self._hp.serve(data, transport)
+    def serve(self, data, transport, fd=-1):
+        consumed, close, miss = self._hp.serve(data, transport, fd)
         self.consumed.append(consumed)
         return consumed, close, miss
 

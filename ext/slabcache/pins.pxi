@@ -3,7 +3,8 @@
 # Owns: the per-shard pin table (shard_t.pins: entries of (head slot ref, pid, count)), pin_take/pin_put,
 # pins_release_pid (the supervisor, for a dead worker), dead_bury/dead_free (the deferred free of an object
 # killed while pinned), page_pinned (which pages a page steal must leave alone), and the Python face of a
-# pinned value (class Pinned, built by SlabCache.lookup_pinned, and its _Piece buffers).
+# pinned value (class Pinned, built by SlabCache.lookup_pinned, and its _Piece buffers; Pinned.send, its
+# bytes straight into a socket by one sendmsg, which the kernel copies before it returns).
 # Invariants (all under the shard lock):
 #   * while an entry names a head ref, that object's slots (head and chunks) are never moved, zeroed,
 #     freed or reused: slot_kill of a pinned object unlinks and accounts it at once (it is never found
@@ -20,6 +21,26 @@
 cimport cython
 from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.errno cimport errno, EAGAIN, EINTR
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+    struct msghdr:
+        void *msg_name
+        unsigned int msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
+    int MSG_NOSIGNAL
+    int MSG_DONTWAIT
+
+DEF SEND_IOV = 128  # iovecs per Pinned.send call (a longer value is sent in part; the caller writes the rest)
 
 
 cdef inline uint64_t obj_slot_bytes(sctx *c, slot_hdr *s) noexcept nogil:
@@ -191,7 +212,8 @@ cdef class Pinned:
     pin is what a view's lifetime holds. Only the process that took it releases it (a forked copy does not).
 
     len(p), p.head(n) (a bytes copy of the first n bytes), p.views(start) (read-only memoryviews of the
-    value from start to its end, one per chunk: no copy), p.tobytes() (a copy of it all)."""
+    value from start to its end, one per chunk: no copy), p.tobytes() (a copy of it all), p.send(fd, prefix,
+    start) (prefix then the value from start, straight into a socket: one sendmsg, copied by the kernel)."""
     cdef object cache               # the SlabCache (keeps the mapping mapped while the pin lives)
     cdef header_t *h
     cdef char *data                 # the shard's data region
@@ -278,3 +300,48 @@ cdef class Pinned:
                 out.append(memoryview(pc))
             pos += n
         return out
+
+    def send(self, int fd, bytes prefix, Py_ssize_t start=0):
+        """`prefix`, then the value from `start` to its end, written to socket `fd` by one non-blocking
+        sendmsg(2) (MSG_NOSIGNAL): no Python object per part. The kernel copies what it takes before the
+        call returns, so nothing it took references the mapping afterwards (a pin need not outlive the call
+        for those bytes). -> bytes taken (may be fewer than all: the caller writes the rest, e.g. as views
+        from start + what was taken past the prefix), 0 when the socket takes nothing now (EAGAIN), -1 on
+        any other error (nothing taken: the caller's transport, writing it, meets the error itself)."""
+        cdef iovec iov[SEND_IOV]
+        cdef msghdr msg
+        cdef uint32_t i
+        cdef int k = 0
+        cdef char *p
+        cdef Py_ssize_t pos = 0, n, left = self.vlen
+        cdef ssize_t sent
+        if PyBytes_GET_SIZE(prefix):
+            iov[0].iov_base = PyBytes_AS_STRING(prefix)
+            iov[0].iov_len = PyBytes_GET_SIZE(prefix)
+            k = 1
+        for i in range(self._nparts()):
+            if left <= 0 or k >= SEND_IOV:
+                break
+            n = min(self._part(i, &p), left)
+            left -= n
+            if pos + n > start:
+                if start > pos:
+                    iov[k].iov_base = p + (start - pos)
+                    iov[k].iov_len = n - (start - pos)
+                else:
+                    iov[k].iov_base = p
+                    iov[k].iov_len = n
+                k += 1
+            pos += n
+        if k == 0:
+            return 0
+        memset(&msg, 0, sizeof(msg))
+        msg.msg_iov = iov
+        msg.msg_iovlen = k
+        with nogil:
+            sent = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+            while sent < 0 and errno == EINTR:
+                sent = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if sent < 0:
+            return 0 if errno == EAGAIN else -1
+        return sent
