@@ -1,5 +1,6 @@
 """An in-memory client transport for driving edgecore's ClientProtocol in process: it keeps what the
-protocol writes and whether it closed the connection."""
+protocol writes and whether it closed the connection; wait_tasks runs the loop until the context's request
+tasks are done (bounded)."""
 
 from __future__ import annotations
 
@@ -43,3 +44,15 @@ class MemoryTransport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         pass
+
+
+def wait_tasks(loop: asyncio.AbstractEventLoop, ctx) -> None:  # type: ignore[no-untyped-def]
+    """Run `loop` until ctx.tasks (the requests the protocol started) are done: at most 200 waits of 50 ms."""
+
+    async def idle() -> None:
+        for _ in range(200):
+            if not ctx.tasks:
+                return
+            await asyncio.wait(list(ctx.tasks), timeout=0.05)
+
+    loop.run_until_complete(idle())

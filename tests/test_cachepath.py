@@ -10,7 +10,7 @@ import time
 
 import pytest
 from client import closed_port
-from memtransport import MemoryTransport
+from memtransport import MemoryTransport, wait_tasks
 
 from edgecore import cachepath, entry, errors, keys, policy, protocol
 from edgecore.cache import Cache
@@ -43,16 +43,6 @@ def _stale_while_revalidate(ctx, target: bytes) -> None:
     ctx.cache.store(keys.primary_key(b"GET", b"t.example", target), value, birth, fresh_until + 600, flags)
 
 
-def _wait_tasks(loop, ctx) -> None:
-    async def idle() -> None:
-        for _ in range(200):
-            if not ctx.tasks:
-                return
-            await asyncio.wait(list(ctx.tasks), timeout=0.05)
-
-    loop.run_until_complete(idle())
-
-
 @pytest.mark.parametrize("failure", ["refused", "bug"])
 def test_background_refresh_is_kept_until_done_and_its_failure_logged(worker, caplog, monkeypatch, failure):
     loop, ctx, p, t = worker
@@ -69,7 +59,7 @@ def test_background_refresh_is_kept_until_done_and_its_failure_logged(worker, ca
     _stale_while_revalidate(ctx, b"/swr")
     caplog.set_level(logging.INFO, logger="edgecore.cachepath")
     p.data_received(b"GET /swr HTTP/1.1\r\nHost: t.example\r\nPragma: x\r\n\r\n")
-    _wait_tasks(loop, ctx)
+    wait_tasks(loop, ctx)
     assert held == [True]
     assert b"detail=stale-while-revalidate" in t.data and t.data.endswith(b"old")
     assert not ctx.tasks and not ctx.refreshing
@@ -102,7 +92,7 @@ def test_error_classes_carry_their_own_status_and_detail():
 def test_only_if_cached_with_nothing_stored_is_504_from_its_error_class(worker):
     loop, ctx, p, t = worker
     p.data_received(b"GET /nothing HTTP/1.1\r\nHost: t.example\r\nCache-Control: only-if-cached\r\n\r\n")
-    _wait_tasks(loop, ctx)
+    wait_tasks(loop, ctx)
     assert t.data.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
     assert b"cache-status: edgecore; fwd=miss; detail=only-if-cached\r\n" in t.data
 
@@ -111,6 +101,6 @@ def test_request_body_over_the_limit_is_413_and_closes(worker):
     loop, ctx, p, t = worker
     n = ctx.cfg.max_body_size + 1
     p.data_received(b"POST /up HTTP/1.1\r\nHost: t.example\r\nContent-Length: %d\r\n\r\n" % n)
-    _wait_tasks(loop, ctx)
+    wait_tasks(loop, ctx)
     assert t.data.startswith(b"HTTP/1.1 413 Content Too Large\r\n")
     assert b"detail=content-too-large" in t.data and t.closed

@@ -24,7 +24,7 @@ import time
 
 import pytest
 from client import Edge, closed_port, get, wait_for
-from memtransport import MemoryTransport
+from memtransport import MemoryTransport, wait_tasks
 
 from edgecore import entry, keys, policy, protocol
 from edgecore.cache import Cache, debug_cache_class
@@ -514,14 +514,7 @@ def _answer(loop, ctx, t: MemoryTransport, target: bytes) -> protocol.ClientProt
     p = protocol.ClientProtocol(ctx)
     p.connection_made(t)
     p.data_received(b"GET %s HTTP/1.1\r\nHost: t.example\r\n\r\n" % target)
-
-    async def idle() -> None:
-        for _ in range(200):
-            if not ctx.tasks:
-                return
-            await asyncio.wait(list(ctx.tasks), timeout=0.05)
-
-    loop.run_until_complete(idle())
+    wait_tasks(loop, ctx)
     return p
 
 
