@@ -636,8 +636,11 @@ cdef class HitPath:
         rest = (head_len if head_only else vlen - self._meta) - sl
         if pinned is not None:
             # no copy in Python: the status line and the dynamic fields, then the shared mapping's bytes
-            _write_pinned(transport, fd, PyBytes_FromStringAndSize(status, outsl) +
-                          PyBytes_FromStringAndSize(dyn, dlen), pinned, self._meta + sl)
+            out = PyBytes_FromStringAndSize(NULL, outsl + dlen)  # one bytes object: status line + fields
+            o = PyBytes_AS_STRING(out)
+            memcpy(o, status, outsl)
+            memcpy(o + outsl, dyn, dlen)
+            _write_pinned(transport, fd, out, pinned, self._meta + sl)
         elif rest > self._large:
             # a large body is not copied again: the transport takes views of the lookup's private copy
             # (nothing else holds or reuses that bytes object)
