@@ -44,6 +44,11 @@ class Seen:
         return None
 
 
+def _accepting(task: asyncio.Task) -> bool:
+    """Is this the loop's task that sets up a connection it accepted (its transport not made yet)?"""
+    return getattr(task.get_coro(), "__name__", "") == "_accept_connection2"
+
+
 def body_bytes(target: str, n: int) -> bytes:
     unit = target.encode() + b"|0123456789abcdef"
     return (unit * (n // len(unit) + 1))[:n]
@@ -62,6 +67,7 @@ class Origin:
         self._gates: dict[str, asyncio.Event] = {}
         self._overrides: dict[str, dict[str, str]] = {}
         self._conns: set[asyncio.StreamWriter] = set()
+        self._transports: set[asyncio.BaseTransport] = set()  # every connection accepted (connection_made)
         self._conn_ids = itertools.count(1)
         self.open_conns: set[int] = set()  # the connections open now, by Seen.conn
         started = threading.Event()
@@ -69,9 +75,9 @@ class Origin:
         def run() -> None:
             asyncio.set_event_loop(self.loop)
             if self.sock is not None:
-                start = asyncio.start_server(self._client, sock=self.sock)
+                start = self.loop.create_server(self._protocol, sock=self.sock)
             else:
-                start = asyncio.start_server(self._client, self.host, 0)
+                start = self.loop.create_server(self._protocol, self.host, 0)
             self.server = self.loop.run_until_complete(start)
             self.port = self.server.sockets[0].getsockname()[1]
             started.set()
@@ -113,6 +119,30 @@ class Origin:
     def open_gate(self, name: str) -> None:
         self.loop.call_soon_threadsafe(self._gate(name).set)
 
+    def kill(self) -> None:
+        """Die as a killed process does: every connection accepted is reset and the listener closes (the
+        kernel resets what it still queues); then the loop stops.
+
+        The loop stops accepting first and lets the connections it has accepted be set up: asyncio's
+        Server.close would leave a connection accepted just before it open and unanswered forever (its
+        transport's Server._attach fails once the server is closed, and nothing closes the socket)."""
+
+        async def die() -> None:
+            for s in self.server.sockets:
+                self.loop.remove_reader(s.fileno())
+            for _ in range(1000):  # bounded: an accepted connection is set up within a few iterations
+                if not any(_accepting(t) for t in asyncio.all_tasks()):
+                    break
+                await asyncio.sleep(0)
+            else:
+                raise RuntimeError("origin: accepted connections still being set up")
+            self.server.close()
+            for t in list(self._transports):
+                t.abort()  # type: ignore[attr-defined]
+
+        asyncio.run_coroutine_threadsafe(die(), self.loop).result(5)
+        self.close()
+
     def close(self) -> None:
         def stop() -> None:
             self.server.close()
@@ -124,6 +154,21 @@ class Origin:
         self.thread.join(10)
 
     # ------------------------------------------------------------------ server side
+    def _protocol(self) -> asyncio.StreamReaderProtocol:
+        """asyncio.start_server's protocol, remembering its transport from connection_made (for kill)."""
+        origin = self
+
+        class Tracked(asyncio.StreamReaderProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                origin._transports.add(transport)
+                super().connection_made(transport)
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                origin._transports.discard(self._transport)  # type: ignore[attr-defined]
+                super().connection_lost(exc)
+
+        return Tracked(asyncio.StreamReader(loop=self.loop), self._client, loop=self.loop)
+
     def _gate(self, name: str) -> asyncio.Event:
         g = self._gates.get(name)
         if g is None:
