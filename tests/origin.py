@@ -49,6 +49,23 @@ def _accepting(task: asyncio.Task) -> bool:
     return getattr(task.get_coro(), "__name__", "") == "_accept_connection2"
 
 
+async def close_listener(server: asyncio.Server) -> None:
+    """Close a server's listener without leaking what it accepted: stop accepting, let the connections already
+    accepted be set up, then close. (asyncio's Server.close alone leaves a connection accepted just before it
+    open and unanswered forever: its transport's Server._attach fails once the server is closed, and nothing
+    closes the socket.) Runs on the server's loop."""
+    loop = asyncio.get_running_loop()
+    for s in server.sockets:
+        loop.remove_reader(s.fileno())
+    for _ in range(1000):  # bounded: an accepted connection is set up within a few iterations
+        if not any(_accepting(t) for t in asyncio.all_tasks()):
+            break
+        await asyncio.sleep(0)
+    else:
+        raise RuntimeError("connections accepted are still being set up")
+    server.close()
+
+
 def body_bytes(target: str, n: int) -> bytes:
     unit = target.encode() + b"|0123456789abcdef"
     return (unit * (n // len(unit) + 1))[:n]
@@ -121,22 +138,10 @@ class Origin:
 
     def kill(self) -> None:
         """Die as a killed process does: every connection accepted is reset and the listener closes (the
-        kernel resets what it still queues); then the loop stops.
-
-        The loop stops accepting first and lets the connections it has accepted be set up: asyncio's
-        Server.close would leave a connection accepted just before it open and unanswered forever (its
-        transport's Server._attach fails once the server is closed, and nothing closes the socket)."""
+        kernel resets what it still queues); then the loop stops."""
 
         async def die() -> None:
-            for s in self.server.sockets:
-                self.loop.remove_reader(s.fileno())
-            for _ in range(1000):  # bounded: an accepted connection is set up within a few iterations
-                if not any(_accepting(t) for t in asyncio.all_tasks()):
-                    break
-                await asyncio.sleep(0)
-            else:
-                raise RuntimeError("origin: accepted connections still being set up")
-            self.server.close()
+            await close_listener(self.server)
             for t in list(self._transports):
                 t.abort()  # type: ignore[attr-defined]
 

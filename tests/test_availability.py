@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import pytest
 from client import Conn, Edge, Response, get, wait_for
+from origin import close_listener
 
 
 def ok(body: bytes, cc: bytes = b"max-age=1", *fields: bytes) -> bytes:
@@ -69,7 +70,7 @@ class FailOrigin:
     def stop(self) -> None:
         async def go() -> None:
             if self.server is not None:
-                self.server.close()
+                await close_listener(self.server)
                 self.server = None
             for w in list(self.writers):
                 w.transport.abort()
