@@ -472,3 +472,24 @@ def test_objects_a_page_holds_few_of_take_two_pieces_when_that_saves_bytes(dcach
     for k in [*keys, *(b"s%d" % m for m in sizes)]:
         assert dcache.delete(k)
     assert dcache._test_check() == [] and dcache.stats()["items"] == 0
+
+
+def test_a_class_keeps_its_only_page_while_a_class_of_tails_needs_slots() -> None:
+    # alloc.pxi pick_donor: large objects' last pieces live in classes holding only such tails, which take a
+    # page from the class with the most surplus whenever they run out. A class of one page is never that
+    # donor while the page is within its share: otherwise the few small objects there (a 1,808-byte value
+    # in two pieces: two classes of one page each) were all evicted at the large objects' next store.
+    c = debug_cache_class()(8 << 20, 1 << 20, shards=1)
+    try:
+        big = _value(150_000)
+        for i in range(80):  # more than the capacity: every page is assigned, to the large objects' classes
+            assert c.store(b"big%d" % i, big, 0.0, FAR)
+        small = [b"small%d" % i for i in range(5)]
+        for k in small:
+            assert c.store(k, _value(1808), 0.0, FAR)
+        for i in range(80, 110):  # 4.5 MB more: no demand decay, the small objects' share stays
+            assert c.store(b"big%d" % i, big, 0.0, FAR)
+        assert [k for k in small if c.lookup(k, 1.0) is None] == []
+        assert c._test_check() == []
+    finally:
+        c.close()

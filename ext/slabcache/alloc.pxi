@@ -6,7 +6,7 @@
 # once every page is assigned, a class with no free slot takes a page from the class holding the most pages
 # beyond its share of decayed recent demand (page_steal; never c.no_donor, the class of a chain being built) -- if it has no page at all, or is itself at least
 # a page below its share and the donor a page above, or if it holds no object of its own (only chunks) --
-# or else evicts within itself.
+# or else evicts within itself. A class's only page is taken only when it is a page beyond its share.
 
 cdef void page_carve(sctx *c, uint32_t page, uint32_t cls) noexcept nogil:
     cdef class_state *cs = &c.sh.classes[cls]
@@ -45,7 +45,10 @@ cdef int pick_donor(sctx *c, uint32_t cls, bint strict) noexcept nogil:
         if cs.npages == 0:
             continue
         surplus = <double>cs.npages - (<double>cs.demand) * scale
-        if strict and surplus < 1.0:
+        if surplus < 1.0 and (strict or cs.npages == 1):
+            # a class's last page only goes a page beyond its share: taking it evicts every object with a
+            # piece there, and a class of tails (last pieces of objects whose heads are elsewhere), which
+            # steals without being below its share, would take it back at its next store
             continue
         if surplus > best:
             best = surplus
