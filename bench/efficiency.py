@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--capacities", default="8MiB,64MiB", help="comma-separated --cache-size values")
     ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="body sizes in bytes")
     ap.add_argument("--no-mixed", action="store_true", help="skip the mixed-size row")
+    ap.add_argument(
+        "--mixed-fill", type=float, default=FILL_FACTOR, help="mixed row: capacities' worth of objects sent"
+    )
     ap.add_argument("--max-requests", type=int, default=400_000, help="skip rows needing more requests")
     ap.add_argument("--bound", type=float, default=240.0, help="seconds each fill may take at most")
     ap.add_argument("--workers", type=int, default=2)
@@ -281,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(("mixed", [s for s in DEFAULT_SIZES if s <= MIX_MAX]))
         for label, ss in runs:
             mean = sum(ss) / len(ss)
-            total = max(400, math.ceil(FILL_FACTOR * cap / mean))
+            fill = args.mixed_fill if label == "mixed" else FILL_FACTOR
+            total = max(400, math.ceil(fill * cap / mean))
             if total > args.max_requests:
                 skipped.append(f"{human(cap)} x {label} B ({total:,} requests > --max-requests)")
                 continue
