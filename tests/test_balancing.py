@@ -471,12 +471,11 @@ def test_retry_budget(ratio, requests, asked, allowed):
     assert b.allow(130.0) == (ratio > 0)
 
 
-def test_a_killed_origin_resets_every_connection_it_accepted():
+def test_a_killed_origin_resets_every_connection_it_accepted(origins):
     """The harness's kill is a real death: connections accepted while it dies (some not yet handed to a
     handler) are all reset or closed, none left open and silent (which a retrying edge would wait on)."""
     silent = 0
-    for _ in range(5):  # bounded: the race needs connections arriving as the origin dies
-        o = Origin()
+    for o in origins(5):  # five deaths: the race needs connections arriving as the origin dies
         socks = [socket.create_connection(("127.0.0.1", o.port), timeout=5) for _ in range(20)]
         o.kill()
         for s in socks:
