@@ -6,7 +6,9 @@ does), every response of `--size` body bytes, cacheable for a day. The edgecore 
 origin (hit ratio = 1 - origin requests / requests over the measured half of the trace; the first half warms
 the cache); the reference is exact LRU replaying the same trace with the same budget, each object costing
 only its body plus its URL (no head, no index, no allocator slack: conservative for edgecore, which counts
-all of those inside --cache-size).
+all of those inside --cache-size). A second reference gives each LRU object what edgecore's `/stats` says
+its objects hold on average at the end of the run (`cache.data_bytes / cache.items`: key + stored head +
+body, the bytes bench.efficiency's share counts), still with no index, slot header or slack.
 Invariants: both see the same trace; a response that is not 200 with the full body fails the run (no figure
 is reported for a broken run).
 Run: python -m bench.zipfproxy [--size 8192] [--cache-size 16MiB] [--keys 20000] [--requests 100000]
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import socket
@@ -31,7 +34,7 @@ import numpy as np
 from edgecore.config import parse_size
 
 from .hitratio import zipf_trace
-from .servers import edgecore_argv, find_edgecore
+from .servers import edgecore_argv, find_edgecore, http_get
 
 SERVING = re.compile(r"edgecore: serving http://[\d.]+:(\d+) admin")
 
@@ -86,8 +89,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_edgecore(origin_port: int, cache_size: int) -> tuple[subprocess.Popen[bytes], int]:
-    argv = edgecore_argv(find_edgecore(), 0, _free_port(), origin_port, 1, cache_size)
+def start_edgecore(origin_port: int, cache_size: int) -> tuple[subprocess.Popen[bytes], int, int]:
+    """(process, serving port, admin port)."""
+    admin = _free_port()
+    argv = edgecore_argv(find_edgecore(), 0, admin, origin_port, 1, cache_size)
     env = {**os.environ, "EDGECORE_DRAIN_DELAY": "0"}
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
     assert proc.stderr is not None
@@ -101,7 +106,7 @@ def start_edgecore(origin_port: int, cache_size: int) -> tuple[subprocess.Popen[
         m = SERVING.search(line)
         if m:
             threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
-            return proc, int(m.group(1))
+            return proc, int(m.group(1)), admin
     proc.kill()
     raise RuntimeError("edgecore did not start:\n" + "".join(lines[-10:]))
 
@@ -156,7 +161,7 @@ def run_one(alpha: float, a: argparse.Namespace) -> dict[str, float]:
     trace = zipf_trace(a.keys, a.requests, alpha, rng)
     half = len(trace) // 2
     origin = Origin(a.size)
-    proc, port = start_edgecore(origin.port, a.cache_size)
+    proc, port, admin = start_edgecore(origin.port, a.cache_size)
     try:
         c = Client(port)
         t0 = time.monotonic()
@@ -167,6 +172,7 @@ def run_one(alpha: float, a: argparse.Namespace) -> dict[str, float]:
                 raise RuntimeError("short body")
         wall = time.monotonic() - t0
         fetched = origin.requests - warm
+        st = json.loads(http_get(admin, "/stats")[2])["cache"]
     finally:
         proc.terminate()
         proc.wait(20)
@@ -175,6 +181,9 @@ def run_one(alpha: float, a: argparse.Namespace) -> dict[str, float]:
     return {
         "edgecore": 1 - fetched / (len(trace) - half),
         "lru": lru_hit_ratio(trace, a.size + url, a.cache_size, half),
+        "held_bytes": st["data_bytes"] / st["items"],
+        "lru_held": lru_hit_ratio(trace, round(st["data_bytes"] / st["items"]), a.cache_size, half),
+        "items": st["items"],
         "seconds": wall,
     }
 
@@ -188,16 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alphas", default="0.7,0.9,1.1", help="Zipf exponents (default %(default)s)")
     a = ap.parse_args(argv)
     print(
-        f"| Zipf s | edgecore through the proxy | exact LRU, equal bytes | difference (points) |"
-        f"\n|---:|---:|---:|---:|  <!-- {a.size} B bodies, {a.keys} keys, --cache-size {a.cache_size} B, "
+        "| Zipf s | edgecore through the proxy | its items | exact LRU, body + URL | difference (points) "
+        "| exact LRU, key + head + body | difference (points) |"
+        f"\n|---:|---:|---:|---:|---:|---:|---:|  <!-- {a.size} B bodies, {a.keys} keys, "
+        f"--cache-size {a.cache_size} B, "
         f"{a.requests} requests, second half measured -->",
         flush=True,
     )
     for alpha in (float(x) for x in a.alphas.split(",")):
         r = run_one(alpha, a)
         print(
-            f"| {alpha:g} | {r['edgecore']:.3f} | {r['lru']:.3f} | {100 * (r['edgecore'] - r['lru']):+.1f} |"
-            f"  <!-- {r['seconds']:.0f} s -->",
+            f"| {alpha:g} | {r['edgecore']:.3f} | {r['items']:,} | {r['lru']:.3f} "
+            f"| {100 * (r['edgecore'] - r['lru']):+.1f} | {r['lru_held']:.3f} "
+            f"| {100 * (r['edgecore'] - r['lru_held']):+.1f} |"
+            f"  <!-- {r['seconds']:.0f} s; {r['held_bytes']:.0f} B held per object -->",
             flush=True,
         )
     return 0
