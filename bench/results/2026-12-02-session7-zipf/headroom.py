@@ -6,7 +6,8 @@ the best a history-based policy can do on an independent-reference trace). Model
 The object counts: edgecore's items through the proxy, what 16 MiB holds at the bytes edgecore's /stats
 says an object holds (key + stored head + body, with no index, slot header or slack: zero overhead), and
 what the proxy's reference LRU holds at body + URL.
-Run from the repository root: python bench/results/2026-12-02-session7-zipf/headroom.py [s] [items] [held B]"""
+Run from the repository root:
+    python bench/results/2026-12-02-session7-zipf/headroom.py [s] [items] [held B]"""
 
 import heapq
 import importlib.util
