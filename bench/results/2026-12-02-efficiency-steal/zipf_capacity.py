@@ -58,12 +58,14 @@ def s3fifo(trace: list[int], cap: int, half: int) -> float:
     return hits / (len(trace) - half)
 
 
+# the objects the proxy's reference LRU holds in 16 MiB at body + URL each
+LRU_HELD = (16 << 20) // (1024 + len(b"/obj?id=99999") + len(b"bench.local"))
+
 if __name__ == "__main__":
     s = float(sys.argv[1]) if len(sys.argv) > 1 else 1.1
     trace = zipf_trace(100_000, 200_000, s, np.random.default_rng(42))
     half = len(trace) // 2
-    lru_held = (16 << 20) // (1024 + len(b"/obj?id=99999") + len(b"bench.local"))
-    ref = lru_hit_ratio(trace, 1, lru_held, half)
-    print(f"s={s}: exact LRU holding {lru_held} objects (the proxy's reference): {ref:.4f}")
+    ref = lru_hit_ratio(trace, 1, LRU_HELD, half)
+    print(f"s={s}: exact LRU holding {LRU_HELD} objects (the proxy's reference): {ref:.4f}")
     for held in (13_000, 13_500, 14_000, 14_500, 15_000):
         print(f"  S3-FIFO model holding {held}: {s3fifo(trace.tolist(), held, half):.4f}")

@@ -61,11 +61,10 @@ for i, k in enumerate(tl):
     cold += i >= half and k not in seen
     seen.add(k)
 print(f"s={s}: an unbounded cache: {1 - cold / (len(tl) - half):.4f}")
-reference = (16 << 20) // (1024 + len(b"/obj?id=99999") + len(b"bench.local"))
 rows = [
     ("edgecore's items through the proxy", items),
     (f"16 MiB at {held_bytes} B an object, zero overhead", (16 << 20) // held_bytes),
-    ("the proxy's reference LRU (body + URL)", reference),
+    ("the proxy's reference LRU (body + URL)", zipf_capacity.LRU_HELD),
 ]
 print("| objects held | count | exact LRU | S3-FIFO model | perfect LFU |\n|---|---:|---:|---:|---:|")
 for label, n in rows:
